@@ -5,12 +5,12 @@ import torch
 
 def attention(q, k, v, bias=None, scale=None):
     """softmax(q @ k^T * scale + bias) @ v, computed in the input dtype (upcast for float64 checks)."""
-    # q, k, v: (B, H, N, D); bias broadcastable to (B, H, N, N); scale float or (H,)
+    # q, k, v: (..., H, N, D); bias broadcastable to (..., H, N, N); scale float or (H,)
     if scale is None:
         scale = q.shape[-1] ** -0.5
     scores = q @ k.transpose(-2, -1)  # (B, H, N, N)
     if isinstance(scale, torch.Tensor):
-        scores = scores * scale.view(1, -1, 1, 1).to(scores.dtype)
+        scores = scores * scale.view(-1, 1, 1).to(scores.dtype)
     else:
         scores = scores * scale
     if bias is not None:
