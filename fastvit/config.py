@@ -1,0 +1,170 @@
+"""One typed config for every run: defaults here, recipes (fastvit/recipes/*.toml) override them,
+explicit CLI flags override the recipe. The resolved config is saved in every run dir and checkpoint.
+"""
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastvit.errors import UserError
+
+RECIPE_DIR = Path(__file__).parent / "recipes"
+PRECISIONS = ("fp32", "bf16", "fp16")
+DRLOC_MODES = ("l1", "ce", "cbr")
+AUGMENTS = ("none", "basic", "gani22-finetune", "drloc21")
+LOADERS = ("auto", "resident", "ffcv")
+# Paper B's per-arch lambda (SPEC §2.6); vit/cait: we use Swin's 0.5 (the paper gives none for them).
+DRLOC_LAMBDA = {"swin": 0.5, "swin_t": 0.5, "t2t_vit_14": 0.1, "cvt_13": 0.1}
+DRLOC_LAMBDA_DEFAULT = 0.5
+
+
+def _f(default, help, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class Config:
+    # ---- what to run
+    arch: str = _f("vit", "model name (fastvit.models.names())")
+    dataset: str = _f("fashion-mnist", "dataset name (fastvit.loaders.DATASETS)")
+    data_dir: str | None = _f(None, "folder with the dataset's standard files (default: its usual place)")
+    cache_dir: str | None = _f(None, "where prepared .beton files live (env FASTVIT_DATA, ~/.cache/fastvit)")
+    out: str | None = _f(None, "run directory (default runs/<arch>-<dataset>-<time>)")
+    init: str | None = _f(None, "pretrain checkpoint whose teacher backbone initialises the model (finetune)")
+    # ---- data
+    img_size: int | None = _f(None, "model input size in px (default: the arch's: 32 paper A, 224 paper B)")
+    loader: str = _f("auto", "resident (whole dataset on the device) | ffcv | auto", choices=LOADERS)
+    subset: int | None = _f(None, "use only the first N training images", positive=True)
+    repeats: int = _f(1, "repeated augmentation: each image this many times per epoch (paper A: 3)",
+                      positive=True)
+    augment: str = _f("basic", "train augmentation recipe", choices=AUGMENTS)
+    policy: str | None = _f(None, "AutoAugment policy: cifar10 | svhn | imagenet (default: by dataset)")
+    label_smoothing: float = _f(0.1, "label smoothing of the supervised loss")
+    mixup_alpha: float | None = _f(None, "Mixup alpha (default: the augment recipe's)")
+    cutmix_alpha: float | None = _f(None, "CutMix alpha (default: the augment recipe's)")
+    mix_prob: float | None = _f(None, "probability of Mixup/CutMix per batch (default: the recipe's)")
+    erasing_prob: float | None = _f(None, "RandomErasing probability (default: the recipe's)")
+    # ---- optimisation (per-iteration schedules)
+    epochs: int = _f(10, "training epochs", positive=True)
+    batch_size: int = _f(128, "batch size per process (global = this x processes)", positive=True)
+    lr: float = _f(1e-3, "peak learning rate (AdamW)", positive=True)
+    lr_base_batch: int | None = _f(None, "if set, the lr used is lr x global batch / this (linear scaling)",
+                                   positive=True)
+    min_lr: float = _f(1e-6, "final learning rate of the cosine")
+    warmup_epochs: float = _f(1.0, "linear warm-up length in epochs")
+    warmup_lr: float = _f(1e-6, "learning rate at step 0 of the warm-up")
+    weight_decay: float = _f(0.05, "AdamW weight decay (not on norms, biases, embeddings)")
+    weight_decay_end: float | None = _f(None, "cosine weight decay to this value (DINO: 0.4)")
+    beta1: float = _f(0.9, "AdamW beta1")
+    beta2: float = _f(0.999, "AdamW beta2")
+    grad_clip: float | None = _f(None, "clip the global gradient norm to this value", positive=True)
+    drop_path: float = _f(0.1, "stochastic depth rate")
+    ema: float | None = _f(None, "keep an EMA of the weights with this decay (e.g. 0.9998); eval uses it")
+    # ---- L_drloc (Liu et al. 2021)
+    drloc: bool = _f(False, "add the dense relative localization loss")
+    drloc_mode: str = _f("l1", "L_drloc head/loss", choices=DRLOC_MODES)
+    drloc_lambda: float | None = _f(None, "L_drloc weight (default per arch: swin 0.5, t2t/cvt 0.1, else 0.5)")
+    drloc_pairs: int = _f(64, "token pairs sampled per image", positive=True)
+    drloc_abs: bool = _f(True, "targets are |delta| (the paper's setting)")
+    drloc_multiscale: bool = _f(False, "one L_drloc head per Swin stage")
+    drloc_warmup_epochs: float = _f(20.0, "L_drloc lambda ramps up over this many epochs")
+    # ---- self-supervised pretraining (Gani et al. 2022, DINO)
+    dino_out_dim: int = _f(1024, "DINO projection output dim", positive=True)
+    n_local: int = _f(8, "local crops per image", positive=True)
+    global_scale: tuple[float, float] = _f((0.7, 1.0), "RandomResizedCrop scale of the global views")
+    local_scale: tuple[float, float] = _f((0.2, 0.5), "RandomResizedCrop scale of the local views")
+    teacher_momentum: float = _f(0.996, "EMA momentum of the teacher (cosine to 1)")
+    teacher_temp: float = _f(0.07, "teacher temperature after warm-up")
+    warmup_teacher_temp: float = _f(0.04, "teacher temperature at epoch 0")
+    warmup_teacher_temp_epochs: int = _f(10, "teacher temperature warm-up epochs")
+    freeze_last_layer: int = _f(1, "epochs during which the head's last layer gets no update")
+    # ---- runtime
+    seed: int = _f(0, "seed of every random choice (data order, augmentation, init, L_drloc pairs)")
+    device: str = _f("auto", "cpu | cuda | cuda:N | auto")
+    precision: str = _f("fp32", "autocast precision", choices=PRECISIONS)
+    compile: bool = _f(False, "torch.compile the model and loss")
+    cuda_graphs: bool = _f(False, "capture the step in CUDA graphs (compile mode reduce-overhead; CUDA only)")
+    deterministic: bool = _f(False, "deterministic algorithms and fixed threads (bitwise reproducible)")
+    save_every: int | None = _f(None, "also checkpoint every N steps (default: every epoch)", positive=True)
+    resume: str | None = _f(None, "continue the run in this directory from its last.pt")
+    log_every: int = _f(50, "steps between progress-bar/TensorBoard updates (each is a host sync)",
+                        positive=True)
+    eval_every: int = _f(1, "evaluate every N epochs", positive=True)
+    num_workers: int = _f(2, "ffcv loader worker threads", positive=True)
+    # ---- derived / recorded (not flags)
+    command: str = _f("train", "train | pretrain | finetune", flag=False)
+    recipe: str | None = _f(None, "recipe name", flag=False)
+
+    def resolved_cache_dir(self) -> Path:
+        return Path(self.cache_dir or os.environ.get("FASTVIT_DATA") or Path.home() / ".cache" / "fastvit")
+
+    def scaled_lr(self, world_size: int) -> float:
+        if self.lr_base_batch is None:
+            return self.lr
+        return self.lr * self.batch_size * world_size / self.lr_base_batch
+
+    def drloc_weight(self) -> float:
+        if self.drloc_lambda is not None:
+            return self.drloc_lambda
+        return DRLOC_LAMBDA.get(self.arch, DRLOC_LAMBDA_DEFAULT)
+
+    def augment_overrides(self) -> dict:
+        """Recipe numbers the user set explicitly, as keyword arguments of the augment builder."""
+        keys = ("mixup_alpha", "cutmix_alpha", "mix_prob", "erasing_prob", "policy")
+        out = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+        out["label_smoothing"] = self.label_smoothing
+        return out
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.toml"))
+
+
+def load_recipe(name: str) -> dict:
+    path = RECIPE_DIR / f"{name}.toml"
+    if not path.is_file():
+        raise UserError(f"unknown recipe {name!r}; choose from {', '.join(recipe_names())}")
+    with open(path, "rb") as f:
+        data = tomllib.load(f)
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise UserError(f"recipe {path} sets unknown fields {unknown}")
+    return data
+
+
+def build(overrides: dict, *, recipe: str | None = None, command: str = "train") -> Config:
+    """defaults <- recipe <- overrides (explicit flags), then validated."""
+    values = load_recipe(recipe) if recipe else {}
+    values.update({k: v for k, v in overrides.items() if v is not None or k in values})
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    cfg = Config(**values, command=command, recipe=recipe)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    for name, f in FIELDS.items():
+        value = getattr(cfg, name)
+        if f.metadata.get("positive") and value is not None and not value > 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise UserError(f"--{name.replace('_', '-')} {value!r} is not one of {', '.join(choices)}")
+    for name in ("lr", "min_lr", "warmup_lr", "weight_decay", "drop_path", "label_smoothing",
+                 "warmup_epochs"):
+        if getattr(cfg, name) < 0:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+    if cfg.img_size is not None and cfg.img_size <= 0:
+        raise UserError(f"--img-size must be positive, got {cfg.img_size}")
+    if not 0 <= cfg.drop_path < 1:
+        raise UserError(f"--drop-path must be in [0, 1), got {cfg.drop_path}")
+    if cfg.ema is not None and not 0 < cfg.ema < 1:
+        raise UserError(f"--ema must be in (0, 1), got {cfg.ema}")
