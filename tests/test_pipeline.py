@@ -1,0 +1,248 @@
+"""Loaders: every sample exactly once (r times with repeats) per epoch, rank shards partition the epoch,
+seeded and epoch-dependent order, exact mid-epoch resume; the FFCV loader against the file it reads."""
+
+import collections
+
+import numpy as np
+import pytest
+import torch
+from fastvit.loaders.pipeline import ResidentLoader
+
+from fastvit.errors import UserError
+
+
+def numbered_images(n: int, height: int = 3, width: int = 2, channels: int = 3) -> np.ndarray:
+    """uint8 [n, H, W, C] whose pixels encode the sample index (low byte, high byte, then noise),
+    so a batch can be traced back to the samples it holds, and every pixel position differs."""
+    rng = np.random.default_rng(123)
+    images = rng.integers(0, 256, size=(n, height, width, channels), dtype=np.uint8)
+    images[:, 0, 0, 0] = np.arange(n) % 256
+    images[:, 0, 0, 1 % channels] = np.arange(n) // 256 if channels > 1 else images[:, 0, 0, 0]
+    return images
+
+
+def decode_ids(batch_images: torch.Tensor) -> list[int]:
+    """Sample indices from a uint8 [B, C, H, W] batch of `numbered_images`."""
+    low = batch_images[:, 0, 0, 0].long()
+    high = batch_images[:, 1, 0, 0].long()
+    return (low + 256 * high).tolist()
+
+
+def epoch_ids(loader) -> list[int]:
+    ids = []
+    for images, labels in loader:
+        batch_ids = decode_ids(images)
+        assert batch_ids == labels.tolist(), "images and labels must stay paired"
+        ids += batch_ids
+    return ids
+
+
+def make(n=60, **kw):
+    kw.setdefault("batch_size", 5)
+    return ResidentLoader(numbered_images(n), np.arange(n), **kw)
+
+
+# --- resident: content, layout, length -----------------------------------------------------------
+
+
+def test_batches_are_uint8_nchw_copies_of_the_source_images():
+    source = numbered_images(20, height=3, width=2)
+    loader = ResidentLoader(source, np.arange(20), batch_size=4, device="cpu", seed=3)
+    count = 0
+    for images, labels in loader:
+        assert images.dtype == torch.uint8 and labels.dtype == torch.int64
+        assert images.shape == (4, 3, 3, 2) and images.is_contiguous()
+        assert images.device == torch.device("cpu") and labels.device == torch.device("cpu")
+        expected = torch.from_numpy(source[labels.numpy()]).permute(0, 3, 1, 2)  # (B, C, H, W)
+        assert torch.equal(images, expected)
+        count += 1
+    assert count == len(loader) == 5
+
+
+def test_single_channel_images_keep_one_channel():
+    source = np.random.default_rng(0).integers(0, 256, size=(8, 5, 4, 1), dtype=np.uint8)
+    images, labels = next(iter(ResidentLoader(source, np.arange(8), batch_size=8, shuffle=False)))
+    assert images.shape == (8, 1, 5, 4)
+    assert torch.equal(images[:, 0], torch.from_numpy(source[..., 0]))
+    assert labels.tolist() == list(range(8))
+
+
+def test_every_sample_exactly_once_per_epoch():
+    loader = make(60, batch_size=6, seed=11)
+    for _ in range(3):
+        ids = epoch_ids(loader)
+        assert sorted(ids) == list(range(60))
+
+
+def test_no_shuffle_keeps_file_order():
+    assert epoch_ids(make(60, shuffle=False)) == list(range(60))
+
+
+@pytest.mark.parametrize("world_size", [2, 3, 4])
+def test_rank_shards_partition_the_epoch(world_size):
+    # 60 samples split exactly into world_size x batches of 5: no trim, no pad.
+    shards = [epoch_ids(make(60, rank=r, world_size=world_size, seed=5)) for r in range(world_size)]
+    assert len({len(s) for s in shards}) == 1
+    assert sorted(sum(shards, [])) == list(range(60))
+
+
+def test_drop_last_trims_to_full_batches_on_every_rank():
+    # 61 samples, 2 ranks x batch 7: 4 batches per rank (56 samples), 5 trimmed, none repeated.
+    loaders = [make(61, batch_size=7, rank=r, world_size=2, seed=1) for r in range(2)]
+    shards = [epoch_ids(loader) for loader in loaders]
+    assert [len(loader) for loader in loaders] == [4, 4]
+    assert [len(s) for s in shards] == [28, 28]
+    seen = sum(shards, [])
+    assert len(set(seen)) == 56 and set(seen) <= set(range(61))
+    # The trimmed samples come from the permutation's tail, so they change with the epoch.
+    next_epoch = sum((epoch_ids(loader) for loader in loaders), [])
+    assert set(next_epoch) != set(seen)
+
+
+def test_no_drop_last_pads_by_wrapping_so_ranks_stay_equal():
+    # 61 samples on 3 ranks: padded to 63 (two samples twice), 21 per rank = batches 7+7+7 or 5,5,5,5,1.
+    loaders = [make(61, batch_size=5, rank=r, world_size=3, drop_last=False, seed=2) for r in range(3)]
+    shards = [epoch_ids(loader) for loader in loaders]
+    assert [len(loader) for loader in loaders] == [5, 5, 5]
+    assert [len(s) for s in shards] == [21, 21, 21]
+    counts = collections.Counter(sum(shards, []))
+    assert set(counts) == set(range(61))
+    assert sorted(counts.values()) == [1] * 59 + [2] * 2
+    # The padding repeats the first samples of this epoch's permutation (one rank sees it whole).
+    permutation = epoch_ids(make(61, batch_size=5, drop_last=False, seed=2))
+    assert {i for i, c in counts.items() if c == 2} == set(permutation[:2])
+    batch_sizes = [len(labels) for _, labels in loaders[0]]
+    assert batch_sizes == [5, 5, 5, 5, 1]
+
+
+def test_too_few_samples_for_one_batch_is_a_user_error():
+    with pytest.raises(UserError, match="no full batch of 8 on each of 4 ranks"):
+        make(20, batch_size=8, world_size=4)
+    assert len(make(20, batch_size=8, world_size=4, drop_last=False)) == 1
+
+
+# --- resident: repeated augmentation -----------------------------------------------------------------
+
+
+def test_repeats_show_every_sample_r_times_and_lengthen_the_epoch():
+    plain, repeated = make(60, batch_size=6), make(60, batch_size=6, repeats=3)
+    assert len(repeated) == 3 * len(plain)
+    counts = collections.Counter(epoch_ids(repeated))
+    assert set(counts) == set(range(60)) and set(counts.values()) == {3}
+
+
+@pytest.mark.parametrize("world_size", [3, 4])
+def test_repeats_of_one_image_go_to_different_ranks(world_size):
+    # 60 x 3 = 180 entries; batch 5 x world_size divides 180 for both sizes, so nothing is trimmed.
+    shards = [
+        epoch_ids(make(60, repeats=3, rank=r, world_size=world_size, seed=9)) for r in range(world_size)
+    ]
+    total = collections.Counter(sum(shards, []))
+    assert set(total.values()) == {3} and set(total) == set(range(60))
+    for i in range(60):
+        ranks_holding = [r for r, shard in enumerate(shards) if i in shard]
+        assert len(ranks_holding) == 3, f"sample {i} on ranks {ranks_holding}"
+
+
+# --- resident: seeded order, epochs, resume ----------------------------------------------------------
+
+
+def test_same_seed_same_order_and_different_seeds_or_epochs_differ():
+    a, b, c = make(seed=4), make(seed=4), make(seed=5)
+    first_a, first_b, first_c = epoch_ids(a), epoch_ids(b), epoch_ids(c)
+    assert first_a == first_b
+    assert first_a != first_c
+    second_a = epoch_ids(a)  # the loader moves on to epoch 1 by itself
+    assert second_a != first_a and sorted(second_a) == sorted(first_a)
+    assert a.epoch == 2
+
+
+def test_epoch_order_depends_only_on_seed_and_epoch():
+    walked = make(seed=7)
+    for _ in range(4):
+        epoch_ids(walked)
+    jumped = make(seed=7)
+    jumped.set_epoch(4)
+    assert epoch_ids(jumped) == epoch_ids(walked)
+    # and it is a fresh generator seeded from both: global RNG state plays no part
+    torch.manual_seed(1234)
+    np.random.seed(1234)
+    again = make(seed=7)
+    again.set_epoch(4)
+    assert again.epoch_indices(4).tolist() == jumped.epoch_indices(4).tolist()
+
+
+def test_resume_mid_epoch_yields_exactly_the_remaining_batches():
+    original = make(60, batch_size=4, seed=3, repeats=2, world_size=2, rank=1)
+    original.set_epoch(2)
+    full = [(x.clone(), y.clone()) for x, y in original]
+    assert len(full) == len(original) == 15
+
+    interrupted = make(60, batch_size=4, seed=3, repeats=2, world_size=2, rank=1)
+    interrupted.set_epoch(2)
+    iterator = iter(interrupted)
+    for _ in range(6):
+        next(iterator)
+    state = interrupted.state_dict()
+    assert (state["epoch"], state["batch"]) == (2, 6)
+
+    resumed = make(60, batch_size=4, seed=3, repeats=2, world_size=2, rank=1)
+    resumed.load_state_dict(state)
+    resumed.set_epoch(2)  # a loop calling set_epoch for the resumed epoch keeps the position
+    rest = list(resumed)
+    assert len(rest) == 9
+    for (x, y), (x_ref, y_ref) in zip(rest, full[6:], strict=True):
+        assert torch.equal(x, x_ref) and torch.equal(y, y_ref)
+    # after the resumed epoch the loader continues with the next one from its start
+    assert (resumed.epoch, resumed.next_batch) == (3, 0)
+    assert len(list(resumed)) == 15
+
+
+def test_state_saved_at_the_end_of_an_epoch_resumes_into_the_next():
+    loader = make(seed=1)
+    epoch_ids(loader)
+    resumed = make(seed=1)
+    resumed.load_state_dict(loader.state_dict())
+    reference = make(seed=1)
+    reference.set_epoch(1)
+    assert epoch_ids(resumed) == epoch_ids(reference)
+
+
+def test_state_from_other_settings_is_refused():
+    state = make(seed=1, batch_size=5).state_dict()
+    with pytest.raises(UserError, match="batch_size=5 but this loader has batch_size=6"):
+        make(seed=1, batch_size=6).load_state_dict(state)
+    with pytest.raises(UserError, match="seed=1 but this loader has seed=2"):
+        make(seed=2, batch_size=5).load_state_dict(state)
+    with pytest.raises(UserError, match="missing epoch, batch"):
+        make(seed=1).load_state_dict({"seed": 1})
+    with pytest.raises(UserError, match="batch 99 is outside 0..12"):
+        make(seed=1).load_state_dict({**state, "batch": 99})
+
+
+# --- resident: input validation ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"images": np.zeros((4, 2, 2, 3), np.float32)}, "uint8 \\[N, H, W, C\\], got torch.float32"),
+        ({"images": np.zeros((4, 2, 2), np.uint8)}, "images must be uint8 \\[N, H, W, C\\]"),
+        ({"labels": np.arange(5)}, "labels must be integer \\[N\\] with N = 4"),
+        ({"labels": np.zeros(4, np.float32)}, "labels must be integer"),
+        ({"labels": None}, "labels are required"),
+        ({"batch_size": 0}, "batch_size must be a positive integer"),
+        ({"rank": 2, "world_size": 2}, "rank must be in 0..1 for world_size 2"),
+        ({"repeats": 0}, "repeats must be a positive integer"),
+        ({"seed": -1}, "seed must be a non-negative integer"),
+    ],
+)
+def test_bad_arguments_are_user_errors(kwargs, message):
+    args = {"images": np.zeros((4, 2, 2, 3), np.uint8), "labels": np.arange(4), "batch_size": 2, **kwargs}
+    with pytest.raises(UserError, match=message):
+        ResidentLoader(args.pop("images"), args.pop("labels"), **args)
+
+
+def test_set_epoch_rejects_negative():
+    with pytest.raises(UserError, match="epoch must be a non-negative integer"):
+        make().set_epoch(-1)
