@@ -1,0 +1,181 @@
+"""Model zoo: registry, shapes, gradients, save/load, attention backends, parameter counts, bad input."""
+
+import io
+
+import pytest
+import torch
+
+from fastvit import models
+from fastvit.errors import UserError
+
+# (name, img_size, in_chans) combinations exercised by the generic tests: small and cheap.
+SMALL = [("vit", 32), ("vit", 64), ("vit_tiny", 28)]
+
+
+def _make(name, img_size, num_classes=10, seed=0, **kw):
+    torch.manual_seed(seed)
+    return models.create(name, img_size=img_size, num_classes=num_classes, **kw)
+
+
+def _images(n, chans, size, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, chans, size, size, generator=g)
+
+
+def _params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+@pytest.mark.parametrize("name,img_size", SMALL)
+def test_forward_backward_shapes_and_finite_grads(name, img_size):
+    m = _make(name, img_size, drop_path=0.1)
+    x = _images(2, 3, img_size)
+    pooled, grid = m.forward_features(x)
+    assert pooled.shape == (2, m.num_features)
+    assert grid.shape == (2, *models.grid_shape(name, img_size))
+    assert grid.shape[-1] == m.grid_dims[-1]
+    logits = m.forward_head(pooled)
+    assert logits.shape == (2, 10)
+    (logits.square().mean() + grid.mean()).backward()
+    for n, p in m.named_parameters():
+        assert p.grad is not None, n
+        assert torch.isfinite(p.grad).all(), n
+    # every parameter actually receives signal (no dead branch)
+    assert all(p.grad.abs().sum() > 0 for p in m.parameters())
+
+
+@pytest.mark.parametrize("name,img_size", SMALL)
+def test_state_dict_round_trip(name, img_size):
+    m = _make(name, img_size, seed=1).eval()
+    buf = io.BytesIO()
+    torch.save(m.state_dict(), buf)
+    other = _make(name, img_size, seed=2).eval()
+    x = _images(2, 3, img_size)
+    assert not torch.equal(m(x), other(x))  # different seeds really differ
+    buf.seek(0)
+    other.load_state_dict(torch.load(buf, weights_only=True))
+    assert torch.equal(m(x), other(x))
+
+
+def test_vit_matches_float64_reference_forward():
+    """The ViT forward equals a from-scratch float64 recomputation using only the state dict."""
+    m = _make("vit_tiny", 16, num_classes=5, depth=2).double().eval()
+    x = _images(2, 3, 16).double()
+    sd = m.state_dict()
+    D, H = 96, 3
+    p = 4
+    patches = x.unfold(2, p, p).unfold(3, p, p)  # (B, C, 4, 4, p, p)
+    patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(2, 16, 3 * p * p)
+    t = patches @ sd["patch_embed.proj.weight"].reshape(D, -1).T + sd["patch_embed.proj.bias"]
+    t = torch.cat([sd["cls_token"].expand(2, -1, -1), t], 1) + sd["pos_embed"]
+
+    def ln(z, pre):
+        return torch.nn.functional.layer_norm(z, (D,), sd[pre + ".weight"], sd[pre + ".bias"], 1e-6)
+
+    def lin(z, pre):
+        return z @ sd[pre + ".weight"].T + sd[pre + ".bias"]
+
+    for i in range(2):
+        b = f"blocks.{i}"
+        qkv = lin(ln(t, b + ".norm1"), b + ".attn.qkv").reshape(2, 17, 3, H, D // H)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        a = torch.softmax(q @ k.transpose(-1, -2) / (D // H) ** 0.5, -1) @ v
+        t = t + lin(a.transpose(1, 2).reshape(2, 17, D), b + ".attn.proj")
+        h = torch.nn.functional.gelu(lin(ln(t, b + ".norm2"), b + ".mlp.fc1"))
+        t = t + lin(h, b + ".mlp.fc2")
+    t = ln(t, "norm")
+    expected = lin(t[:, 0], "head")
+    torch.testing.assert_close(m(x), expected, rtol=1e-10, atol=1e-10)
+    _, grid = m.forward_features(x)
+    torch.testing.assert_close(grid, t[:, 1:].reshape(2, 4, 4, D), rtol=1e-10, atol=1e-10)
+
+
+def test_vit_interpolates_pos_embed_for_half_size_crops():
+    m = _make("vit", 32).eval()
+    pooled, grid = m.forward_features(_images(2, 3, 16))
+    assert grid.shape == (2, 4, 4, 192)
+    # at the native size the embedding is used unchanged; at half size it is bicubic-resized
+    from fastvit.models.layers import resize_pos_embed
+
+    pos = m.pos_embed[:, 1:]
+    assert resize_pos_embed(pos, (8, 8), (8, 8)) is pos
+    small = resize_pos_embed(pos, (8, 8), (4, 4))
+    ref = torch.nn.functional.interpolate(
+        pos.reshape(1, 8, 8, 192).permute(0, 3, 1, 2), size=(4, 4), mode="bicubic", align_corners=False
+    )
+    torch.testing.assert_close(small, ref.permute(0, 2, 3, 1).reshape(1, 16, 192))
+
+
+def test_vit_last_attention_is_a_distribution():
+    m = _make("vit", 32).eval()
+    a = m.last_attention(_images(2, 3, 32))
+    assert a.shape == (2, 12, 65, 65)
+    torch.testing.assert_close(a.sum(-1), torch.ones(2, 12, 65))
+
+
+def test_reset_classifier_zero_returns_pooled_features():
+    m = _make("vit_tiny", 32).eval()
+    x = _images(2, 3, 32)
+    pooled, _ = m.forward_features(x)
+    m.reset_classifier(0)
+    torch.testing.assert_close(m(x), pooled)
+    m.reset_classifier(7)
+    assert m(x).shape == (2, 7)
+
+
+def test_no_weight_decay_names():
+    m = _make("vit_tiny", 32)
+    nwd = m.no_weight_decay()
+    names = dict(m.named_parameters())
+    assert {"pos_embed", "cls_token", "norm.weight", "norm.bias", "blocks.0.attn.qkv.bias"} <= nwd
+    assert "blocks.0.attn.qkv.weight" not in nwd and "head.weight" not in nwd
+    assert nwd <= set(names)
+    # every matrix with decay is a weight of a Linear/Conv
+    assert all(n.endswith("weight") for n in set(names) - nwd)
+
+
+def test_vit_tiny_fashion_mnist_config():
+    m = models.create("vit_tiny", img_size=28, num_classes=10, in_chans=1)
+    assert m.patch_size == 4 and m.grid_shape == (7, 7, 96)
+    assert len(m.blocks) == 6 and m.blocks[0].attn.num_heads == 3
+    assert m.blocks[0].mlp.fc1.out_features == 192
+    assert m(_images(2, 1, 28)).shape == (2, 10)
+
+
+def test_param_count_vit():
+    """SPEC lists 2.8M (paper A's table); the paper's own config (timm-style ViT, 10 classes) has 2.70M."""
+    n = _params(models.create("vit", img_size=32, num_classes=10))
+    print(f"vit params: {n} (SPEC 2.8M, {100 * (n / 2.8e6 - 1):+.1f}%)")
+    # per block: qkv 192*576+576, proj 192*192+192, mlp 2*192*384+384+192, two norms 4*192
+    block = 192 * 576 + 576 + 192 * 192 + 192 + 2 * 192 * 384 + 384 + 192 + 4 * 192
+    expected = 9 * block + (3 * 16 * 192 + 192) + 65 * 192 + 192 + 2 * 192 + (192 * 10 + 10)
+    assert n == expected
+
+
+def test_unknown_name_lists_names():
+    with pytest.raises(UserError, match="unknown model 'nope'; choose from: .*vit_tiny"):
+        models.create("nope", img_size=32, num_classes=10)
+    with pytest.raises(UserError, match="unknown model"):
+        models.default_img_size("nope")
+
+
+def test_bad_img_size_says_which_sizes_work():
+    with pytest.raises(UserError, match=r"vit: img_size 30 does not work; sizes that work: multiples of 4"):
+        models.create("vit", img_size=30, num_classes=10)
+
+
+def test_unknown_override_is_user_error():
+    with pytest.raises(UserError, match="unknown option.*depth"):
+        models.create("vit", img_size=32, num_classes=10, dept=3)
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 32, 32), (2, 3, 30, 32), (3, 32, 32)])
+def test_bad_input_shape_names_expected_and_actual(shape):
+    m = _make("vit_tiny", 32)
+    actual = ", ".join(map(str, shape))
+    with pytest.raises(ValueError, match=r"expected input \(B, 3, H, W\).*got \(" + actual):
+        m(torch.zeros(shape))
+
+
+def test_default_img_size():
+    assert models.default_img_size("vit") == 32
