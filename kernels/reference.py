@@ -19,17 +19,38 @@ def attention(q, k, v, bias=None, scale=None):
 
 
 def drloc_pairs(grid, positions, use_abs=True):
-    """Gather token pairs at `positions` (B, m, 4) = (r1, c1, r2, c2) and their offsets."""
-    # grid: (B, Hg, Wg, C) -> pairs (B, m, 2C), targets (B, m, 2) float
+    """Gather token pairs at `positions` (B, m, 4) = (r1, c1, r2, c2) and their offsets.
+
+    grid (B, Hg, Wg, C) -> pairs (B, m, 2C) = concat(grid[p1], grid[p2]) in the grid dtype,
+    targets (B, m, 2) float32 per axis (rows, cols): |p1 - p2| if use_abs else p1 - p2 + (size - 1).
+    """
+    first, second = _drloc_gather(grid, positions)
+    return torch.cat([first, second], dim=-1), _drloc_targets(positions, grid.shape[1:3], use_abs)
+
+
+def drloc_pair_sum(grid, positions, use_abs=True):
+    """grid (B, Hg, Wg, C) with channels [A | B] -> (A[p1] + B[p2]) (B, m, C/2) summed in >= float32, targets."""
+    half = grid.shape[-1] // 2
+    first, second = _drloc_gather(grid, positions)
+    acc = torch.promote_types(grid.dtype, torch.float32)
+    out = (first[..., :half].to(acc) + second[..., half:].to(acc)).to(grid.dtype)
+    return out, _drloc_targets(positions, grid.shape[1:3], use_abs)
+
+
+def _drloc_gather(grid, positions):
+    # grid (B, Hg, Wg, C) -> the embeddings at p1 and at p2, each (B, m, C)
     B, Hg, Wg, C = grid.shape
-    flat = grid.reshape(B, Hg * Wg, C)
+    flat = grid.reshape(B, Hg * Wg, C)  # (B, Hg*Wg, C)
     pos = positions.long()
-    i1 = (pos[..., 0] * Wg + pos[..., 1]).unsqueeze(-1).expand(-1, -1, C)
+    i1 = (pos[..., 0] * Wg + pos[..., 1]).unsqueeze(-1).expand(-1, -1, C)  # (B, m, C)
     i2 = (pos[..., 2] * Wg + pos[..., 3]).unsqueeze(-1).expand(-1, -1, C)
-    pairs = torch.cat([flat.gather(1, i1), flat.gather(1, i2)], dim=-1)
-    delta = (pos[..., 0:2] - pos[..., 2:4]).to(grid.dtype if grid.is_floating_point() else torch.float32)
+    return flat.gather(1, i1), flat.gather(1, i2)
+
+
+def _drloc_targets(positions, grid_size, use_abs):
+    # positions (B, m, 4) -> (B, m, 2) float32 offsets in grid units, never normalized (as the paper's code)
+    pos = positions.long()
+    delta = (pos[..., 0:2] - pos[..., 2:4]).to(torch.float32)  # (B, m, 2) rows, cols
     if use_abs:
-        targets = delta.abs()
-    else:
-        targets = delta + torch.tensor([Hg - 1, Wg - 1], dtype=delta.dtype, device=delta.device)
-    return pairs, targets
+        return delta.abs()
+    return delta + torch.tensor([grid_size[0] - 1, grid_size[1] - 1], dtype=delta.dtype, device=delta.device)
