@@ -29,7 +29,7 @@ def drloc_pairs(grid, positions, use_abs=True):
 
 
 def drloc_pair_sum(grid, positions, use_abs=True):
-    """grid (B, Hg, Wg, C) with channels [A | B] -> (A[p1] + B[p2]) (B, m, C/2) summed in >= float32, targets."""
+    """grid (B, Hg, Wg, C), channels [A | B] -> A[p1] + B[p2] (B, m, C/2) summed in >= float32, targets."""
     half = grid.shape[-1] // 2
     first, second = _drloc_gather(grid, positions)
     acc = torch.promote_types(grid.dtype, torch.float32)
