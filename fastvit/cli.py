@@ -1,0 +1,195 @@
+"""`fastvit train | pretrain | finetune | eval | data | plot | attention-map`.
+
+Errors a user can cause end in one line on stderr and exit code 2; nothing half-written.
+"""
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from fastvit import config
+from fastvit.errors import UserError
+
+EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the problem and the valid choices), exit 2."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _flag_type(f: dataclasses.Field):
+    if getattr(f.type, "__origin__", None) is tuple:  # e.g. --local-scale 0.2,0.5
+        return lambda s: tuple(float(x) for x in s.split(","))
+    if isinstance(f.type, type):
+        return f.type
+    return next(a for a in f.type.__args__ if a is not type(None))  # "X | None" -> X
+
+
+def add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per Config field; unset flags stay None so a recipe's value is not overridden."""
+    for f in dataclasses.fields(config.Config):
+        if not f.metadata.get("flag", True):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata['help']} (default: {f.default})"
+        if f.type is bool:
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            p.add_argument(flag, dest=f.name, type=_flag_type(f), default=None, help=help_text,
+                           metavar=f.name.upper(), choices=f.metadata.get("choices"))
+    p.add_argument("--recipe", help=f"start from a recipe: {', '.join(config.recipe_names())}")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="fastvit", description="Fast training of Vision Transformers on small datasets.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    for name, desc in [
+        ("train", "supervised training, optionally with L_drloc (--drloc)"),
+        ("pretrain", "DINO self-distillation on the dataset itself (paper A); no labels used"),
+        ("finetune", "supervised training from a pretrain checkpoint's teacher backbone (--init)"),
+    ]:
+        add_config_flags(sub.add_parser(name, help=desc, description=desc))
+
+    e = sub.add_parser("eval", help="top-1/top-5 of a checkpoint on a dataset's test split")
+    e.add_argument("--ckpt", required=True, help="checkpoint (last.pt / best.pt)")
+    e.add_argument("--dataset", help="dataset (default: the one it was trained on)")
+    e.add_argument("--data-dir")
+    e.add_argument("--cache-dir")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("--precision", default="fp32", choices=config.PRECISIONS)
+    e.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
+
+    data = sub.add_parser("data", help="prepare datasets as FFCV .beton files; inspect them")
+    dsub = data.add_subparsers(dest="data_command", required=True, parser_class=Parser)
+    prep = dsub.add_parser("prepare", help="read a dataset's standard files, write DATASET-{train,test}.beton")
+    prep.add_argument("dataset")
+    prep.add_argument("--src", type=Path, help="folder with the dataset's standard files")
+    prep.add_argument("--out", type=Path, required=True, help="output folder")
+    prep.add_argument("--download", action="store_true", help="fetch from the official URLs first")
+    prep.add_argument("--jpeg-quality", type=int, default=90, help="for datasets stored as JPEG (> 64 px)")
+    info = dsub.add_parser("info", help="print what a .beton file holds")
+    info.add_argument("file", type=Path)
+
+    pl = sub.add_parser("plot", help="PNG curves of loss, accuracy and lr from RUN_DIR/metrics.jsonl")
+    pl.add_argument("run_dir", type=Path)
+    pl.add_argument("--out", type=Path, help="PNG path (default RUN_DIR/curves.png)")
+
+    am = sub.add_parser("attention-map", help="PNG of the last-layer attention of each head over an image")
+    am.add_argument("--ckpt", required=True)
+    am.add_argument("--image", required=True, type=Path)
+    am.add_argument("--out", type=Path, help="PNG path (default: IMAGE stem + _attention.png)")
+    am.add_argument("--ema", action="store_true", help="use the EMA weights")
+    return p
+
+
+def config_from_args(args) -> config.Config:
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(config.Config)
+                 if f.metadata.get("flag", True) and getattr(args, f.name) is not None}
+    if args.command == "finetune" and not overrides.get("init"):
+        raise UserError("fastvit finetune needs --init CKPT (a `fastvit pretrain` checkpoint)")
+    if overrides.get("resume"):  # the run's own config, with any explicitly changed flags on top
+        saved = Path(overrides["resume"]) / "config.json"
+        if not saved.is_file():
+            raise UserError(f"--resume {overrides['resume']}: no config.json there (not a fastvit run dir)")
+        values = json.loads(saved.read_text())
+        recipe, command = values.pop("recipe"), values.pop("command")
+        values.update(overrides)
+        return dataclasses.replace(config.build(values, command=command), recipe=recipe)
+    return config.build(overrides, recipe=args.recipe, command=args.command)
+
+
+def check_names(cfg: config.Config) -> None:
+    """Unknown arch / dataset: say so before any data is touched or anything is written."""
+    from fastvit import loaders, models
+
+    if cfg.arch not in models.names():
+        raise UserError(f"unknown arch {cfg.arch!r}; choose from {', '.join(models.names())}")
+    if cfg.dataset not in loaders.DATASETS:
+        raise UserError(f"unknown dataset {cfg.dataset!r}; choose from {', '.join(loaders.DATASETS)}")
+    if cfg.data_dir and not Path(cfg.data_dir).is_dir():
+        raise UserError(f"--data-dir {cfg.data_dir} is not a directory")
+
+
+def cmd_train(args) -> int:
+    cfg = config_from_args(args)
+    if args.print_config:
+        print(json.dumps(cfg.to_dict(), indent=2))
+        return 0
+    check_names(cfg)
+    from fastvit import train
+
+    try:
+        train.run(cfg)
+    except train.TrainingError as e:
+        print(f"fastvit: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from fastvit import evaluate
+
+    result = evaluate.evaluate_checkpoint(args.ckpt, dataset=args.dataset, data_dir=args.data_dir,
+                                          cache_dir=args.cache_dir, device=args.device,
+                                          batch_size=args.batch_size, precision=args.precision, ema=args.ema)
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_data(args) -> int:
+    from fastvit import loaders
+
+    if args.data_command == "info":
+        print(loaders.info(args.file))
+        return 0
+    if args.dataset not in loaders.DATASETS:
+        raise UserError(f"unknown dataset {args.dataset!r}; choose from {', '.join(loaders.DATASETS)}")
+    if args.src is None and not args.download:
+        raise UserError("give --src DIR (the dataset's standard files) or --download")
+    if not 1 <= args.jpeg_quality <= 100:
+        raise UserError(f"--jpeg-quality must be in 1..100, got {args.jpeg_quality}")
+    for path in loaders.prepare(args.dataset, args.src, args.out, download=args.download,
+                                jpeg_quality=args.jpeg_quality):
+        print(path)
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from fastvit import plots
+
+    print(plots.plot_run(args.run_dir, args.out))
+    return 0
+
+
+def cmd_attention_map(args) -> int:
+    from fastvit import plots
+
+    print(plots.attention_map(args.ckpt, args.image, args.out, ema=args.ema))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "pretrain": cmd_train, "finetune": cmd_train, "eval": cmd_eval,
+            "data": cmd_data, "plot": cmd_plot, "attention-map": cmd_attention_map}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        code = COMMANDS[args.command](args)
+    except UserError as e:
+        print(f"fastvit {args.command}: error: {e}", file=sys.stderr)
+        code = EXIT_USAGE
+    except KeyboardInterrupt:
+        print("fastvit: interrupted; the last checkpoint (if any) is intact: continue with --resume RUN_DIR",
+              file=sys.stderr)
+        code = EXIT_INTERRUPTED
+    sys.exit(code)
+

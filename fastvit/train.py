@@ -1,0 +1,466 @@
+"""The training loop: supervised (+ L_drloc) and DINO self-supervised pretraining, top to bottom.
+
+Run:  fastvit train --arch vit_tiny --dataset fashion-mnist --epochs 4        (see README for figures)
+      torchrun --nproc_per_node=2 -m fastvit train ...   (global batch = --batch-size x processes)
+
+Sections: setup -> data -> model/objective -> optimizer/compile/DDP -> resume -> helpers -> the loop.
+Hot-path rule: no host-device sync inside a step except on logging/checkpoint steps.
+"""
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from fastvit import checkpoint, distributed, loaders, models
+from fastvit.config import Config
+from fastvit.errors import UserError
+from fastvit.loaders import augment
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (non-finite loss); the message names the step and the last good checkpoint."""
+
+
+# ----------------------------------------------------------------------------------------------
+# objectives: model + loss in one module, so DDP sees every trained parameter
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """CE against int labels or soft targets [B, classes] (mixup / label smoothing already applied)."""
+    if targets.dtype == torch.long:
+        return F.cross_entropy(logits.float(), targets)
+    return torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+
+
+class Supervised(nn.Module):
+    """Cross-entropy on the logits, plus lambda * L_drloc on the final token grid(s) when enabled."""
+
+    def __init__(self, model: nn.Module, drloc: nn.Module | None = None, multiscale: bool = False):
+        super().__init__()
+        self.model, self.drloc, self.multiscale = model, drloc, multiscale
+
+    def forward(self, x, targets, drloc_weight: float = 0.0, seed: int = 0, offset: int = 0):
+        if self.drloc is None:
+            logits = self.model(x)
+            return soft_cross_entropy(logits, targets), logits.new_zeros(())
+        if self.multiscale:
+            pooled, grids = self.model.forward_stages(x)
+        else:
+            pooled, grid = self.model.forward_features(x)
+            grids = [grid]
+        logits = self.model.forward_head(pooled)
+        aux = self.drloc(grids, seed=seed, offset=offset)
+        return soft_cross_entropy(logits, targets) + drloc_weight * aux, aux.detach()
+
+
+# ----------------------------------------------------------------------------------------------
+# schedules: pure functions of the step, so resuming needs only the step counter
+
+
+def cosine_with_warmup(step, total_steps, warmup_steps, peak, start, final):
+    if step < warmup_steps:
+        return start + (peak - start) * step / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return final + 0.5 * (peak - final) * (1 + math.cos(math.pi * progress))
+
+
+def param_groups(module: nn.Module, no_decay_names: set[str]) -> list[dict]:
+    """Weight decay on matrices only: not on norms, biases, embeddings, tables (model.no_weight_decay())."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name in no_decay_names else decay).append(p)
+    return [{"params": decay, "decay": True}, {"params": no_decay, "weight_decay": 0.0, "decay": False}]
+
+
+def prefixed_no_decay(module: nn.Module, prefix: str) -> set[str]:
+    names = module.no_weight_decay() if hasattr(module, "no_weight_decay") else set()
+    return {f"{prefix}{n}" for n in names}
+
+
+# ----------------------------------------------------------------------------------------------
+# data
+
+
+def resolve_img_size(cfg: Config, data_size: int) -> int:
+    if cfg.img_size is not None:
+        return cfg.img_size
+    size = models.default_img_size(cfg.arch)
+    # paper A runs its small-image archs at 64 px on 64-px data (Tiny-ImageNet)
+    return 64 if size == 32 and data_size == 64 else size
+
+
+def load_split(path: Path, subset: int | None, device: torch.device):
+    """The split as uint8 NHWC + int64 labels on the device (the resident layout)."""
+    images, labels = loaders.load_arrays(path)
+    if subset is not None:
+        images, labels = images[:subset], labels[:subset]
+    return torch.as_tensor(images).to(device), torch.as_tensor(labels).to(device)
+
+
+@torch.no_grad()
+def evaluate(model, images, labels, eval_tf, batch_size, d, precision) -> dict:
+    """Top-1/top-5 over this rank's strided share of the test set, summed over ranks."""
+    model.eval()
+    counts = torch.zeros(3, device=images.device, dtype=torch.float64)  # correct@1, correct@5, n
+    mine = torch.arange(d.rank, len(images), d.world_size, device=images.device)
+    for i in range(0, len(mine), batch_size):
+        idx = mine[i : i + batch_size]
+        x = eval_tf(images[idx])  # uint8 NCHW -> normalized float
+        with autocast(x.device, precision):
+            logits = model(x).float()
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hit = top == labels[idx, None]
+        counts += torch.stack([hit[:, 0].sum(), hit.any(1).sum(), torch.tensor(len(idx))]).to(counts)
+    distributed.all_reduce_sum(counts, d)
+    model.train()
+    c1, c5, n = counts.tolist()
+    return {"test_acc1": 100 * c1 / n, "test_acc5": 100 * c5 / n}
+
+
+def autocast(device: torch.device, precision: str):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+# ----------------------------------------------------------------------------------------------
+# the run
+
+
+def run(cfg: Config) -> dict:
+    """Train (or pretrain) as cfg says; returns the last epoch's metrics."""
+    d, device = distributed.init(cfg.device)
+    pretrain = cfg.command == "pretrain"
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.set_num_threads(1)  # CPU GEMM reductions then run in one fixed order
+    torch.manual_seed(cfg.seed + d.rank)  # stochastic depth; init below re-seeds identically on all ranks
+
+    # ---- data
+    train_path, test_path = loaders.ensure_prepared(
+        cfg.dataset, data_dir=Path(cfg.data_dir) if cfg.data_dir else None, cache_dir=cfg.resolved_cache_dir()
+    )
+    meta = loaders.read_meta(train_path)
+    num_classes, in_chans = meta["num_classes"], meta["channels"]
+    img_size = resolve_img_size(cfg, meta["height"])
+    mean, std = meta["mean"], meta["std"]
+
+    # ---- model (built before anything is written: a bad arch/size leaves no run dir behind)
+    torch.manual_seed(cfg.seed)  # identical init on every rank
+    model = models.create(cfg.arch, img_size=img_size, num_classes=0 if pretrain else num_classes,
+                          in_chans=in_chans, drop_path=cfg.drop_path).to(device)
+    try:
+        run_dir = prepare_run_dir(cfg, d)
+    except OSError as e:
+        raise UserError(f"cannot write the run directory: {e.strerror}: {e.filename}") from e
+    log = Logger(run_dir, d, tensorboard=True)
+    log.info(f"fastvit {cfg.command}: {cfg.arch} @ {img_size}px on {cfg.dataset} ({meta['count']} train images, "
+             f"{num_classes} classes), device {device}, {d.world_size} process(es), run dir {run_dir}")
+    if cfg.init:
+        load_backbone(model, cfg.init, log)
+
+    train_images, train_labels = load_split(train_path, cfg.subset, device)
+    test_images, test_labels = load_split(test_path, None, device)
+    test_images = test_images.permute(0, 3, 1, 2).contiguous()  # (N, C, H, W), once
+    loader = loaders.ResidentLoader(train_images, train_labels, batch_size=cfg.batch_size, device=device,
+                                    shuffle=True, drop_last=True, seed=cfg.seed, rank=d.rank,
+                                    world_size=d.world_size, repeats=cfg.repeats)
+    steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise UserError(f"{len(train_images)} training images give no full batch of {cfg.batch_size} "
+                        f"x {d.world_size} process(es); lower --batch-size")
+    eval_tf = augment.build_eval_transform(img_size=img_size, mean=mean, std=std)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + d.rank)  # augmentation
+    if pretrain:
+        from fastvit.objectives.dino import DINO, cancel_last_layer_grads, momentum_schedule
+        from fastvit.loaders.augment import MultiCrop
+
+        views_tf = MultiCrop(global_size=img_size, local_size=img_size // 2, n_local=cfg.n_local,
+                             global_scale=tuple(cfg.global_scale), local_scale=tuple(cfg.local_scale),
+                             mean=mean, std=std)
+        objective = DINO(model, out_dim=cfg.dino_out_dim, n_local=cfg.n_local, total_epochs=cfg.epochs,
+                         teacher_temp=cfg.teacher_temp, warmup_teacher_temp=cfg.warmup_teacher_temp,
+                         warmup_teacher_temp_epochs=cfg.warmup_teacher_temp_epochs).to(device)
+        no_decay = prefixed_no_decay(model, "student.backbone.")
+    else:
+        train_tf = (eval_tf_with_labels(eval_tf) if cfg.augment == "none" else augment.build_train_transform(
+            cfg.augment, img_size=img_size, mean=mean, std=std, num_classes=num_classes,
+            **cfg.augment_overrides()))
+        drloc = build_drloc(cfg, model, img_size, in_chans, device) if cfg.drloc else None
+        objective = Supervised(model, drloc, cfg.drloc_multiscale).to(device)
+        no_decay = prefixed_no_decay(model, "model.")
+
+    # ---- optimizer, precision, compile, DDP
+    fused = device.type == "cuda"
+    lr = cfg.scaled_lr(d.world_size)
+    opt = torch.optim.AdamW(param_groups(objective, no_decay), lr=lr, weight_decay=cfg.weight_decay,
+                            betas=(cfg.beta1, cfg.beta2), fused=fused or None)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    total_steps = cfg.epochs * steps_per_epoch
+    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
+    ema = WeightEMA(model, cfg.ema) if cfg.ema else None
+    step_module = objective
+    if d.enabled:
+        step_module = nn.parallel.DistributedDataParallel(
+            objective, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.cuda_graphs and device.type != "cuda":
+        raise UserError("--cuda-graphs needs a CUDA device")
+    if cfg.compile:
+        step_module = torch.compile(step_module, mode="reduce-overhead" if cfg.cuda_graphs else None)
+
+    # ---- resume
+    start = {"epoch": 0, "step": 0, "best_acc1": 0.0, "epoch_sums": None}
+    if cfg.resume:
+        state = checkpoint.load(run_dir / "last.pt")
+        objective.load_state_dict(state["objective"])
+        opt.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        loader.load_state_dict(state["loader"])
+        gen.set_state(state["rng"]["augment"].to(gen.get_state().device))
+        torch.set_rng_state(state["rng"]["torch"])
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+        start = {k: state[k] for k in start}
+        log.truncate_metrics(start["epoch"])
+        log.info(f"resumed from {run_dir / 'last.pt'} at epoch {start['epoch']}, step {start['step']}")
+
+    def save(path_name: str, epoch: int, step: int, best: float, epoch_sums) -> None:
+        if not d.is_main:
+            return
+        state = {
+            "objective": objective.state_dict(),  # uncompiled, unwrapped names
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scaler": scaler.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None,
+            "loader": loader.state_dict(),
+            "rng": {"augment": gen.get_state(), "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+            "epoch": epoch, "step": step, "best_acc1": best, "epoch_sums": epoch_sums,
+            "config": cfg.to_dict(), "img_size": img_size, "num_classes": num_classes, "in_chans": in_chans,
+        }
+        if pretrain:
+            state["teacher_backbone"] = objective.teacher_backbone_state_dict()
+        checkpoint.save(state, run_dir / path_name)
+
+    # ---- the loop
+    step, best_acc1, metrics = start["step"], start["best_acc1"], {}
+    nonfinite_at = torch.full((), -1, dtype=torch.long, device=device)  # first bad step, checked on syncs
+    for epoch in range(start["epoch"], cfg.epochs):
+        resumed_mid_epoch = epoch == start["epoch"] and start["epoch_sums"] is not None
+        if not resumed_mid_epoch:
+            loader.set_epoch(epoch)
+        sums = (start["epoch_sums"] if resumed_mid_epoch else torch.zeros(3, dtype=torch.float64)).to(device)
+        t0, images_seen = time.perf_counter(), 0
+        bar = tqdm(total=steps_per_epoch, initial=steps_per_epoch - loader.remaining(), disable=not d.is_main,
+                   desc=f"epoch {epoch + 1}/{cfg.epochs}", mininterval=1.0, dynamic_ncols=True)
+        for images, labels in loader:
+            lr_now = cosine_with_warmup(step, total_steps, warmup_steps, lr, cfg.warmup_lr, cfg.min_lr)
+            wd_now = cfg.weight_decay if cfg.weight_decay_end is None else cosine_with_warmup(
+                step, total_steps, 0, cfg.weight_decay, cfg.weight_decay, cfg.weight_decay_end)
+            for group in opt.param_groups:
+                group["lr"] = lr_now
+                if group["decay"]:
+                    group["weight_decay"] = wd_now
+            epoch_f = step / steps_per_epoch
+            with autocast(device, cfg.precision):
+                if pretrain:
+                    loss = step_module(views_tf(images, gen), epoch_f)
+                    aux = loss.new_zeros(())
+                else:
+                    x, targets = train_tf(images, labels, gen)
+                    lam = drloc_lambda(cfg, epoch_f) if cfg.drloc else 0.0
+                    loss, aux = step_module(x, targets, lam, cfg.seed, step)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip or pretrain:
+                scaler.unscale_(opt)
+            if pretrain:
+                cancel_last_layer_grads(objective.student.head, epoch, cfg.freeze_last_layer)
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(objective.parameters(), cfg.grad_clip, foreach=True)
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+            if pretrain:
+                objective.update_teacher(momentum_schedule(step, total_steps, base=cfg.teacher_momentum))
+            if ema is not None:
+                ema.update(model)
+            loss = loss.detach()
+            nonfinite_at = torch.where((nonfinite_at < 0) & ~torch.isfinite(loss), step, nonfinite_at)
+            sums += torch.stack([loss.double(), aux.double(), torch.ones((), dtype=torch.float64, device=device)])
+            step += 1
+            images_seen += len(images) * d.world_size
+            bar.update(1)
+            if step % cfg.log_every == 0:  # a host sync: only on logging steps
+                check_finite(nonfinite_at, run_dir)
+                rate = images_seen / (time.perf_counter() - t0)
+                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr_now:.2e}", img_s=f"{rate:.0f}")
+                log.scalars(step, {"train/loss": loss.item(), "train/lr": lr_now, "train/images_per_s": rate})
+            if cfg.save_every and step % cfg.save_every == 0:
+                check_finite(nonfinite_at, run_dir)
+                save("last.pt", epoch, step, best_acc1, sums.cpu())
+        bar.close()
+        check_finite(nonfinite_at, run_dir)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        loss_sum, aux_sum, n = distributed.all_reduce_sum(sums, d).tolist()
+        metrics = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(n, 1), "lr": lr_now,
+                   "images_per_s": images_seen / seconds, "seconds": seconds}
+        if cfg.drloc:
+            metrics["drloc_loss"] = aux_sum / max(n, 1)
+        if not pretrain and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+            eval_model = ema.module if ema is not None else model
+            metrics.update(evaluate(eval_model, test_images, test_labels, eval_tf, 2 * cfg.batch_size, d,
+                                    cfg.precision))
+        log.epoch(metrics)
+        save("last.pt", epoch + 1, step, max(best_acc1, metrics.get("test_acc1", 0.0)), None)
+        if metrics.get("test_acc1", -1.0) > best_acc1:
+            best_acc1 = metrics["test_acc1"]
+            save("best.pt", epoch + 1, step, best_acc1, None)
+    log.close()
+    distributed.barrier(d)
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def drloc_lambda(cfg: Config, epoch: float) -> float:
+    from fastvit.objectives.drloc import drloc_lambda as schedule
+
+    return schedule(epoch, cfg.drloc_weight(), cfg.drloc_warmup_epochs, cfg.epochs)
+
+
+def build_drloc(cfg: Config, model: nn.Module, img_size: int, in_chans: int, device) -> nn.Module:
+    from fastvit.objectives.drloc import Drloc
+
+    with torch.no_grad():  # one tiny forward tells the grid shape(s) the heads will see
+        probe = torch.zeros(1, in_chans, img_size, img_size, device=device)
+        model.eval()
+        grids = model.forward_stages(probe)[1] if cfg.drloc_multiscale else [model.forward_features(probe)[1]]
+        model.train()
+    if cfg.drloc_multiscale and not hasattr(model, "forward_stages"):
+        raise UserError(f"--drloc-multiscale needs a multi-stage arch (swin, swin_t); {cfg.arch} has one grid")
+    return Drloc([g.shape[-1] for g in grids], mode=cfg.drloc_mode, num_pairs=cfg.drloc_pairs,
+                 use_abs=cfg.drloc_abs, grid_sizes=[tuple(g.shape[1:3]) for g in grids])
+
+
+def eval_tf_with_labels(eval_tf):
+    return lambda images, labels, generator: (eval_tf(images), labels)
+
+
+def check_finite(nonfinite_at: torch.Tensor, run_dir: Path) -> None:
+    bad = int(nonfinite_at.item())
+    if bad >= 0:
+        raise TrainingError(f"the loss became NaN/Inf at step {bad}; stopping. The last good checkpoint is "
+                            f"{run_dir / 'last.pt'} (lower --lr, add --grad-clip, or use --precision fp32)")
+
+
+def load_backbone(model: nn.Module, ckpt_path: str, log) -> None:
+    """Load a pretrain checkpoint's teacher backbone by parameter name; report every key not loaded."""
+    state = checkpoint.load(ckpt_path)
+    if "teacher_backbone" not in state:
+        raise UserError(f"{ckpt_path} is not a pretrain checkpoint (no teacher_backbone); "
+                        "make one with `fastvit pretrain`")
+    source, target = state["teacher_backbone"], model.state_dict()
+    loaded, skipped = {}, []
+    for name, tensor in target.items():
+        if name not in source:
+            skipped.append(f"{name}: not in the checkpoint (kept its fresh init)")
+        elif source[name].shape != tensor.shape:
+            skipped.append(f"{name}: shape {tuple(source[name].shape)} in the checkpoint, "
+                           f"{tuple(tensor.shape)} in the model (kept its fresh init)")
+        else:
+            loaded[name] = source[name]
+    unused = [f"{name}: not a parameter of {type(model).__name__}" for name in source if name not in target]
+    model.load_state_dict(loaded, strict=False)
+    log.info(f"init from {ckpt_path}: loaded {len(loaded)}/{len(target)} tensors by name")
+    for line in skipped + unused:
+        log.info(f"  not loaded: {line}")
+
+
+def prepare_run_dir(cfg: Config, d) -> Path:
+    if cfg.resume:
+        run_dir = Path(cfg.resume)
+        if not (run_dir / "last.pt").is_file():
+            raise UserError(f"--resume {run_dir}: no last.pt there")
+    else:
+        run_dir = Path(cfg.out or f"runs/{cfg.arch}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if d.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    distributed.barrier(d)
+    return run_dir
+
+
+class WeightEMA:
+    """Exponential moving average of the model's floating-point state, updated with fused foreach ops."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        import copy
+
+        self.decay, self.module = decay, copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        mine = [t for t in self.module.state_dict().values() if t.is_floating_point()]
+        theirs = [t for t in model.state_dict().values() if t.is_floating_point()]
+        torch._foreach_lerp_(mine, theirs, 1.0 - self.decay)
+
+    def state_dict(self):
+        return self.module.state_dict()
+
+    def load_state_dict(self, state):
+        self.module.load_state_dict(state)
+
+
+class Logger:
+    """Rank 0 writes metrics.jsonl (one line per epoch), TensorBoard events and console lines."""
+
+    def __init__(self, run_dir: Path, d, tensorboard: bool):
+        self.run_dir, self.active = run_dir, d.is_main
+        self.writer = None
+        if self.active and tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run_dir / "tb"))
+
+    def info(self, line: str) -> None:
+        if self.active:
+            tqdm.write(line)
+
+    def scalars(self, step: int, values: dict) -> None:
+        if self.writer is not None:
+            for k, v in values.items():
+                self.writer.add_scalar(k, v, step)
+
+    def epoch(self, metrics: dict) -> None:
+        if not self.active:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        self.scalars(metrics["step"], {f"epoch/{k}": v for k, v in metrics.items() if k not in ("epoch", "step")})
+        shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+        self.info(shown)
+
+    def truncate_metrics(self, epochs_done: int) -> None:
+        """On resume, drop lines of epochs the checkpoint does not cover (they will be redone)."""
+        path = self.run_dir / "metrics.jsonl"
+        if self.active and path.exists():
+            lines = [ln for ln in path.read_text().splitlines() if json.loads(ln)["epoch"] <= epochs_done]
+            path.write_text("".join(ln + "\n" for ln in lines))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
