@@ -4,17 +4,27 @@ import torch
 
 
 def attention(q, k, v, bias=None, scale=None):
-    """softmax(q @ k^T * scale + bias) @ v, computed in the input dtype (upcast for float64 checks)."""
-    # q, k, v: (..., H, N, D); bias broadcastable to (..., H, N, N); scale float or (H,)
+    """softmax(q @ k^T * scale + bias) @ v in the input dtype (pass float64 tensors for a ground truth).
+
+    q (B, H, N_Q, D), k (B, H, N_K, D), v (B, H, N_K, D_v). bias: broadcastable to (B, H, N_Q, N_K), or
+    windowed (nb, H or 1, N_Q, N_K) with nb dividing B: batch b reads bias[b % nb].
+    scale: None (D ** -0.5), a float, or a tensor of H elements (per head).
+    """
+    B = q.shape[0]
     if scale is None:
         scale = q.shape[-1] ** -0.5
-    scores = q @ k.transpose(-2, -1)  # (B, H, N, N)
+    scores = q @ k.transpose(-2, -1)  # (B, H, N_Q, N_K)
     if isinstance(scale, torch.Tensor):
-        scores = scores * scale.view(-1, 1, 1).to(scores.dtype)
+        scores = scores * scale.reshape(-1, 1, 1).to(scores.dtype)
     else:
         scores = scores * scale
     if bias is not None:
-        scores = scores + bias.to(scores.dtype)
+        bias = bias.to(scores.dtype)
+        if bias.dim() == 4 and bias.shape[0] not in (1, B):
+            nb = bias.shape[0]  # windowed: (B // nb, nb, H, N_Q, N_K) + (nb, H|1, N_Q, N_K)
+            scores = (scores.unflatten(0, (B // nb, nb)) + bias).flatten(0, 1)
+        else:
+            scores = scores + bias
     return torch.softmax(scores, dim=-1) @ v
 
 
