@@ -46,6 +46,6 @@ def evaluate_checkpoint(path, *, dataset=None, data_dir=None, cache_dir=None, de
                         f"{state['num_classes']}")
     images, labels = train.load_split(test_path, None, dev)
     images = images.permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
-    eval_tf = augment.build_eval_transform(img_size=state["img_size"], mean=meta["mean"], std=meta["std"])
+    eval_tf = augment.build_eval_transform(img_size=state["img_size"], mean=state["mean"], std=state["std"])
     result = train.evaluate(model.to(dev), images, labels, eval_tf, batch_size, d, precision)
     return {"checkpoint": str(path), "dataset": dataset, "images": len(labels), **result}

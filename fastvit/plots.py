@@ -61,10 +61,10 @@ def attention_map(ckpt: str, image: Path, out: Path | None = None, *, ema: bool 
     size, chans = state["img_size"], state["in_chans"]
     img = img.convert("L" if chans == 1 else "RGB").resize((size, size), Image.BICUBIC)
     pixels = torch.as_tensor(np.asarray(img)).reshape(size, size, chans).permute(2, 0, 1)[None]  # (1, C, H, W)
-    meta_mean = torch.tensor(state.get("mean", [127.5] * chans)).view(1, -1, 1, 1)
-    meta_std = torch.tensor(state.get("std", [127.5] * chans)).view(1, -1, 1, 1)
+    mean = torch.tensor(state["mean"]).view(1, -1, 1, 1)  # 0..1 scale, as training normalized
+    std = torch.tensor(state["std"]).view(1, -1, 1, 1)
     with torch.no_grad():
-        attn = model.last_attention((pixels.float() - meta_mean) / meta_std)  # (1, heads, N, N)
+        attn = model.last_attention((pixels.float() / 255 - mean) / std)  # (1, heads, N, N)
     n_patches = attn.shape[-1] - 1
     side = int(round(n_patches**0.5))
     if side * side != n_patches:

@@ -150,7 +150,7 @@ def run(cfg: Config) -> dict:
     meta = loaders.read_meta(train_path)
     num_classes, in_chans = meta["num_classes"], meta["channels"]
     img_size = resolve_img_size(cfg, meta["height"])
-    mean, std = meta["mean"], meta["std"]
+    mean, std = [m / 255 for m in meta["mean"]], [s / 255 for s in meta["std"]]  # sidecar: 0-255 scale
 
     # ---- model (built before anything is written: a bad arch/size leaves no run dir behind)
     torch.manual_seed(cfg.seed)  # identical init on every rank
@@ -247,6 +247,7 @@ def run(cfg: Config) -> dict:
                     "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
             "epoch": epoch, "step": step, "best_acc1": best, "epoch_sums": epoch_sums,
             "config": cfg.to_dict(), "img_size": img_size, "num_classes": num_classes, "in_chans": in_chans,
+            "mean": mean, "std": std,
         }
         if pretrain:
             state["teacher_backbone"] = objective.teacher_backbone_state_dict()
@@ -257,11 +258,10 @@ def run(cfg: Config) -> dict:
     nonfinite_at = torch.full((), -1, dtype=torch.long, device=device)  # first bad step, checked on syncs
     for epoch in range(start["epoch"], cfg.epochs):
         resumed_mid_epoch = epoch == start["epoch"] and start["epoch_sums"] is not None
-        if not resumed_mid_epoch:
-            loader.set_epoch(epoch)
+        loader.set_epoch(epoch)  # keeps a resumed mid-epoch position
         sums = (start["epoch_sums"] if resumed_mid_epoch else torch.zeros(3, dtype=torch.float64)).to(device)
         t0, images_seen = time.perf_counter(), 0
-        bar = tqdm(total=steps_per_epoch, initial=steps_per_epoch - loader.remaining(), disable=not d.is_main,
+        bar = tqdm(total=steps_per_epoch, initial=loader.next_batch, disable=not d.is_main,
                    desc=f"epoch {epoch + 1}/{cfg.epochs}", mininterval=1.0, dynamic_ncols=True)
         for images, labels in loader:
             lr_now = cosine_with_warmup(step, total_steps, warmup_steps, lr, cfg.warmup_lr, cfg.min_lr)

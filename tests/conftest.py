@@ -1,4 +1,45 @@
+import gzip
 import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
 
 # Triton runs on CPU tensors only through its interpreter, and only if this is set before import.
 os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """An IDX file (the MNIST format: big-endian magic 0x0000 08 <ndim>, dims, then uint8 data), gzipped."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def easy_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """28x28 images whose class is a bright 7x7 square at one of 10 places, plus noise: learnable fast."""
+    images = rng.integers(0, 60, size=(len(labels), 28, 28), dtype=np.uint8)
+    for i, c in enumerate(labels):
+        r, col = divmod(int(c), 4)
+        images[i, 7 * r : 7 * r + 7, 7 * col : 7 * col + 7] = 230
+    return images
+
+
+@pytest.fixture(scope="session")
+def fmnist_dir(tmp_path_factory) -> Path:
+    """A small Fashion-MNIST-format dataset (1,024 train / 256 test) in the real IDX .gz files."""
+    root = tmp_path_factory.mktemp("fashion-mnist-src")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 1024), ("t10k", 256)):
+        labels = np.arange(n, dtype=np.uint8) % 10
+        rng.shuffle(labels)
+        write_idx(root / f"{split}-images-idx3-ubyte.gz", easy_images(labels, rng))
+        write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels)
+    return root
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One .beton cache for the session, so each dataset is prepared once."""
+    return tmp_path_factory.mktemp("fastvit-cache")
