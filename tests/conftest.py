@@ -40,6 +40,10 @@ def fmnist_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory) -> Path:
-    """One .beton cache for the session, so each dataset is prepared once."""
-    return tmp_path_factory.mktemp("fastvit-cache")
+def cache_dir(tmp_path_factory, fmnist_dir) -> Path:
+    """One .beton cache for the session, holding the small Fashion-MNIST set prepared once."""
+    from fastvit import loaders
+
+    cache = tmp_path_factory.mktemp("fastvit-cache")
+    loaders.ensure_prepared("fashion-mnist", data_dir=fmnist_dir, cache_dir=cache)
+    return cache

@@ -246,3 +246,147 @@ def test_bad_arguments_are_user_errors(kwargs, message):
 def test_set_epoch_rejects_negative():
     with pytest.raises(UserError, match="epoch must be a non-negative integer"):
         make().set_epoch(-1)
+
+
+# --- ffcv ------------------------------------------------------------------------------------------
+
+
+def write_beton(path, images: np.ndarray, field: str) -> None:
+    """A .beton with FFCV's own writer: `image` as NDArrayField or raw RGBImageField, `label` IntField."""
+    from ffcv.fields import IntField, NDArrayField, RGBImageField
+    from ffcv.writer import DatasetWriter
+
+    class Samples:
+        def __len__(self):
+            return len(images)
+
+        def __getitem__(self, i):
+            return images[i], int(i)
+
+    image_field = NDArrayField(np.dtype(np.uint8), images.shape[1:]) if field == "ndarray" else RGBImageField()
+    DatasetWriter(str(path), {"image": image_field, "label": IntField()}, num_workers=1).from_indexed_dataset(
+        Samples()
+    )
+
+
+@pytest.fixture(scope="module")
+def betons(tmp_path_factory):
+    """{"ndarray" | "rgb": (path, images uint8 [N, H, W, C])}: 43 samples whose label is their index."""
+    threads = torch.get_num_threads()
+    root = tmp_path_factory.mktemp("betons")
+    images = numbered_images(43, height=6, width=5)
+    files = {}
+    for field in ("ndarray", "rgb"):
+        write_beton(root / f"{field}.beton", images, field)
+        files[field] = (root / f"{field}.beton", images)
+    torch.set_num_threads(threads)  # the test's own ffcv import; the loader restores its own
+    return files
+
+
+def ffcv_epoch(loader) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch, copied out of FFCV's reused buffers."""
+    return [(images.clone(), labels.clone()) for images, labels in loader]
+
+
+@pytest.mark.parametrize("field", ["ndarray", "rgb"])
+def test_ffcv_loader_yields_the_files_images_once_each(betons, field):
+    from fastvit.loaders.pipeline import FFCVLoader
+
+    path, source = betons[field]
+    threads = torch.get_num_threads()
+    loader = FFCVLoader(path, batch_size=8, device="cpu", shuffle=True, drop_last=False, seed=2)
+    assert torch.get_num_threads() == threads
+    first = ffcv_epoch(loader)
+    assert torch.get_num_threads() == threads
+    assert len(first) == len(loader) == 6 and [len(y) for _, y in first] == [8] * 5 + [3]
+    for images, labels in first:
+        assert images.dtype == torch.uint8 and labels.dtype == torch.int64
+        assert images.shape[1:] == (3, 6, 5) and images.is_contiguous()
+        expected = torch.from_numpy(source[labels.numpy()]).permute(0, 3, 1, 2)  # (B, C, H, W)
+        assert torch.equal(images, expected)
+    ids = torch.cat([y for _, y in first]).tolist()
+    assert sorted(ids) == list(range(43))
+    # next epoch: the same multiset in another order
+    second = torch.cat([y for _, y in ffcv_epoch(loader)]).tolist()
+    assert sorted(second) == list(range(43)) and second != ids
+
+
+def test_ffcv_sequential_order_is_file_order_and_drop_last_drops(betons):
+    from fastvit.loaders.pipeline import FFCVLoader
+
+    path, source = betons["ndarray"]
+    loader = FFCVLoader(path, batch_size=8, shuffle=False, drop_last=True)
+    batches = ffcv_epoch(loader)
+    assert len(batches) == len(loader) == 5
+    assert torch.cat([y for _, y in batches]).tolist() == list(range(40))
+    images = torch.cat([x for x, _ in batches])
+    assert torch.equal(images, torch.from_numpy(source[:40]).permute(0, 3, 1, 2))
+
+
+def test_ffcv_resume_mid_epoch_and_repeats(betons):
+    from fastvit.loaders.pipeline import FFCVLoader
+
+    path, _ = betons["ndarray"]
+    loader = FFCVLoader(path, batch_size=6, seed=5, repeats=2)
+    assert len(loader) == 86 // 6
+    loader.set_epoch(3)
+    full = ffcv_epoch(loader)
+    counts = collections.Counter(torch.cat([y for _, y in full]).tolist())
+    assert max(counts.values()) == 2 and sum(counts.values()) == 84 and len(counts) >= 41
+
+    loader.set_epoch(3)
+    iterator = iter(loader)
+    for _ in range(5):
+        next(iterator)
+    iterator.close()  # leave mid-epoch, as an interrupted run does
+    state = loader.state_dict()
+    assert (state["epoch"], state["batch"]) == (3, 5)
+    resumed = FFCVLoader(path, batch_size=6, seed=5, repeats=2)
+    resumed.load_state_dict(state)
+    rest = ffcv_epoch(resumed)
+    assert len(rest) == len(full) - 5
+    for (x, y), (x_ref, y_ref) in zip(rest, full[5:], strict=True):
+        assert torch.equal(y, y_ref) and torch.equal(x, x_ref)
+    assert (resumed.epoch, resumed.next_batch) == (4, 0)
+
+
+def test_ffcv_flip_and_random_resized_crop(betons):
+    from fastvit.loaders.pipeline import FFCVLoader
+
+    path, source = betons["rgb"]
+    flipped = 0
+    for images, labels in FFCVLoader(path, batch_size=43, flip=True, seed=1):
+        for image, label in zip(images, labels, strict=True):
+            original = torch.from_numpy(source[label]).permute(2, 0, 1)  # (C, H, W)
+            if torch.equal(image, original.flip(-1)):
+                flipped += 1
+            else:
+                assert torch.equal(image, original)
+    assert 5 <= flipped <= 38  # Binomial(43, 0.5): outside this range has probability < 1e-5
+
+    crops = ffcv_epoch(FFCVLoader(path, batch_size=8, img_size=4, random_resized_crop=True, rrc_scale=(0.3, 0.6)))
+    images = torch.cat([x for x, _ in crops])
+    assert images.shape == (40, 3, 4, 4) and images.dtype == torch.uint8
+    centered = ffcv_epoch(FFCVLoader(path, batch_size=8, img_size=4, center_crop_ratio=1.0, shuffle=False))
+    assert torch.cat([x for x, _ in centered]).shape == (40, 3, 4, 4)
+
+
+def test_ffcv_loader_user_errors(betons, tmp_path):
+    from fastvit.loaders.pipeline import FFCVLoader
+
+    path, _ = betons["ndarray"]
+    with pytest.raises(UserError, match="no such .beton file"):
+        FFCVLoader(tmp_path / "missing.beton", batch_size=4)
+    (tmp_path / "junk.beton").write_bytes(b"not a beton" * 100)
+    with pytest.raises(UserError, match="is not a readable FFCV .beton file"):
+        FFCVLoader(tmp_path / "junk.beton", batch_size=4)
+    with pytest.raises(UserError, match="unknown loader order 'shuffled'; choose one of random, quasi_random"):
+        FFCVLoader(path, batch_size=4, order="shuffled")
+    with pytest.raises(UserError, match="quasi_random' works on a single process without repeats"):
+        FFCVLoader(path, batch_size=4, order="quasi_random", repeats=3)
+    with pytest.raises(UserError, match="cannot crop or resize them; use the resident loader"):
+        FFCVLoader(path, batch_size=4, img_size=4, random_resized_crop=True)
+    with pytest.raises(UserError, match="world_size=2 needs torch.distributed initialized"):
+        FFCVLoader(path, batch_size=4, rank=1, world_size=2)
+    with pytest.raises(UserError, match="random_resized_crop needs img_size"):
+        FFCVLoader(path, batch_size=4, random_resized_crop=True)

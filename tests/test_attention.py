@@ -1,0 +1,298 @@
+"""fastvit.kernels.attention: the Triton kernel (CPU interpreter), the sdpa/math backends, dispatch, compile.
+
+Every case compares the output and every gradient (q, k, v, bias, per-head scale) against the float64
+reference, as norm-wise relative error. Kernel outputs are NaN-poisoned, so an unwritten entry fails.
+"""
+
+import importlib
+import os
+
+import pytest
+import torch
+from packaging.version import Version
+
+from fastvit.errors import UserError
+from fastvit.kernels import reference
+
+attn = importlib.import_module("fastvit.kernels.attention")  # the module (the package re-exports the function)
+
+TOL = {torch.float32: 2e-5, torch.float16: 2e-2}
+TOL_REDUCTION = {torch.float32: 1e-4, torch.float16: 2e-2}  # whole-tensor sums (dscale)
+
+
+@pytest.fixture(autouse=True)
+def poisoned_outputs(monkeypatch):
+    """Every buffer a kernel writes starts as NaN; clear FASTVIT_ATTN so dispatch is not forced."""
+    monkeypatch.setattr(attn, "_empty", lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype,
+                                                                                  device=device))
+    monkeypatch.delenv("FASTVIT_ATTN", raising=False)
+
+
+def rel_err(actual, expected):
+    """||actual - expected|| / ||expected|| (absolute when the expected tensor is zero, e.g. N = 1 grads)."""
+    diff = (actual.double() - expected).norm().item()
+    ref = expected.norm().item()
+    return diff / ref if ref > 0 else diff
+
+
+def make_case(B, H, n_q, n_k, D, bias_kind, scale_kind, seed):
+    """float64 leaves and a builder of (bias, scale) from them. bias_kind:
+    None | "heads" (H, N_Q, N_K) | "window" ((H, N, N) learned + (nb, 1, N, N) fixed -100/0 mask, nb = 2)
+    | "keys" (B, 1, 1, N_K) | "full" (B, H, N_Q, N_K). scale_kind: None | "float" | "heads" (H,)."""
+    g = torch.Generator().manual_seed(seed)
+    qkv = [torch.randn(B, H, n, D, generator=g, dtype=torch.float64) for n in (n_q, n_k, n_k)]
+    leaves = {}
+    if bias_kind == "heads":
+        leaves["bias"] = torch.randn(H, n_q, n_k, generator=g, dtype=torch.float64)
+    elif bias_kind == "window":
+        leaves["bias"] = torch.randn(H, n_q, n_k, generator=g, dtype=torch.float64)
+        mask = torch.where(torch.rand(2, 1, n_q, n_k, generator=g) < 0.3, -100.0, 0.0).double()
+        mask[..., 0] = 0.0  # keep one key visible per row, as Swin's shift mask does
+    elif bias_kind == "keys":
+        leaves["bias"] = torch.randn(B, 1, 1, n_k, generator=g, dtype=torch.float64)
+    elif bias_kind == "full":
+        leaves["bias"] = torch.randn(B, H, n_q, n_k, generator=g, dtype=torch.float64)
+    if scale_kind == "heads":
+        leaves["scale"] = torch.rand(H, generator=g, dtype=torch.float64) * 0.5 + 0.05
+
+    def build(params):
+        bias = params.get("bias")
+        if bias_kind == "window":
+            bias = bias + mask.to(bias.dtype)  # (nb, H, N, N): windowed, batch b reads [b % nb]
+        scale = {None: None, "float": 0.37, "heads": params.get("scale")}[scale_kind]
+        return bias, scale
+
+    dout = torch.randn(B, H, n_q, D, generator=g, dtype=torch.float64)
+    return qkv, leaves, build, dout
+
+
+def check_against_reference(backend, B, H, n_q, n_k, D, bias_kind=None, scale_kind=None,
+                            dtype=torch.float32, seed=0):
+    qkv, leaves, build, dout = make_case(B, H, n_q, n_k, D, bias_kind, scale_kind, seed)
+    ref_qkv = [t.clone().requires_grad_() for t in qkv]
+    ref_leaves = {name: t.clone().requires_grad_() for name, t in leaves.items()}
+    expected = reference.attention(*ref_qkv, *build(ref_leaves))
+    expected.backward(dout)
+
+    low_qkv = [t.to(dtype).requires_grad_() for t in qkv]
+    # learned bias tables and temperatures stay fp32 parameters while activations are fp16
+    low_leaves = {name: t.float().requires_grad_() for name, t in leaves.items()}
+    out = attn.attention(*low_qkv, *build(low_leaves), backend=backend)
+    assert out.dtype == dtype and out.shape == (B, H, n_q, D)
+    out.backward(dout.to(dtype))
+
+    errors = {"out": rel_err(out, expected)}
+    errors.update({f"d{name}": rel_err(a.grad, r.grad) for name, a, r in zip("qkv", low_qkv, ref_qkv, strict=True)})
+    errors.update({f"d{name}": rel_err(low_leaves[name].grad, ref_leaves[name].grad) for name in leaves})
+    limits = {name: (TOL_REDUCTION if name == "dscale" else TOL)[dtype] for name in errors}
+    failed = {name: f"{err:.2e}" for name, err in errors.items() if not err < limits[name]}
+    assert not failed, f"errors above {limits}: {failed}"
+    return out
+
+
+# ----- the Triton kernel under TRITON_INTERPRET=1 -------------------------------------------------------
+# (B, H, N_Q, N_K, D, bias, scale): the ViT regime (N 16, 49, 65, 197, 257; head dims 16-128) plus N = 1
+# and 17, cross-attention lengths, B*H = 64, and every bias/scale form.
+TRITON_FP32_CASES = [
+    (2, 2, 16, 16, 16, None, "float"),
+    (4, 3, 49, 49, 32, "window", "heads"),
+    (2, 2, 65, 65, 64, "heads", None),
+    (1, 2, 197, 197, 16, "keys", "heads"),
+    (1, 1, 257, 257, 32, "full", None),
+    (1, 2, 17, 17, 128, "heads", "heads"),
+    (3, 1, 1, 1, 16, "full", "heads"),
+    (16, 4, 16, 16, 16, "window", "heads"),
+    (2, 2, 1, 65, 16, "keys", None),  # CaiT class attention: one query over all tokens
+    (1, 2, 20, 33, 24, "full", "heads"),  # head dim not a power of two
+]
+
+
+@pytest.mark.parametrize("B,H,n_q,n_k,D,bias_kind,scale_kind", TRITON_FP32_CASES)
+def test_triton_fp32_matches_float64(B, H, n_q, n_k, D, bias_kind, scale_kind):
+    check_against_reference("triton", B, H, n_q, n_k, D, bias_kind, scale_kind, torch.float32,
+                            seed=B * 100_000 + n_q * 100 + D)
+
+
+@pytest.mark.parametrize("B,H,n_q,n_k,D,bias_kind,scale_kind", [
+    (4, 3, 49, 49, 32, "window", "heads"),
+    (1, 2, 65, 65, 64, "heads", None),
+    (2, 2, 17, 17, 16, None, "float"),
+])
+def test_triton_fp16_matches_float64(B, H, n_q, n_k, D, bias_kind, scale_kind):
+    check_against_reference("triton", B, H, n_q, n_k, D, bias_kind, scale_kind, torch.float16, seed=7)
+
+
+@pytest.mark.parametrize("n", [17, 49])
+def test_triton_many_blocks_per_program(monkeypatch, n):
+    """16-wide blocks: several key and query blocks per (b, h), so the online softmax rescales across
+    blocks and the last block of both loops is partial."""
+    monkeypatch.setattr(attn, "_CPU_BLOCK", 16)
+    check_against_reference("triton", 2, 2, n, n, 16, "window", "heads", torch.float32, seed=n)
+
+
+def test_triton_strided_inputs():
+    """q, k, v as views of one packed qkv tensor (what a model's qkv projection yields)."""
+    g = torch.Generator().manual_seed(3)
+    B, N, H, D = 2, 49, 3, 32
+    qkv = torch.randn(B, N, 3, H, D, generator=g).permute(2, 0, 3, 1, 4)  # (3, B, H, N, D), non-contiguous
+    q, k, v = qkv.unbind(0)
+    out = attn.attention(q, k, v, backend="triton")
+    expected = reference.attention(q.double(), k.double(), v.double())
+    assert rel_err(out, expected) < TOL[torch.float32]
+
+
+def test_triton_backward_is_deterministic():
+    g = torch.Generator().manual_seed(11)
+    q, k, v = (torch.randn(4, 2, 49, 16, generator=g, requires_grad=True) for _ in range(3))
+    table = torch.randn(2, 49, 49, generator=g, requires_grad=True)
+    scale = torch.full((2,), 0.25, requires_grad=True)
+    dout = torch.randn(4, 2, 49, 16, generator=g)
+    grads = []
+    for _ in range(2):
+        out = attn.attention(q, k, v, table.expand(2, 2, 49, 49), scale, backend="triton")
+        grads.append(torch.autograd.grad(out, (q, k, v, table, scale), dout))
+    for first, second in zip(*grads, strict=True):
+        assert torch.equal(first, second)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the interpreter computes bf16 wrongly; needs a GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_triton_cuda_matches_float64(dtype):
+    qkv, _, _, dout = make_case(8, 4, 197, 197, 64, None, None, seed=5)
+    q, k, v = (t.to("cuda", dtype) for t in qkv)
+    out = attn.attention(q, k, v, backend="triton")
+    assert rel_err(out.cpu(), reference.attention(*qkv)) < {torch.bfloat16: 2e-2}.get(dtype, TOL[dtype])
+
+
+# ----- the torch backends, same reference --------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["sdpa", "math"])
+@pytest.mark.parametrize("B,H,n_q,n_k,D,bias_kind,scale_kind", [
+    (4, 3, 49, 49, 32, "window", "heads"),
+    (2, 2, 65, 65, 16, "keys", "float"),
+    (2, 2, 1, 17, 16, "heads", None),
+])
+def test_torch_backends_match_float64(backend, B, H, n_q, n_k, D, bias_kind, scale_kind):
+    check_against_reference(backend, B, H, n_q, n_k, D, bias_kind, scale_kind, torch.float32, seed=B * n_k)
+
+
+# ----- torch.library op and torch.compile ------------------------------------------------------------
+def test_custom_op_passes_opcheck():
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(2, 2, 16, 16, generator=g, requires_grad=True) for _ in range(3))
+    bias = torch.randn(1, 2, 16, 16, generator=g, requires_grad=True)
+    scale = torch.rand(2, generator=g, requires_grad=True)
+    torch.library.opcheck(attn._attention_fwd_op, (q, k, v, bias, scale, 0.0),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+def test_torch_compile_traces_the_op():
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(2, 2, 17, 16, generator=g, requires_grad=True) for _ in range(3))
+    table = torch.randn(2, 17, 17, generator=g, requires_grad=True)
+    scale = torch.full((2,), 0.3, requires_grad=True)
+
+    def loss_fn(q, k, v, table, scale):
+        return attn.attention(q, k, v, table, scale, backend="triton").square().sum()
+
+    compiled = torch.compile(loss_fn, backend="aot_eager", fullgraph=True)  # fullgraph: no graph break
+    inputs = (q, k, v, table, scale)
+    eager_loss = loss_fn(*inputs)
+    eager_grads = torch.autograd.grad(eager_loss, inputs)
+    compiled_loss = compiled(*inputs)
+    compiled_grads = torch.autograd.grad(compiled_loss, inputs)
+    assert torch.allclose(compiled_loss, eager_loss, rtol=1e-6)
+    for got, want in zip(compiled_grads, eager_grads, strict=True):
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+# ----- dispatch ------------------------------------------------------------------------------------------
+def inputs(device_type="cpu", dtype=torch.float32, head_dim=32, value_dim=None, has_bias=False,
+           per_head_scale=False):
+    return attn.AttentionInputs(device_type, dtype, head_dim, value_dim or head_dim, has_bias, per_head_scale)
+
+
+def test_auto_picks_sdpa_on_cpu_even_with_the_interpreter():
+    assert os.environ.get("TRITON_INTERPRET") == "1"  # conftest: triton could run here, but only when forced
+    assert attn.select_backend(inputs()).name == "sdpa"
+    assert attn.select_backend(inputs(has_bias=True, per_head_scale=True)).name == "sdpa"
+
+
+def test_auto_on_cuda_walks_the_priority_list(monkeypatch):
+    assert attn.select_backend(inputs("cuda", torch.bfloat16)).name == "triton"
+    # head dim 256: triton refuses, so xformers if installed, else sdpa
+    monkeypatch.setattr(attn, "_xformers_version", lambda: Version("0.0.35"))
+    assert attn.select_backend(inputs("cuda", head_dim=256)).name == "xformers"
+    monkeypatch.setattr(attn, "_xformers_version", lambda: None)
+    assert attn.select_backend(inputs("cuda", head_dim=256)).name == "sdpa"
+
+
+def test_env_and_argument_force_a_backend(monkeypatch):
+    monkeypatch.setenv("FASTVIT_ATTN", "math")
+    assert attn.select_backend(inputs()).name == "math"
+    assert attn.select_backend(inputs(), backend="triton").name == "triton"  # the argument wins
+    monkeypatch.setenv("FASTVIT_ATTN", "triton")
+    assert attn.select_backend(inputs()).name == "triton"  # CPU through the interpreter, only when forced
+
+
+def test_forced_backend_runs_the_forced_backend(monkeypatch):
+    calls = []
+    monkeypatch.setattr(attn.MathBackend, "__call__", lambda self, *args: calls.append("math") or args[0])
+    q = torch.randn(1, 1, 16, 16)
+    monkeypatch.setenv("FASTVIT_ATTN", "math")
+    attn.attention(q, q, q)
+    assert calls == ["math"]
+
+
+def test_unknown_backend_lists_choices(monkeypatch):
+    with pytest.raises(UserError, match=r"unknown attention backend 'flash'; choose from auto, triton, "
+                                        r"xformers, sdpa, math"):
+        attn.select_backend(inputs(), backend="flash")
+    monkeypatch.setenv("FASTVIT_ATTN", "cudnn")
+    with pytest.raises(UserError, match="unknown attention backend 'cudnn'"):
+        attn.attention(*(torch.zeros(1, 1, 4, 16),) * 3)
+
+
+def test_forced_xformers_on_cpu_lists_every_reason(monkeypatch):
+    monkeypatch.setattr(attn, "_xformers_version", lambda: None)
+    with pytest.raises(UserError, match=r"attention backend 'xformers' cannot run these inputs: xformers is not "
+                                        r"installed .*; needs CUDA tensors, got cpu$"):
+        attn.select_backend(inputs(), backend="xformers")
+    monkeypatch.setattr(attn, "_xformers_version", lambda: Version("0.0.9"))
+    with pytest.raises(UserError, match=r"xformers 0\.0\.9 is older than 0\.0\.35; needs CUDA tensors"):
+        attn.select_backend(inputs(), backend="xformers")
+
+
+def test_forced_triton_without_interpreter_or_with_unsupported_inputs(monkeypatch):
+    with pytest.raises(UserError, match=r"'triton' cannot run these inputs: head dim 256 > 128; value head dim "
+                                        r"64 differs from query/key head dim 256"):
+        attn.select_backend(inputs(head_dim=256, value_dim=64), backend="triton")
+    with pytest.raises(UserError, match=r"needs CUDA tensors \(or CPU with TRITON_INTERPRET=1\), got mps"):
+        attn.select_backend(inputs("mps"), backend="triton")
+    monkeypatch.setattr(attn, "_interpreting", lambda: False)
+    with pytest.raises(UserError, match="CPU tensors need TRITON_INTERPRET=1 set before fastvit.kernels is imported"):
+        attn.select_backend(inputs(), backend="triton")
+    monkeypatch.setattr(attn, "triton", None)
+    with pytest.raises(UserError, match="'triton' cannot run these inputs: triton is not installed$"):
+        attn.select_backend(inputs(), backend="triton")
+
+
+def test_no_backend_for_integer_inputs_lists_all_refusals():
+    with pytest.raises(UserError, match=r"no attention backend can run these inputs \(triton: not auto-selected "
+                                        r"on cpu; xformers: .*; sdpa: dtype torch.int64 is not floating point; "
+                                        r"math: dtype torch.int64"):
+        attn.select_backend(inputs(dtype=torch.int64))
+
+
+@pytest.mark.parametrize("shapes,bias_shape,scale,message", [
+    (((2, 3, 16, 8), (2, 3, 16, 8), (2, 3, 16, 8)), (3, 3, 16, 16), None, r"leading dim must be 1, B or a divisor"),
+    (((2, 3, 16, 8), (2, 3, 16, 8), (2, 3, 16, 8)), (2, 16, 17), None, r"does not broadcast to .* \(2, 3, 16, 16\)"),
+    (((2, 3, 16, 8), (2, 3, 9, 8), (2, 3, 16, 8)), None, None, "attention shapes disagree"),
+    (((2, 3, 16), (2, 3, 16), (2, 3, 16)), None, None, r"takes \(B, H, N, D\) tensors"),
+    (((2, 3, 16, 8), (2, 3, 16, 8), (2, 3, 16, 8)), None, torch.ones(2), "has 2 elements; need 1 or H = 3"),
+])
+def test_bad_shapes_raise_user_error(shapes, bias_shape, scale, message):
+    q, k, v = (torch.zeros(s) for s in shapes)
+    bias = torch.zeros(bias_shape) if bias_shape else None
+    for backend in ("triton", "sdpa"):
+        with pytest.raises(UserError, match=message):
+            attn.attention(q, k, v, bias, scale, backend=backend)
