@@ -1,0 +1,184 @@
+"""`fastvit data prepare | info`: standard dataset files -> `DATASET-{train,test}.beton` (+ sidecars).
+
+    prepare("cifar10", Path("~/data"), Path("data"))        # reads the files of SPEC section 5
+    prepare("svhn", None, Path("data"), download=True)      # fetches them first (into out/downloads)
+    ensure_prepared("fashion-mnist", data_dir=None, cache_dir=Path("~/.cache/fastvit"))
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastvit.errors import UserError
+
+from . import beton
+from .sources.common import Source
+
+
+@dataclass(frozen=True)
+class _Entry:
+    reader: str  # "module:function" under fastvit.loaders.sources, imported on use
+    default_dir: Path | None = None  # where a system package installs the files, if any
+
+
+_REGISTRY = {
+    "cifar10": _Entry("cifar:read_cifar10"),
+    "cifar100": _Entry("cifar:read_cifar100"),
+    "svhn": _Entry("matlab:read_svhn"),
+    "cinic10": _Entry("folders:read_cinic10"),
+    "tiny-imagenet": _Entry("folders:read_tiny_imagenet"),
+    "aircraft": _Entry("fine_grained:read_aircraft"),
+    "cars": _Entry("fine_grained:read_cars"),
+    "flowers102": _Entry("fine_grained:read_flowers102"),
+    "fashion-mnist": _Entry("idx:read_fashion_mnist", Path("/usr/share/datasets/fashion-mnist")),
+    "imagefolder": _Entry("folders:read_imagefolder"),
+}
+DATASETS = tuple(_REGISTRY)
+
+
+def _entry(dataset: str) -> _Entry:
+    if dataset not in _REGISTRY:
+        raise UserError(f"unknown dataset {dataset!r} (choose from {', '.join(DATASETS)})")
+    return _REGISTRY[dataset]
+
+
+def read_source(dataset: str, src: Path) -> Source:
+    """Read a dataset's standard files under `src` (no writing)."""
+    module, function = _entry(dataset).reader.split(":")
+    src = Path(src).expanduser()
+    if not src.is_dir():
+        raise UserError(f"{src}: not a directory (the {dataset} source files)")
+    reader = getattr(importlib.import_module(f"fastvit.loaders.sources.{module}"), function)
+    return reader(src)
+
+
+def beton_paths(dataset: str, out: Path) -> tuple[Path, Path]:
+    out = Path(out)
+    return out / f"{dataset}-train.beton", out / f"{dataset}-test.beton"
+
+
+def prepare(
+    dataset: str,
+    src: Path | None,
+    out: Path,
+    *,
+    download: bool = False,
+    jpeg_quality: int = 90,
+    short_side: int = 256,
+    progress: bool = True,
+    num_workers: int | None = None,
+) -> list[Path]:
+    """Write `out/DATASET-train.beton` and `out/DATASET-test.beton` (+ `.json` sidecars).
+
+    src: the directory holding the standard files (or, with `download`, where to put them;
+    default `out/downloads/DATASET`). Images up to 64 px are stored raw, larger ones as JPEG of
+    `jpeg_quality` with the shorter side scaled down to `short_side`. Returns the written paths.
+    """
+    entry = _entry(dataset)
+    out = Path(out).expanduser()
+    if download:
+        from .download import download as fetch
+
+        src = fetch(dataset, Path(src) if src is not None else out / "downloads" / dataset, progress=progress)
+    if src is None:
+        if entry.default_dir is not None and entry.default_dir.is_dir():
+            src = entry.default_dir
+        else:
+            raise UserError(f"no source for {dataset}: pass --src DIR (its standard files) or --download")
+    source = read_source(dataset, Path(src))
+    written = []
+    for path, (split_name, split) in zip(beton_paths(dataset, out), source.splits().items(), strict=True):
+        beton.write_split(
+            path,
+            split,
+            dataset=dataset,
+            split_name=split_name,
+            classes=source.classes,
+            jpeg_quality=jpeg_quality,
+            short_side=short_side,
+            num_workers=num_workers,
+            progress=progress,
+            extra_meta={"source": str(Path(src).resolve())},
+        )
+        written.append(path)
+    return written
+
+
+def _valid_pair(dataset: str, directory: Path) -> tuple[Path, Path] | None:
+    pair = beton_paths(dataset, directory)
+    for path in pair:
+        if not beton.is_valid(path) or beton.read_meta(path).get("dataset") != dataset:
+            return None
+    return pair
+
+
+def ensure_prepared(dataset: str, *, data_dir: Path | None, cache_dir: Path) -> tuple[Path, Path]:
+    """(train, test) .beton paths for `dataset`, preparing them into `cache_dir` if needed.
+
+    Order: valid files in cache_dir; valid files in data_dir; else the standard files in data_dir
+    (or the dataset's default location, e.g. /usr/share/datasets/fashion-mnist) are prepared into
+    cache_dir. Without any source: a UserError saying how to get one.
+    """
+    entry = _entry(dataset)
+    cache_dir = Path(cache_dir).expanduser()
+    for directory in (cache_dir, data_dir):
+        if directory is not None and (pair := _valid_pair(dataset, Path(directory).expanduser())):
+            return pair
+    src = Path(data_dir).expanduser() if data_dir is not None else entry.default_dir
+    if src is None or not src.is_dir():
+        hint = f" (or install the Debian package dataset-{dataset})" if entry.default_dir else ""
+        where = f"{data_dir} does not exist" if data_dir is not None else "no --data-dir given"
+        raise UserError(
+            f"no prepared {dataset} in {cache_dir} and {where}: run "
+            f"`fastvit data prepare {dataset} --src DIR --out {cache_dir}` "
+            f"or `fastvit data prepare {dataset} --download --out {cache_dir}`{hint}"
+        )
+    train, test = prepare(dataset, src, cache_dir)
+    return train, test
+
+
+def info(path: Path) -> str:
+    """A human-readable summary of a .beton: count, shape, dtype, classes, mean/std, file size."""
+    path = Path(path)
+    meta = beton.read_meta(path)
+    size = os.path.getsize(path)
+    shape = f"{meta['height']}x{meta['width']}x{meta['channels']}"
+    if meta.get("variable_size"):
+        shape = f"up to {shape} (sizes vary)"
+    classes = meta["classes"]
+    shown = ", ".join(classes[:10]) + (f", ... ({len(classes)} in all)" if len(classes) > 10 else "")
+    status = "ok" if beton.is_valid(path) else "DOES NOT MATCH its sidecar (re-run prepare)"
+    storage = meta["storage"] + (f" (quality {meta['jpeg_quality']})" if meta["storage"] == "jpeg" else "")
+    lines = [
+        f"file      {path} ({size / 2**20:.1f} MiB, {status})",
+        f"dataset   {meta['dataset']} / {meta['split']}",
+        f"samples   {len(beton.open_beton(path))}",
+        f"images    {shape} uint8, stored {storage}",
+        f"labels    int64, {meta['num_classes']} classes: {shown}",
+        f"mean      {_fmt(meta['mean'])} (0-255 scale)",
+        f"std       {_fmt(meta['std'])}",
+    ]
+    if "class_counts" in meta:
+        counts = meta["class_counts"]
+        lines.append(f"per class {min(counts)}..{max(counts)} samples")
+    return "\n".join(lines)
+
+
+def _fmt(values: list[float]) -> str:
+    return "[" + ", ".join(f"{v:.3f}" for v in values) + "]"
+
+
+class _CallableModule(type(os)):
+    """`fastvit.loaders.prepare` is both this module and, by the package's lazy exports, the
+    function: importing the module rebinds the package attribute to the module, so the module
+    forwards calls to the function to keep `loaders.prepare(...)` working in either case."""
+
+    def __call__(self, *args, **kwargs):
+        return prepare(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
