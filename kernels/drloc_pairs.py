@@ -186,7 +186,8 @@ def drloc_pairs_forward(grid, positions, num_pairs, seed, offset, use_abs, sum_h
         positions = positions.to(torch.int64).contiguous().clone()  # an op output may not alias an input
     if B * m == 0:
         return out, targets, positions
-    BLOCK_M = min(32, triton.next_power_of_2(m))
+    # the interpreter (CPU) pays per program, not per element: fewer, larger blocks there
+    BLOCK_M = min(32 if grid.is_cuda else 512, triton.next_power_of_2(m))
     BLOCK_C = min(128, triton.next_power_of_2(max(width, 1)))
     launch = (B, triton.cdiv(m, BLOCK_M), max(1, triton.cdiv(width, BLOCK_C)))
     _drloc_pairs_fwd_kernel[launch](
@@ -207,7 +208,7 @@ def drloc_pairs_backward(grad_out, positions, grid_shape, sum_halves):
         return dgrid
     if m == 0:
         return dgrid.zero_()
-    BLOCK_S = min(32, triton.next_power_of_2(m))
+    BLOCK_S = min(32 if grad_out.is_cuda else 512, triton.next_power_of_2(m))
     BLOCK_C = min(256, triton.next_power_of_2(G))
     launch = (B, Hg * Wg, triton.cdiv(G, BLOCK_C))
     _drloc_pairs_bwd_kernel[launch](

@@ -6,13 +6,15 @@ import sys
 
 import pytest
 import torch
+from fastvit.kernels import drloc_pairs, reference
+from fastvit.kernels.drloc_pairs import drloc_pair_sum, philox4x32, philox_positions
 from scipy.stats import chisquare
 
 from fastvit.errors import UserError
-from fastvit.kernels import drloc_pairs, reference
-from fastvit.kernels.drloc_pairs import drloc_pair_sum, philox4x32, philox_positions
 
-pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs the Triton interpreter")
+pytestmark = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1", reason="the triton backend runs on CPU only in the interpreter"
+)
 
 
 def _grid(shape, dtype=torch.float32, seed=0):
@@ -137,7 +139,9 @@ def test_targets_with_and_without_abs(backend):
     Hg, Wg = 3, 6
     positions = torch.tensor([[[0, 0, 2, 5], [2, 5, 0, 0], [1, 3, 1, 3], [2, 1, 0, 4]]])  # (1, 4, 4)
     grid = _grid((1, Hg, Wg, 2))
-    run = lambda use_abs: drloc_pairs(grid, 4, seed=0, positions=positions, use_abs=use_abs, backend=backend)[1]
+    run = lambda use_abs: drloc_pairs(
+        grid, 4, seed=0, positions=positions, use_abs=use_abs, backend=backend
+    )[1]
     assert run(True).tolist() == [[[2, 5], [2, 5], [0, 0], [2, 3]]]
     # delta + (size - 1): classes 0 .. 2 * (size - 1), per axis
     assert run(False).tolist() == [[[0, 0], [4, 10], [2, 5], [4, 2]]]
