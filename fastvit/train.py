@@ -152,20 +152,13 @@ def run(cfg: Config) -> dict:
     img_size = resolve_img_size(cfg, meta["height"])
     mean, std = [m / 255 for m in meta["mean"]], [s / 255 for s in meta["std"]]  # sidecar: 0-255 scale
 
-    # ---- model (built before anything is written: a bad arch/size leaves no run dir behind)
+    # ---- model, data, objective: all built and checked before anything is written
+    if cfg.cuda_graphs and device.type != "cuda":
+        raise UserError("--cuda-graphs needs a CUDA device")
     torch.manual_seed(cfg.seed)  # identical init on every rank
     model = models.create(cfg.arch, img_size=img_size, num_classes=0 if pretrain else num_classes,
                           in_chans=in_chans, drop_path=cfg.drop_path).to(device)
-    try:
-        run_dir = prepare_run_dir(cfg, d)
-    except OSError as e:
-        raise UserError(f"cannot write the run directory: {e.strerror}: {e.filename}") from e
-    log = Logger(run_dir, d, tensorboard=True)
-    log.info(f"fastvit {cfg.command}: {cfg.arch} @ {img_size}px on {cfg.dataset} ({meta['count']} train images, "
-             f"{num_classes} classes), device {device}, {d.world_size} process(es), run dir {run_dir}")
-    if cfg.init:
-        load_backbone(model, cfg.init, log)
-
+    init_weights = pretrained_backbone(cfg.init) if cfg.init else None
     train_images, train_labels = load_split(train_path, cfg.subset, device)
     test_images, test_labels = load_split(test_path, None, device)
     test_images = test_images.permute(0, 3, 1, 2).contiguous()  # (N, C, H, W), once
@@ -173,14 +166,11 @@ def run(cfg: Config) -> dict:
                                     shuffle=True, drop_last=True, seed=cfg.seed, rank=d.rank,
                                     world_size=d.world_size, repeats=cfg.repeats)
     steps_per_epoch = len(loader)
-    if steps_per_epoch == 0:
-        raise UserError(f"{len(train_images)} training images give no full batch of {cfg.batch_size} "
-                        f"x {d.world_size} process(es); lower --batch-size")
     eval_tf = augment.build_eval_transform(img_size=img_size, mean=mean, std=std)
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + d.rank)  # augmentation
     if pretrain:
-        from fastvit.objectives.dino import DINO, cancel_last_layer_grads, momentum_schedule
         from fastvit.loaders.augment import MultiCrop
+        from fastvit.objectives.dino import DINO, cancel_last_layer_grads, momentum_schedule
 
         views_tf = MultiCrop(global_size=img_size, local_size=img_size // 2, n_local=cfg.n_local,
                              global_scale=tuple(cfg.global_scale), local_scale=tuple(cfg.local_scale),
@@ -197,6 +187,16 @@ def run(cfg: Config) -> dict:
         objective = Supervised(model, drloc, cfg.drloc_multiscale).to(device)
         no_decay = prefixed_no_decay(model, "model.")
 
+    try:
+        run_dir = prepare_run_dir(cfg, d)
+    except OSError as e:
+        raise UserError(f"cannot write the run directory: {e.strerror}: {e.filename}") from e
+    log = Logger(run_dir, d, tensorboard=True)
+    log.info(f"fastvit {cfg.command}: {cfg.arch} @ {img_size}px on {cfg.dataset} ({len(train_images)} train "
+             f"images, {num_classes} classes), device {device}, {d.world_size} process(es), run dir {run_dir}")
+    if init_weights is not None:
+        load_backbone(model, init_weights, cfg.init, log)
+
     # ---- optimizer, precision, compile, DDP
     fused = device.type == "cuda"
     lr = cfg.scaled_lr(d.world_size)
@@ -210,8 +210,6 @@ def run(cfg: Config) -> dict:
     if d.enabled:
         step_module = nn.parallel.DistributedDataParallel(
             objective, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.cuda_graphs and device.type != "cuda":
-        raise UserError("--cuda-graphs needs a CUDA device")
     if cfg.compile:
         step_module = torch.compile(step_module, mode="reduce-overhead" if cfg.cuda_graphs else None)
 
@@ -367,13 +365,17 @@ def check_finite(nonfinite_at: torch.Tensor, run_dir: Path) -> None:
                             f"{run_dir / 'last.pt'} (lower --lr, add --grad-clip, or use --precision fp32)")
 
 
-def load_backbone(model: nn.Module, ckpt_path: str, log) -> None:
-    """Load a pretrain checkpoint's teacher backbone by parameter name; report every key not loaded."""
+def pretrained_backbone(ckpt_path: str) -> dict:
     state = checkpoint.load(ckpt_path)
     if "teacher_backbone" not in state:
         raise UserError(f"{ckpt_path} is not a pretrain checkpoint (no teacher_backbone); "
                         "make one with `fastvit pretrain`")
-    source, target = state["teacher_backbone"], model.state_dict()
+    return state["teacher_backbone"]
+
+
+def load_backbone(model: nn.Module, source: dict, ckpt_path: str, log) -> None:
+    """Load the teacher backbone by parameter name; report every key not loaded and why."""
+    target = model.state_dict()
     loaded, skipped = {}, []
     for name, tensor in target.items():
         if name not in source:

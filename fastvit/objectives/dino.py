@@ -340,7 +340,8 @@ class DINO(nn.Module):
             parameter reaches the optimizer or DDP. Pass the uncompiled module (compile the
             backbones in place with ``dino.student.backbone.compile()`` if wanted).
         total_epochs: length of the pretraining run (bounds the epochs the loss accepts).
-        n_crops: views per image: GLOBAL_CROPS global + the rest local.
+        n_local: local views per image; every list of views holds GLOBAL_CROPS global views first,
+            then the n_local local ones.
         out_dim, hidden_dim, bottleneck_dim, norm_last_layer: see DINOHead.
         student_temp, warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs,
         center_momentum: see DINOLoss.
@@ -351,7 +352,7 @@ class DINO(nn.Module):
         backbone: nn.Module,
         *,
         total_epochs: float,
-        n_crops: int = 10,
+        n_local: int = 8,
         out_dim: int = 1024,
         hidden_dim: int = 512,
         bottleneck_dim: int = 256,
@@ -369,9 +370,11 @@ class DINO(nn.Module):
         head = DINOHead(backbone.num_features, out_dim, hidden_dim, bottleneck_dim, norm_last_layer)
         self.student = MultiCropModel(backbone, head)
         self.teacher = make_teacher(self.student)
+        if n_local < 0:
+            raise UserError(f"DINO n_local (local crops per image) must be >= 0, got {n_local}")
         self.loss = DINOLoss(
             out_dim,
-            n_crops,
+            GLOBAL_CROPS + n_local,
             total_epochs=total_epochs,
             student_temp=student_temp,
             warmup_teacher_temp=warmup_teacher_temp,
