@@ -16,12 +16,16 @@ Public entry points used by the training loop:
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from fastvit.errors import UserError
+
+from . import augment_ops as O
+from . import augment_policies as P
 
 # ---------------------------------------------------------------------------------------------------
 # helpers
@@ -167,6 +171,275 @@ def random_hflip(x: torch.Tensor, *, p: float = 0.5,
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
 
 
+def random_resized_crop(x: torch.Tensor, size: int, *, scale: tuple[float, float] = (0.08, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3), interpolation: str = "bicubic",
+                        flip_p: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """RandomResizedCrop(size, scale, ratio) + horizontal flip (prob flip_p): one batched grid_sample.
+
+    Boxes are drawn as torchvision does (10 tries of area ~ U(scale), log-aspect ~ U(log ratio), then
+    a centre crop of clamped aspect); each box is resampled to size x size with `interpolation`
+    ("bilinear" | "bicubic"; edge pixels replicated, no antialiasing), like F.interpolate on the crop.
+    Returns float32 in 0..255.
+    """
+    if interpolation not in ("bilinear", "bicubic"):
+        raise UserError(f"unknown interpolation {interpolation!r}; choose one of: bilinear, bicubic")
+    top, left, h, w = resized_crop_boxes(x.shape[0], x.shape[2], x.shape[3], scale=scale, ratio=ratio,
+                                         generator=generator, device=x.device)
+    flip = _rand(x.shape[0], generator, x.device) < flip_p if flip_p > 0 else None
+    return resample_boxes(x, top, left, h, w, size, interpolation=interpolation, flip=flip)
+
+
+def resized_crop_boxes(n: int, height: int, width: int, *, scale, ratio, generator, device,
+                       tries: int = 10) -> tuple[torch.Tensor, ...]:
+    """Per-sample RandomResizedCrop boxes (top, left, h, w) as int64 [n] tensors."""
+    area = float(height * width)
+    target = torch.rand(n, tries, generator=generator, device=device) * (scale[1] - scale[0]) + scale[0]
+    target = target * area
+    lo, hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(torch.rand(n, tries, generator=generator, device=device) * (hi - lo) + lo)
+    w = torch.sqrt(target * aspect).round().long()
+    h = torch.sqrt(target / aspect).round().long()
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = torch.argmax(ok.int(), dim=1, keepdim=True)  # first valid try
+    any_ok = ok.any(dim=1)
+    # fallback: the whole image with its aspect clamped into `ratio`, centred
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        fw, fh = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        fw, fh = int(round(height * ratio[1])), height
+    else:
+        fw, fh = width, height
+    w = torch.where(any_ok, w.gather(1, first).view(n), fw)
+    h = torch.where(any_ok, h.gather(1, first).view(n), fh)
+    top = torch.where(any_ok, _randint_below(height - h + 1, generator), (height - fh) // 2)
+    left = torch.where(any_ok, _randint_below(width - w + 1, generator), (width - fw) // 2)
+    return top, left, h, w
+
+
+def resample_boxes(x: torch.Tensor, top, left, h, w, size: int, *, interpolation: str = "bicubic",
+                   flip: torch.Tensor | None = None) -> torch.Tensor:
+    """Resample box i of sample i (pixel rows top..top+h, cols left..left+w) to size x size, float32."""
+    n, c, height, width = x.shape
+    sx = w.float() / width
+    if flip is not None:
+        sx = torch.where(flip, -sx, sx)
+    zero = torch.zeros_like(sx)
+    # normalized (align_corners=False) output -> input: u = sx * xo + (2*left + w)/W - 1
+    theta = torch.stack([
+        torch.stack([sx, zero, (2 * left + w).float() / width - 1.0], dim=1),
+        torch.stack([zero, h.float() / height, (2 * top + h).float() / height - 1.0], dim=1),
+    ], dim=1)  # (n, 2, 3)
+    grid = F.affine_grid(theta, [n, c, size, size], align_corners=False)
+    out = F.grid_sample(to_float(x), grid, mode=interpolation, padding_mode="border", align_corners=False)
+    return out.clamp_(0, 255) if interpolation == "bicubic" else out
+
+
+# ---------------------------------------------------------------------------------------------------
+# photometric ops with random per-sample parameters (float32 0..255; the `_` variants work in place)
+
+
+def _color_jitter_(x: torch.Tensor, brightness: float, contrast: float, saturation: float, hue: float,
+                   *, p: float | torch.Tensor = 1.0, generator) -> torch.Tensor:
+    b, dev = x.shape[0], x.device
+    strength = [brightness, contrast, saturation, hue]
+    if x.shape[1] == 1:
+        strength[2] = strength[3] = 0.0  # saturation and hue do not exist on one channel
+    u = torch.rand(6, b, generator=generator, device=dev)
+    factors = [u[i] * (2 * s) + (1 - s) for i, s in enumerate(strength[:3])]
+    factors = [f.clamp_(min=0.0) for f in factors]
+    shift = u[3] * (2 * strength[3]) - strength[3]
+    apply = u[4] < _per_sample(p, b, dev)
+    # each sample applies the four ops in its own random order (as torchvision's ColorJitter)
+    order = torch.argsort(torch.rand(b, 4, generator=generator, device=dev), dim=1)
+    enabled = torch.tensor([s > 0 for s in strength], device=dev)
+    fns = [lambda xs, idx: O.adjust_brightness(xs, factors[0][idx]),
+           lambda xs, idx: O.adjust_contrast(xs, factors[1][idx]),
+           lambda xs, idx: O.adjust_saturation(xs, factors[2][idx]),
+           lambda xs, idx: O.adjust_hue(xs, shift[idx])]
+    for slot in range(4):
+        op = order[:, slot]
+        O.apply_grouped(x, torch.where(apply & enabled[op], op, -1), fns)
+    return x
+
+
+def color_jitter(x: torch.Tensor, brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.4,
+                 hue: float = 0.0, *, p: float = 1.0,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """ColorJitter with probability p: factors ~ U[max(0, 1-s), 1+s], hue shift ~ U[-hue, hue] turns,
+    applied in a random order per sample. Saturation and hue are identities on 1-channel images."""
+    return _color_jitter_(_own_float(x), brightness, contrast, saturation, hue, p=p, generator=generator)
+
+
+def _apply_where(x: torch.Tensor, p, fn, generator) -> torch.Tensor:
+    """In place: fn on the samples drawn with probability p (a number or a per-sample [B] tensor)."""
+    b = x.shape[0]
+    hit = _rand(b, generator, x.device) < _per_sample(p, b, x.device)
+    return O.apply_grouped(x, torch.where(hit, 0, -1), [fn])
+
+
+def random_grayscale(x: torch.Tensor, *, p: float = 0.2,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """RandomGrayscale: luma replicated over the channels with probability p (identity on 1 channel)."""
+    x = _own_float(x)
+    return x if x.shape[1] == 1 else _apply_where(x, p, lambda xs, idx: O.grayscale(xs), generator)
+
+
+def random_gaussian_blur(x: torch.Tensor, *, p: float | torch.Tensor = 0.5,
+                         sigma: tuple[float, float] = (0.1, 2.0),
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+    """Gaussian blur with probability p and sigma ~ U(sigma) per sample (kernel radius ceil(3*sigma_max))."""
+    x = _own_float(x)
+    s = _uniform(x.shape[0], sigma[0], sigma[1], generator, x.device)
+    radius = math.ceil(3.0 * sigma[1])
+    return _apply_where(x, p, lambda xs, idx: O.gaussian_blur(xs, s[idx], radius=radius), generator)
+
+
+def random_solarize(x: torch.Tensor, *, p: float | torch.Tensor = 0.2, threshold: float = 128.0,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """Solarize (invert pixels >= threshold) with probability p."""
+    return _apply_where(_own_float(x), p, lambda xs, idx: O.solarize(xs, threshold), generator)
+
+
+def _own_float(x: torch.Tensor) -> torch.Tensor:
+    """A float32 copy the caller may modify (uint8 input converts, float input is cloned)."""
+    return x.float() if x.dtype == torch.uint8 else x.clone()
+
+
+# ---------------------------------------------------------------------------------------------------
+# erasing and mixing (on the normalized batch)
+
+
+def random_erasing_(x: torch.Tensor, *, p: float = 0.25, min_area: float = 0.02, max_area: float = 0.4,
+                    min_aspect: float = 0.3, mode: str = "mean", generator: torch.Generator | None = None,
+                    tries: int = 10) -> torch.Tensor:
+    """In place RandomErasing on a normalized batch: with probability p, one rectangle per sample.
+
+    Area ~ U(min_area, max_area) of the image, log-aspect ~ U(log min_aspect, -log min_aspect); the first
+    of `tries` draws that fits is used (none fits: nothing erased). Fill: "mean" = 0 (the dataset mean
+    after normalization) or "pixel" = N(0, 1) per pixel and channel.
+    """
+    if mode not in ("mean", "pixel"):
+        raise UserError(f"unknown erase mode {mode!r}; choose one of: mean, pixel")
+    b, c, height, width = x.shape
+    dev = x.device
+    area = torch.rand(b, tries, generator=generator, device=dev) * (max_area - min_area) + min_area
+    area = area * (height * width)
+    la = math.log(min_aspect)
+    aspect = torch.exp(torch.rand(b, tries, generator=generator, device=dev) * (-2 * la) + la)
+    h = torch.sqrt(area * aspect).round().long()
+    w = torch.sqrt(area / aspect).round().long()
+    ok = (h < height) & (w < width) & (h > 0) & (w > 0)
+    first = torch.argmax(ok.int(), dim=1, keepdim=True)
+    h, w = h.gather(1, first).view(b), w.gather(1, first).view(b)
+    erase = ok.any(dim=1) & (_rand(b, generator, dev) < p)
+    h, w = torch.where(erase, h, 0), torch.where(erase, w, 0)
+    top = _randint_below(height - h + 1, generator)
+    left = _randint_below(width - w + 1, generator)
+    mask = _box_mask(top, left, h, w, height, width)  # (B, 1, H, W)
+    if mode == "mean":
+        return x.masked_fill_(mask, 0.0)
+    noise = torch.randn(x.shape, generator=generator, device=dev)
+    return torch.where(mask, noise, x, out=x)
+
+
+def random_erasing(x: torch.Tensor, **kwargs) -> torch.Tensor:
+    """`random_erasing_` on a copy."""
+    return random_erasing_(x.clone(), **kwargs)
+
+
+def _box_mask(top, left, h, w, height: int, width: int) -> torch.Tensor:
+    """[B, 1, H, W] bool: True inside each sample's box (h or w 0: empty)."""
+    rows = torch.arange(height, device=top.device).view(1, height)
+    cols = torch.arange(width, device=top.device).view(1, width)
+    in_rows = (rows >= top.view(-1, 1)) & (rows < (top + h).view(-1, 1))  # (B, H)
+    in_cols = (cols >= left.view(-1, 1)) & (cols < (left + w).view(-1, 1))  # (B, W)
+    return (in_rows.unsqueeze(2) & in_cols.unsqueeze(1)).unsqueeze(1)
+
+
+def sample_beta(alpha: float, n: int, *, generator: torch.Generator | None, device=None,
+                tries: int = 8) -> torch.Tensor:
+    """n draws of Beta(alpha, alpha) from `generator` (torch.distributions takes no generator).
+
+    Beta = G1 / (G1 + G2) with Gamma(alpha) draws by Marsaglia-Tsang (alpha < 1 boosted through
+    Gamma(alpha + 1) * U^(1/alpha)); `tries` vectorized proposals, each accepted with prob > 0.95.
+    """
+    if alpha == 1.0:
+        return torch.rand(n, generator=generator, device=device)
+    a = alpha + 1.0 if alpha < 1.0 else alpha
+    d = a - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+    z = torch.randn(tries, 2 * n, generator=generator, device=device)
+    u = torch.rand(tries, 2 * n, generator=generator, device=device)
+    v = (1.0 + c * z) ** 3
+    ok = (v > 0) & (torch.log(u) < 0.5 * z * z + d - d * v + d * torch.log(v.clamp(min=1e-12)))
+    first = torch.argmax(ok.int(), dim=0, keepdim=True)
+    g = d * v.gather(0, first).view(2 * n)
+    g = torch.where(ok.any(dim=0), g, d)  # all proposals rejected (< 1e-10): the mode
+    if alpha < 1.0:
+        g = g * torch.rand(2 * n, generator=generator, device=device) ** (1.0 / alpha)
+    g1, g2 = g[:n], g[n:]
+    return g1 / (g1 + g2).clamp(min=1e-30)
+
+
+def smooth_one_hot(labels: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
+    """[B, num_classes] float32: 1 - smoothing + smoothing/K on the label, smoothing/K elsewhere."""
+    off = smoothing / num_classes
+    out = torch.full((labels.shape[0], num_classes), off, device=labels.device)
+    return out.scatter_(1, labels.view(-1, 1), 1.0 - smoothing + off)
+
+
+def mixup_cutmix_(x: torch.Tensor, labels: torch.Tensor, *, num_classes: int, mixup_alpha: float = 1.0,
+                  cutmix_alpha: float = 1.0, prob: float = 1.0, switch_prob: float = 0.5,
+                  label_smoothing: float = 0.0, generator: torch.Generator | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """In place per-sample Mixup / CutMix with the mirrored batch (sample i pairs with B-1-i).
+
+    Each sample is mixed with probability `prob`; with both alphas > 0 it uses CutMix with probability
+    `switch_prob`, else Mixup. Mixup: lam ~ Beta(mixup_alpha), x = lam*x + (1-lam)*partner. CutMix:
+    lam ~ Beta(cutmix_alpha), a box of side sqrt(1-lam) times the image's, centred uniformly and
+    clipped, is pasted from the partner, and lam is corrected to the kept area (as timm).
+    Returns (x, soft targets [B, num_classes] = lam*y + (1-lam)*y_partner, smoothed).
+    """
+    b, _, height, width = x.shape
+    dev = x.device
+    y = smooth_one_hot(labels, num_classes, label_smoothing)
+    if mixup_alpha <= 0 and cutmix_alpha <= 0:
+        return x, y
+    u = torch.rand(2, b, generator=generator, device=dev)
+    mixed = u[0] < prob
+    if mixup_alpha > 0 and cutmix_alpha > 0:
+        use_cut = u[1] < switch_prob
+    else:
+        use_cut = torch.full((b,), cutmix_alpha > 0, device=dev)
+    lam_mix = sample_beta(mixup_alpha, b, generator=generator, device=dev) if mixup_alpha > 0 else None
+    lam_cut = sample_beta(cutmix_alpha, b, generator=generator, device=dev) if cutmix_alpha > 0 else None
+    lam = lam_cut if lam_mix is None else lam_mix
+    weight = lam.view(b, 1, 1, 1).expand(b, 1, height, width)
+    if lam_cut is not None:
+        cut = torch.sqrt(1.0 - lam_cut)
+        ch, cw = (cut * height).long(), (cut * width).long()
+        cy = torch.randint(0, height, (b,), generator=generator, device=dev)
+        cx = torch.randint(0, width, (b,), generator=generator, device=dev)
+        y0, y1 = (cy - ch // 2).clamp(0, height), (cy + ch // 2).clamp(0, height)
+        x0, x1 = (cx - cw // 2).clamp(0, width), (cx + cw // 2).clamp(0, width)
+        box = _box_mask(y0, x0, y1 - y0, x1 - x0, height, width)
+        lam_box = 1.0 - ((y1 - y0) * (x1 - x0)).float() / (height * width)
+        weight = torch.where(use_cut.view(b, 1, 1, 1), (~box).float(), weight)
+        lam = torch.where(use_cut, lam_box, lam)
+    lam = torch.where(mixed, lam, 1.0)
+    weight = torch.where(mixed.view(b, 1, 1, 1), weight, 1.0)
+    partner = x.flip(0)
+    torch.lerp(partner, x, weight, out=x)
+    lam = lam.view(b, 1)
+    return x, lam * y + (1.0 - lam) * y.flip(0)
+
+
+def mixup_cutmix(x: torch.Tensor, labels: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """`mixup_cutmix_` on a copy."""
+    return mixup_cutmix_(x.clone(), labels, **kwargs)
+
+
 # ---------------------------------------------------------------------------------------------------
 # recipes
 
@@ -175,51 +448,126 @@ def random_hflip(x: torch.Tensor, *, p: float = 0.5,
 class AugmentParams:
     """Every knob of the train transform; a recipe is a set of defaults, ``**params`` override them."""
 
-    crop: str = "pad"  # "pad": RandomCrop with `padding`; "resized": RandomResizedCrop
+    crop: str = "pad"  # "pad": RandomCrop with `padding` (after fit_to_size); "resized": RandomResizedCrop
     padding: int = 4  # px of zero padding around the image for crop="pad"
+    scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area fraction range
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)  # RandomResizedCrop aspect range
+    interpolation: str = "bicubic"  # RandomResizedCrop resampling: "bilinear" | "bicubic"
     flip_p: float = 0.5  # probability of a horizontal flip
+    color_jitter: float = 0.0  # ColorJitter brightness = contrast = saturation strength (hue 0)
+    policy: str | None = None  # AutoAugment policy: "cifar10" | "svhn" | "imagenet" | None
+    rand_magnitude: float | None = None  # RandAugment magnitude (0..10); None: no RandAugment
+    rand_mstd: float = 0.5  # RandAugment magnitude noise std
+    rand_ops: int = 2  # RandAugment ops per image
+    erase_p: float = 0.0  # RandomErasing probability
+    erase_mode: str = "mean"  # "mean" (dataset mean) | "pixel" (N(0,1) noise after normalization)
+    erase_max_area: float = 0.4  # largest erased fraction of the image
+    erase_min_aspect: float = 0.3  # erased box aspect in [min, 1/min]
+    label_smoothing: float = 0.0
+    mixup_alpha: float = 0.0  # Beta(a, a) for Mixup; 0 disables
+    cutmix_alpha: float = 0.0  # Beta(a, a) for CutMix; 0 disables
+    mix_prob: float = 1.0  # probability that a sample is mixed
+    switch_prob: float = 0.5  # probability of CutMix rather than Mixup when both are enabled
 
     def validate(self) -> None:
-        if self.crop not in ("pad",):
-            raise UserError(f"unknown crop {self.crop!r}; choose one of: pad")
-        if not 0.0 <= self.flip_p <= 1.0:
-            raise UserError(f"flip_p must be in [0, 1], got {self.flip_p}")
+        choices = {"crop": ("pad", "resized"), "interpolation": ("bilinear", "bicubic"),
+                   "policy": (None, "cifar10", "svhn", "imagenet"), "erase_mode": ("mean", "pixel")}
+        for name, valid in choices.items():
+            if getattr(self, name) not in valid:
+                raise UserError(f"augmentation {name}={getattr(self, name)!r} is invalid; choose one of: "
+                                f"{', '.join(str(v) for v in valid)}")
+        for name in ("flip_p", "erase_p", "label_smoothing", "mix_prob", "switch_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise UserError(f"augmentation {name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("padding", "color_jitter", "mixup_alpha", "cutmix_alpha", "rand_mstd", "rand_ops"):
+            if getattr(self, name) < 0:
+                raise UserError(f"augmentation {name} must be >= 0, got {getattr(self, name)}")
+        if not (0 < self.scale[0] <= self.scale[1] <= 1 and 0 < self.ratio[0] <= self.ratio[1]):
+            raise UserError(f"augmentation scale {self.scale} must satisfy 0 < lo <= hi <= 1 and "
+                            f"ratio {self.ratio} 0 < lo <= hi")
+        if self.rand_magnitude is not None and not 0 <= self.rand_magnitude <= 10:
+            raise UserError(f"augmentation rand_magnitude must be in [0, 10], got {self.rand_magnitude}")
+        if not (0.02 < self.erase_max_area <= 1 and 0 < self.erase_min_aspect <= 1):
+            raise UserError("augmentation erase_max_area must be in (0.02, 1] and erase_min_aspect in (0, 1]")
+
+    @property
+    def soft_targets(self) -> bool:
+        mixing = (self.mixup_alpha > 0 or self.cutmix_alpha > 0) and self.mix_prob > 0
+        return mixing or self.label_smoothing > 0
 
 
 RECIPES: dict[str, dict] = {
     # random crop pad 4 + flip (the demo)
     "basic": {},
+    # paper A fine-tuning (SPEC section 4)
+    "gani22-finetune": dict(policy="cifar10", erase_p=0.25, erase_mode="mean", erase_max_area=0.4,
+                            label_smoothing=0.1, mixup_alpha=1.0, cutmix_alpha=1.0, mix_prob=0.5,
+                            switch_prob=0.5),
+    # paper B (SPEC section 2.9), timm's ImageNet recipe as Swin uses it
+    "drloc21": dict(crop="resized", interpolation="bicubic", color_jitter=0.4, rand_magnitude=9.0,
+                    rand_mstd=0.5, erase_p=0.25, erase_mode="pixel", erase_max_area=1 / 3,
+                    label_smoothing=0.1, mixup_alpha=0.8, cutmix_alpha=1.0, mix_prob=1.0, switch_prob=0.5),
 }
 
 
 class TrainTransform:
     """callable(images uint8 [B,C,H,W], labels int64 [B], generator) -> (images, targets).
 
-    images: float32 [B, C, img_size, img_size], normalized. targets: the int64 labels.
+    images: float32 [B, C, img_size, img_size], normalized. targets: the int64 labels, or float32
+    soft targets [B, num_classes] when the params mix samples or smooth labels.
     """
 
     def __init__(self, params: AugmentParams, *, img_size: int, mean, std, num_classes: int):
         params.validate()
         self.params, self.img_size, self.num_classes = params, img_size, num_classes
         self.normalize = Normalize(mean, std)
+        # RandAugment fills uncovered areas with the dataset mean colour (as timm)
+        self.mean_fill = [min(255.0, round(255.0 * m)) for m in self.normalize.mean.tolist()]
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor,
                  generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         p, g = self.params, generator
-        x = fit_to_size(images, self.img_size)
-        x = random_crop(x, self.img_size, padding=p.padding, flip_p=p.flip_p, generator=g)
-        return self.normalize(x), labels
+        _check_images(images)
+        if p.crop == "pad":
+            x = fit_to_size(images, self.img_size)
+            x = random_crop(x, self.img_size, padding=p.padding, flip_p=p.flip_p, generator=g)
+        else:
+            x = random_resized_crop(images, self.img_size, scale=p.scale, ratio=p.ratio,
+                                    interpolation=p.interpolation, flip_p=p.flip_p, generator=g)
+        if p.color_jitter > 0 or p.policy or p.rand_magnitude is not None:
+            x = to_float(x)  # the one uint8 -> float conversion; the ops below work in place
+            if p.color_jitter > 0:
+                _color_jitter_(x, p.color_jitter, p.color_jitter, p.color_jitter, 0.0, generator=g)
+            if p.policy:
+                P.autoaugment_(x, p.policy, generator=g, fill=128.0)
+            if p.rand_magnitude is not None:
+                P.randaugment_(x, generator=g, magnitude=p.rand_magnitude, magnitude_std=p.rand_mstd,
+                               num_ops=p.rand_ops, fill=self.mean_fill)
+        x = self.normalize(x)
+        if p.erase_p > 0:
+            random_erasing_(x, p=p.erase_p, max_area=p.erase_max_area, min_aspect=p.erase_min_aspect,
+                            mode=p.erase_mode, generator=g)
+        if not p.soft_targets:
+            return x, labels
+        return mixup_cutmix_(x, labels, num_classes=self.num_classes, mixup_alpha=p.mixup_alpha,
+                             cutmix_alpha=p.cutmix_alpha, prob=p.mix_prob, switch_prob=p.switch_prob,
+                             label_smoothing=p.label_smoothing, generator=g)
 
 
 def build_train_transform(recipe: str, *, img_size: int, mean: Sequence[float], std: Sequence[float],
-                          num_classes: int, **params) -> Callable:
+                          num_classes: int, **params) -> TrainTransform:
     """The train-time augmentation of a recipe (SPEC).
 
-    recipe: "basic" (random crop, pad 4, + flip).
-    img_size: output side in pixels; inputs of another size go through `fit_to_size` first.
+    recipe: "basic" (random crop, pad 4, + flip), "gani22-finetune" (paper A, SPEC section 4; pass
+        policy="svhn" / "imagenet" for SVHN / Tiny-ImageNet and CINIC), "drloc21" (paper B, SPEC 2.9).
+    img_size: output side in pixels; with crop="pad" inputs of another size go through `fit_to_size`
+        first, with crop="resized" the crop is resampled straight to img_size.
     mean, std: per-channel normalization in 0..1 units (1 or 3 values).
-    num_classes: size of soft targets.
-    params: override any `AugmentParams` field; an unknown key is a UserError.
+    num_classes: width of the soft targets.
+    params: override any `AugmentParams` field (e.g. mixup_alpha=0, label_smoothing=0); an unknown
+        key is a UserError.
+    Returns callable(images uint8 [B,C,H,W], labels int64 [B], generator) -> (images float32
+    [B,C,img_size,img_size] normalized, targets int64 [B] or float32 [B, num_classes]).
     """
     if recipe not in RECIPES:
         raise UserError(f"unknown augmentation recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
@@ -241,3 +589,61 @@ def build_eval_transform(*, img_size: int, mean: Sequence[float], std: Sequence[
         return normalize(fit_to_size(images, img_size))
 
     return transform
+
+
+# ---------------------------------------------------------------------------------------------------
+# DINO multi-crop (paper A pretraining, SPEC section 3)
+
+
+class MultiCrop:
+    """2 global + n_local local views per image, batched per view size.
+
+    All views: RandomResizedCrop (bicubic) + flip 0.5, ColorJitter(0.4, 0.4, 0.2, 0.1) with p 0.8,
+    grayscale p 0.2; Gaussian blur sigma ~ U(0.1, 2) with p 1.0 (global 1), 0.1 (global 2), 0.5
+    (locals); solarize p 0.2 on global 2 only; then normalization.
+    """
+
+    def __init__(self, global_size: int, local_size: int, n_local: int = 8,
+                 global_scale: tuple[float, float] = (0.7, 1.0),
+                 local_scale: tuple[float, float] = (0.2, 0.5),
+                 *, mean: Sequence[float], std: Sequence[float], interpolation: str = "bicubic",
+                 jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1), jitter_p: float = 0.8,
+                 gray_p: float = 0.2, blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5),
+                 sigma: tuple[float, float] = (0.1, 2.0), solarize_p: float = 0.2):
+        if n_local < 0:
+            raise UserError(f"n_local must be >= 0, got {n_local}")
+        self.global_size, self.local_size, self.n_local = global_size, local_size, n_local
+        self.global_scale, self.local_scale = global_scale, local_scale
+        self.interpolation, self.jitter, self.jitter_p, self.gray_p = interpolation, jitter, jitter_p, gray_p
+        self.blur_p, self.sigma, self.solarize_p = blur_p, sigma, solarize_p
+        self.normalize = Normalize(mean, std)
+
+    def _views(self, x: torch.Tensor, copies: int, size: int, scale, blur_p: torch.Tensor,
+               solarize_p: torch.Tensor | None, generator) -> torch.Tensor:
+        src = x.repeat(copies, 1, 1, 1)  # (copies*B, C, H, W), view-major
+        v = random_resized_crop(src, size, scale=scale, interpolation=self.interpolation, flip_p=0.5,
+                                generator=generator)
+        _color_jitter_(v, *self.jitter, p=self.jitter_p, generator=generator)
+        if v.shape[1] == 3:
+            _apply_where(v, self.gray_p, lambda xs, idx: O.grayscale(xs), generator)
+        s = _uniform(v.shape[0], self.sigma[0], self.sigma[1], generator, v.device)
+        radius = math.ceil(3.0 * self.sigma[1])
+        _apply_where(v, blur_p, lambda xs, idx: O.gaussian_blur(xs, s[idx], radius=radius), generator)
+        if solarize_p is not None:
+            _apply_where(v, solarize_p, lambda xs, idx: O.solarize(xs, 128.0), generator)
+        return self.normalize(v)
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None) -> list[torch.Tensor]:
+        """images uint8 [B,C,H,W] -> [global 1, global 2, local 1..n]: float32 normalized views."""
+        _check_images(images)
+        b, dev = images.shape[0], images.device
+        x = images.float()
+        per_view = lambda values: torch.tensor(values, device=dev).repeat_interleave(b)  # (views*B,)
+        g = self._views(x, 2, self.global_size, self.global_scale, per_view(self.blur_p[:2]),
+                        per_view([0.0, self.solarize_p]), generator)
+        views = list(g.split(b))
+        if self.n_local:
+            loc = self._views(x, self.n_local, self.local_size, self.local_scale,
+                              per_view([self.blur_p[2]] * self.n_local), None, generator)
+            views += list(loc.split(b))
+        return views

@@ -1,0 +1,286 @@
+"""Deterministic per-sample image ops on batches, PIL-equivalent, for the batched augmentations.
+
+Every op takes a float32 batch ``x [n, C, H, W]`` with values in 0..255 (C = 1 or 3) and per-sample
+parameters (a Python number, or a tensor ``[n]``), and returns a new float32 batch; nothing is
+rounded between ops. Each op mirrors a PIL operation (named in its docstring) up to that rounding:
+PIL works on uint8 and rounds or truncates after every op, these do not.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+# ITU-R 601-2 luma, as PIL's convert("L") and torchvision's rgb_to_grayscale
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def _col(v, x: torch.Tensor) -> torch.Tensor | float:
+    """A per-sample parameter as a [n, 1, 1, 1] tensor broadcastable over x (numbers pass through)."""
+    if isinstance(v, torch.Tensor):
+        return v.to(device=x.device, dtype=x.dtype).reshape(-1, 1, 1, 1)
+    return float(v)
+
+
+def _fill_column(fill, x: torch.Tensor) -> torch.Tensor:
+    """A fill colour (number or per-channel sequence) as [1, C, 1, 1]."""
+    t = torch.as_tensor(fill, dtype=x.dtype, device=x.device).flatten()
+    return t[: x.shape[1]].expand(x.shape[1]).reshape(1, -1, 1, 1) if t.numel() > 1 else t.reshape(1, 1, 1, 1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# grouping: run each op once on the samples that chose it
+
+
+def apply_grouped(x: torch.Tensor, choice: torch.Tensor,
+                  fns: Sequence[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]) -> torch.Tensor:
+    """In place: the samples with ``choice == k`` go through ``fns[k](x[idx], idx)``; choice -1 = untouched.
+
+    One sort and one host sync (the group sizes) per call, then one index_select / op / index_copy
+    per non-empty group: never a Python loop over samples.
+    """
+    counts = torch.bincount(choice + 1, minlength=len(fns) + 1).tolist()  # host sync
+    order = torch.argsort(choice, stable=True)
+    start = counts[0]
+    for k, cnt in enumerate(counts[1:]):
+        if cnt:
+            idx = order[start:start + cnt]
+            x.index_copy_(0, idx, fns[k](x.index_select(0, idx), idx))
+        start += cnt
+    return x
+
+
+# ---------------------------------------------------------------------------------------------------
+# pixel-value ops (PIL ImageOps)
+
+
+def invert(x: torch.Tensor) -> torch.Tensor:
+    """ImageOps.invert: 255 - x."""
+    return 255.0 - x
+
+
+def solarize(x: torch.Tensor, threshold) -> torch.Tensor:
+    """ImageOps.solarize: pixels >= threshold are inverted (threshold 256: identity)."""
+    return torch.where(x >= _col(threshold, x), 255.0 - x, x)
+
+
+def solarize_add(x: torch.Tensor, addition, threshold=128) -> torch.Tensor:
+    """timm's SolarizeAdd: pixels below threshold get `addition` added, clipped at 255."""
+    return torch.where(x < _col(threshold, x), (x + _col(addition, x)).clamp_(max=255.0), x)
+
+
+def posterize(x: torch.Tensor, bits) -> torch.Tensor:
+    """ImageOps.posterize: keep the top `bits` bits of each (floored) value; bits 8: identity, 0: black."""
+    step = torch.pow(2.0, 8.0 - _col(bits, x)) if isinstance(bits, torch.Tensor) else 2.0 ** (8 - bits)
+    return torch.floor(x / step) * step
+
+
+def equalize(x: torch.Tensor) -> torch.Tensor:
+    """ImageOps.equalize, per image and channel, on the floored values (PIL's lookup-table algorithm)."""
+    n, c, h, w = x.shape
+    planes = n * c
+    v = x.detach().clamp(0, 255).to(torch.uint8).reshape(planes, h * w).long()  # (n*C, H*W)
+    offset = torch.arange(planes, device=x.device).view(planes, 1) * 256
+    hist = torch.bincount((v + offset).flatten(), minlength=planes * 256).view(planes, 256)
+    # PIL: step = (number of pixels - count of the last occupied bin) // 255
+    last = 255 - torch.argmax((hist.flip(1) > 0).long(), dim=1)
+    step = (h * w - hist.gather(1, last.view(planes, 1))) // 255  # (n*C, 1)
+    before = torch.cumsum(hist, dim=1) - hist  # pixels strictly below each value
+    lut = ((before + step // 2) // step.clamp(min=1)).clamp_(max=255)
+    lut = torch.where(step > 0, lut, torch.arange(256, device=x.device).view(1, 256))
+    return lut.gather(1, v).to(x.dtype).view(n, c, h, w)
+
+
+def autocontrast(x: torch.Tensor) -> torch.Tensor:
+    """ImageOps.autocontrast (cutoff 0): stretch each channel's [min, max] to [0, 255]; flat: identity."""
+    lo = x.amin(dim=(2, 3), keepdim=True)
+    hi = x.amax(dim=(2, 3), keepdim=True)
+    flat = hi <= lo
+    scale = torch.where(flat, 1.0, 255.0 / (hi - lo).clamp(min=1e-6))
+    lo = torch.where(flat, 0.0, lo)
+    return ((x - lo) * scale).clamp_(0, 255)
+
+
+# ---------------------------------------------------------------------------------------------------
+# blends (PIL ImageEnhance: out = degenerate + factor * (x - degenerate), clipped)
+
+
+def rgb_to_gray(x: torch.Tensor) -> torch.Tensor:
+    """convert("L") luma, [n, 1, H, W] (a 1-channel batch is its own luma)."""
+    if x.shape[1] == 1:
+        return x
+    r, g, b = x.unbind(1)
+    return (r * _LUMA[0] + g * _LUMA[1] + b * _LUMA[2]).unsqueeze(1)
+
+
+def _blend(degenerate, x: torch.Tensor, factor) -> torch.Tensor:
+    return torch.lerp(degenerate, x, _col(factor, x)) if isinstance(factor, torch.Tensor) else \
+        torch.lerp(degenerate, x, float(factor))
+
+
+def adjust_brightness(x: torch.Tensor, factor) -> torch.Tensor:
+    """ImageEnhance.Brightness: blend with black."""
+    return (x * _col(factor, x)).clamp_(0, 255)
+
+
+def adjust_contrast(x: torch.Tensor, factor) -> torch.Tensor:
+    """ImageEnhance.Contrast: blend with the image's mean luma (PIL rounds that mean; this does not)."""
+    mean = rgb_to_gray(x).mean(dim=(1, 2, 3), keepdim=True)
+    return _blend(mean.expand_as(x), x, factor).clamp_(0, 255)
+
+
+def adjust_saturation(x: torch.Tensor, factor) -> torch.Tensor:
+    """ImageEnhance.Color: blend with the luma image; identity on 1-channel images."""
+    if x.shape[1] == 1:
+        return x
+    return _blend(rgb_to_gray(x).expand_as(x), x, factor).clamp_(0, 255)
+
+
+def adjust_sharpness(x: torch.Tensor, factor) -> torch.Tensor:
+    """ImageEnhance.Sharpness: blend with ImageFilter.SMOOTH (3x3, centre 5, others 1, / 13).
+
+    As in PIL, the one-pixel border of the smoothed image is the original image.
+    """
+    n, c, h, w = x.shape
+    if h < 3 or w < 3:
+        return x.clone()
+    kernel = torch.ones(3, 3, dtype=x.dtype, device=x.device)
+    kernel[1, 1] = 5.0
+    kernel = (kernel / 13.0).expand(c, 1, 3, 3)
+    smooth = x.clone()
+    smooth[:, :, 1:-1, 1:-1] = F.conv2d(x, kernel, groups=c)
+    return _blend(smooth, x, factor).clamp_(0, 255)
+
+
+def adjust_hue(x: torch.Tensor, shift) -> torch.Tensor:
+    """torchvision's adjust_hue: rotate the HSV hue by `shift` turns (in [-0.5, 0.5]); 1 channel: identity."""
+    if x.shape[1] == 1:
+        return x
+    rgb = x / 255.0
+    maxc, _ = rgb.max(dim=1, keepdim=True)
+    minc, _ = rgb.min(dim=1, keepdim=True)
+    delta = maxc - minc
+    safe = torch.where(delta > 0, delta, 1.0)
+    r, g, b = rgb.unbind(1)
+    r, g, b = r.unsqueeze(1), g.unsqueeze(1), b.unsqueeze(1)
+    hue = torch.where(maxc == r, (g - b) / safe,
+                      torch.where(maxc == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
+    hue = torch.where(delta > 0, hue, 0.0)
+    sat = torch.where(maxc > 0, delta / torch.where(maxc > 0, maxc, 1.0), 0.0)
+    # hue in sixths of a turn; shift it, then back to RGB with f(n) = v - v*s*clamp(min(k, 4-k), 0, 1)
+    hue6 = torch.remainder(hue + 6.0 * _col(shift, x), 6.0)
+    vs = maxc * sat
+    out = []
+    for n_ in (5.0, 3.0, 1.0):
+        k = torch.remainder(hue6 + n_, 6.0)
+        out.append(maxc - vs * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0))
+    return (torch.cat(out, dim=1) * 255.0).clamp_(0, 255)
+
+
+def grayscale(x: torch.Tensor) -> torch.Tensor:
+    """Luma replicated over the channels (RandomGrayscale's output); identity on 1 channel."""
+    return rgb_to_gray(x).expand_as(x).clone() if x.shape[1] == 3 else x
+
+
+# ---------------------------------------------------------------------------------------------------
+# geometry: PIL Image.transform(AFFINE) semantics, one grid_sample per call
+
+
+def affine(x: torch.Tensor, matrix: torch.Tensor, *, fill=0.0, mode: str = "nearest") -> torch.Tensor:
+    """Image.transform(size, AFFINE, data=matrix[i], resample=mode, fillcolor=fill) per sample.
+
+    matrix: [n, 2, 3] (a, b, c, d, e, f) mapping output pixel coordinates to input ones,
+        u = a*X + b*Y + c, v = d*X + e*Y + f, with pixel i covering [i, i+1) (PIL's convention:
+        the output pixel centre is X = x + 0.5). Outside the input: `fill` (number or per channel).
+    mode: "nearest" | "bilinear" | "bicubic".
+    """
+    n, c, h, w = x.shape
+    m = matrix.to(device=x.device, dtype=torch.float32)
+    a, b, cc = m[:, 0, 0], m[:, 0, 1], m[:, 0, 2]
+    d, e, ff = m[:, 1, 0], m[:, 1, 1], m[:, 1, 2]
+    if mode == "nearest":
+        # PIL takes floor(u), grid_sample rounds u - 1/2 half-to-even: nudge exact ties upwards
+        cc, ff = cc + 1e-3, ff + 1e-3
+    # normalized coords (align_corners=False): X = (xn + 1) * w / 2 and u = (un + 1) * w / 2
+    theta = torch.stack([
+        torch.stack([a, b * h / w, a + b * h / w + 2.0 * cc / w - 1.0], dim=1),
+        torch.stack([d * w / h, e, d * w / h + e + 2.0 * ff / h - 1.0], dim=1),
+    ], dim=1)  # (n, 2, 3)
+    grid = F.affine_grid(theta, [n, c, h, w], align_corners=False)
+    fill_t = _fill_column(fill, x)
+    # sampling x - fill with zero padding puts exactly `fill` outside the image
+    out = F.grid_sample(x - fill_t, grid, mode=mode, padding_mode="zeros", align_corners=False)
+    out = out + fill_t
+    return out.clamp_(0, 255) if mode == "bicubic" else out
+
+
+def _identity_matrix(n: int, device) -> torch.Tensor:
+    return torch.eye(2, 3, device=device).repeat(n, 1, 1)  # (n, 2, 3)
+
+
+def rotate_matrix(degrees: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Image.rotate(degrees) (counter-clockwise about the image centre) as an output->input matrix."""
+    t = torch.deg2rad(-degrees.float())
+    cos, sin = torch.cos(t), torch.sin(t)
+    cx, cy = w / 2.0, h / 2.0
+    m = torch.stack([cos, sin, cx - cos * cx - sin * cy,
+                     -sin, cos, cy + sin * cx - cos * cy], dim=1)
+    return m.view(-1, 2, 3)
+
+
+def shear_x_matrix(factor: torch.Tensor) -> torch.Tensor:
+    """AFFINE data (1, factor, 0, 0, 1, 0)."""
+    m = _identity_matrix(factor.shape[0], factor.device)
+    m[:, 0, 1] = factor
+    return m
+
+
+def shear_y_matrix(factor: torch.Tensor) -> torch.Tensor:
+    """AFFINE data (1, 0, 0, factor, 1, 0)."""
+    m = _identity_matrix(factor.shape[0], factor.device)
+    m[:, 1, 0] = factor
+    return m
+
+
+def translate_matrix(dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+    """AFFINE data (1, 0, dx, 0, 1, dy): the content moves by (-dx, -dy) pixels."""
+    m = _identity_matrix(dx.shape[0], dx.device)
+    m[:, 0, 2] = dx
+    m[:, 1, 2] = dy
+    return m
+
+
+# ---------------------------------------------------------------------------------------------------
+# blur
+
+
+def gaussian_kernels(sigma: torch.Tensor, radius: int) -> torch.Tensor:
+    """[n, 2*radius+1] normalized 1-D Gaussian kernels, one per sigma."""
+    t = torch.arange(-radius, radius + 1, device=sigma.device, dtype=torch.float32)
+    k = torch.exp(-0.5 * (t.view(1, -1) / sigma.float().view(-1, 1)) ** 2)
+    return k / k.sum(dim=1, keepdim=True)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, *, radius: int | None = None) -> torch.Tensor:
+    """Separable Gaussian blur with a per-sample sigma [n] (reflect padding, as scipy's "mirror").
+
+    radius defaults to ceil(3 * max sigma), capped so the padding fits the image.
+    """
+    n, c, h, w = x.shape
+    if radius is None:
+        radius = math.ceil(3.0 * float(sigma.max()))
+    radius = max(0, min(radius, h - 1, w - 1))
+    if radius == 0 or n == 0:
+        return x.clone()
+    k = gaussian_kernels(sigma, radius)  # (n, K)
+    size = 2 * radius + 1
+    k = k.repeat_interleave(c, dim=0)  # (n*C, K): one kernel per plane
+    planes = x.reshape(1, n * c, h, w)
+    planes = F.pad(planes, (0, 0, radius, radius), mode="reflect")
+    planes = F.conv2d(planes, k.view(n * c, 1, size, 1), groups=n * c)
+    planes = F.pad(planes, (radius, radius, 0, 0), mode="reflect")
+    planes = F.conv2d(planes, k.view(n * c, 1, 1, size), groups=n * c)
+    return planes.view(n, c, h, w)

@@ -1,0 +1,257 @@
+"""AutoAugment (CIFAR10, SVHN, ImageNet policies) and RandAugment, batched with per-sample choices.
+
+Each sample draws its own sub-policy / ops, magnitudes and signs from the generator; then, for each op
+slot, the samples are grouped by op and every op runs once on its group (`apply_grouped`). All
+geometric ops of a slot that share an interpolation mode run as one `grid_sample` with per-sample
+affine matrices.
+
+Ops, magnitudes and fills follow the implementations the two papers trained with:
+- AutoAugment: the sub-policy tables of Cubuk et al. (2019) with the 10-bin magnitude ranges of the
+  widely used PIL implementation paper A's code relies on: shear 0..0.3 (bilinear here, where that code
+  uses bicubic), translate 0..150/331 of the image side and rotate 0..30 degrees (nearest), enhance
+  factors 1 +- 0..0.9, posterize 8..4 bits, solarize threshold 256..0; fill grey 128. Rotations get a
+  random sign like the other geometric ops (that code always rotates counter-clockwise).
+- RandAugment: timm's ``rand-m9-mstd0.5-inc1`` (paper B via Swin): 2 ops drawn uniformly with
+  replacement from the 15 "increasing" ops, each applied with probability 0.5, magnitude
+  N(9, 0.5) clipped to [0, 10] drawn per sample and op; fill = the dataset mean colour; bilinear.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import augment_ops as O
+
+# ---------------------------------------------------------------------------------------------------
+# op registry: pixel ops take (x, value [n]); geometric ops give an output->input matrix from (value, h, w)
+
+PIXEL_OPS = {
+    "invert": lambda x, v: O.invert(x),
+    "autocontrast": lambda x, v: O.autocontrast(x),
+    "equalize": lambda x, v: O.equalize(x),
+    "solarize": O.solarize,
+    "solarize_add": O.solarize_add,
+    "posterize": O.posterize,
+    "color": O.adjust_saturation,
+    "contrast": O.adjust_contrast,
+    "brightness": O.adjust_brightness,
+    "sharpness": O.adjust_sharpness,
+}
+
+GEOMETRIC_OPS = {
+    "shear_x": lambda v, h, w: O.shear_x_matrix(v),
+    "shear_y": lambda v, h, w: O.shear_y_matrix(v),
+    # value = fraction of the image side
+    "translate_x": lambda v, h, w: O.translate_matrix(v * w, torch.zeros_like(v)),
+    "translate_y": lambda v, h, w: O.translate_matrix(torch.zeros_like(v), v * h),
+    "rotate": lambda v, h, w: O.rotate_matrix(v, h, w),
+}
+
+
+def apply_op_slot(x: torch.Tensor, op: torch.Tensor, value: torch.Tensor, names: list[str], *,
+                  fill, modes: dict[str, str]) -> torch.Tensor:
+    """In place: sample i goes through op ``names[op[i]]`` with parameter value[i] (op -1: none).
+
+    modes: interpolation per geometric op name; geometric ops sharing a mode run as one grid_sample.
+    """
+    b, _, h, w = x.shape
+    group_names = sorted({modes[n] for n in names if n in GEOMETRIC_OPS})
+    geo_group = {mode: len(names) + i for i, mode in enumerate(group_names)}
+    group_of_op = [geo_group[modes[n]] if n in GEOMETRIC_OPS else i for i, n in enumerate(names)]
+    group_of_op = torch.tensor(group_of_op, device=x.device)
+    choice = torch.where(op >= 0, group_of_op[op.clamp(min=0)], -1)
+
+    matrix = None
+    if group_names:
+        matrix = torch.eye(2, 3, device=x.device).repeat(b, 1, 1)  # (B, 2, 3)
+        for i, n in enumerate(names):
+            if n in GEOMETRIC_OPS:
+                matrix = torch.where((op == i).view(b, 1, 1), GEOMETRIC_OPS[n](value, h, w), matrix)
+
+    def pixel_fn(name):
+        return lambda xs, idx: PIXEL_OPS[name](xs, value[idx])
+
+    def geometric_fn(mode):
+        return lambda xs, idx: O.affine(xs, matrix[idx], fill=fill, mode=mode)
+
+    fns = [pixel_fn(n) if n in PIXEL_OPS else None for n in names]
+    fns += [geometric_fn(mode) for mode in group_names]
+    return O.apply_grouped(x, choice, fns)
+
+
+# ---------------------------------------------------------------------------------------------------
+# AutoAugment
+
+# (op1, p1, magnitude bin 1, op2, p2, magnitude bin 2), 25 sub-policies per dataset (Cubuk et al.)
+_AUTOAUGMENT_POLICIES = {
+    "cifar10": [
+        ("invert", .1, 7, "contrast", .2, 6), ("rotate", .7, 2, "translate_x", .3, 9),
+        ("sharpness", .8, 1, "sharpness", .9, 3), ("shear_y", .5, 8, "translate_y", .7, 9),
+        ("autocontrast", .5, 8, "equalize", .9, 2), ("shear_y", .2, 7, "posterize", .3, 7),
+        ("color", .4, 3, "brightness", .6, 7), ("sharpness", .3, 9, "brightness", .7, 9),
+        ("equalize", .6, 5, "equalize", .5, 1), ("contrast", .6, 7, "sharpness", .6, 5),
+        ("color", .7, 7, "translate_x", .5, 8), ("equalize", .3, 7, "autocontrast", .4, 8),
+        ("translate_y", .4, 3, "sharpness", .2, 6), ("brightness", .9, 6, "color", .2, 8),
+        ("solarize", .5, 2, "invert", .0, 3), ("equalize", .2, 0, "autocontrast", .6, 0),
+        ("equalize", .2, 8, "equalize", .6, 4), ("color", .9, 9, "equalize", .6, 6),
+        ("autocontrast", .8, 4, "solarize", .2, 8), ("brightness", .1, 3, "color", .7, 0),
+        ("solarize", .4, 5, "autocontrast", .9, 3), ("translate_y", .9, 9, "translate_y", .7, 9),
+        ("autocontrast", .9, 2, "solarize", .8, 3), ("equalize", .8, 8, "invert", .1, 3),
+        ("translate_y", .7, 9, "autocontrast", .9, 1),
+    ],
+    "svhn": [
+        ("shear_x", .9, 4, "invert", .2, 3), ("shear_y", .9, 8, "invert", .7, 5),
+        ("equalize", .6, 5, "solarize", .6, 6), ("invert", .9, 3, "equalize", .6, 3),
+        ("equalize", .6, 1, "rotate", .9, 3), ("shear_x", .9, 4, "autocontrast", .8, 3),
+        ("shear_y", .9, 8, "invert", .4, 5), ("shear_y", .9, 5, "solarize", .2, 6),
+        ("invert", .9, 6, "autocontrast", .8, 1), ("equalize", .6, 3, "rotate", .9, 3),
+        ("shear_x", .9, 4, "solarize", .3, 3), ("shear_y", .8, 8, "invert", .7, 4),
+        ("equalize", .9, 5, "translate_y", .6, 6), ("invert", .9, 4, "equalize", .6, 7),
+        ("contrast", .3, 3, "rotate", .8, 4), ("invert", .8, 5, "translate_y", .0, 2),
+        ("shear_y", .7, 6, "solarize", .4, 8), ("invert", .6, 4, "rotate", .8, 4),
+        ("shear_y", .3, 7, "translate_x", .9, 3), ("shear_x", .1, 6, "invert", .6, 5),
+        ("solarize", .7, 2, "translate_y", .6, 7), ("shear_y", .8, 4, "invert", .8, 8),
+        ("shear_x", .7, 9, "translate_y", .8, 3), ("shear_y", .8, 5, "autocontrast", .7, 3),
+        ("shear_x", .7, 2, "invert", .1, 5),
+    ],
+    "imagenet": [
+        ("posterize", .4, 8, "rotate", .6, 9), ("solarize", .6, 5, "autocontrast", .6, 5),
+        ("equalize", .8, 8, "equalize", .6, 3), ("posterize", .6, 7, "posterize", .6, 6),
+        ("equalize", .4, 7, "solarize", .2, 4), ("equalize", .4, 4, "rotate", .8, 8),
+        ("solarize", .6, 3, "equalize", .6, 7), ("posterize", .8, 5, "equalize", 1., 2),
+        ("rotate", .2, 3, "solarize", .6, 8), ("equalize", .6, 8, "posterize", .4, 6),
+        ("rotate", .8, 8, "color", .4, 0), ("rotate", .4, 9, "equalize", .6, 2),
+        ("equalize", .0, 7, "equalize", .8, 8), ("invert", .6, 4, "equalize", 1., 8),
+        ("color", .6, 4, "contrast", 1., 8), ("rotate", .8, 8, "color", 1., 2),
+        ("color", .8, 8, "solarize", .8, 7), ("sharpness", .4, 7, "invert", .6, 8),
+        ("shear_x", .6, 5, "equalize", 1., 9), ("color", .4, 0, "equalize", .6, 3),
+        ("equalize", .4, 7, "solarize", .2, 4), ("solarize", .6, 5, "autocontrast", .6, 5),
+        ("invert", .6, 4, "equalize", 1., 8), ("color", .6, 4, "contrast", 1., 8),
+        ("equalize", .8, 8, "equalize", .6, 3),
+    ],
+}
+
+AUTOAUGMENT_OPS = ["shear_x", "shear_y", "translate_x", "translate_y", "rotate", "color", "posterize",
+                   "solarize", "contrast", "sharpness", "brightness", "autocontrast", "equalize", "invert"]
+_AA_MODES = {"shear_x": "bilinear", "shear_y": "bilinear", "translate_x": "nearest",
+             "translate_y": "nearest", "rotate": "nearest"}
+_AA_SIGNED = {"shear_x", "shear_y", "translate_x", "translate_y", "rotate"}
+_AA_ENHANCE = {"color", "contrast", "sharpness", "brightness"}
+
+
+def autoaugment_magnitude(name: str, bin_: int) -> float:
+    """The unsigned parameter of op `name` at magnitude bin 0..9 (enhance ops: the factor's offset)."""
+    t = bin_ / 9.0
+    if name in ("shear_x", "shear_y"):
+        return 0.3 * t
+    if name in ("translate_x", "translate_y"):
+        return 150.0 / 331.0 * t  # fraction of the side
+    if name == "rotate":
+        return 30.0 * t
+    if name in _AA_ENHANCE:
+        return 0.9 * t
+    if name == "posterize":
+        return float(round(8.0 - 4.0 * t))
+    if name == "solarize":
+        return 256.0 * (1.0 - t)
+    return 0.0
+
+
+def autoaugment_tables(policy: str, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(op index [S, 2] into AUTOAUGMENT_OPS, probability [S, 2], unsigned magnitude [S, 2])."""
+    if policy not in _AUTOAUGMENT_POLICIES:
+        from fastvit.errors import UserError
+
+        raise UserError(f"unknown AutoAugment policy {policy!r}; choose one of: "
+                        f"{', '.join(_AUTOAUGMENT_POLICIES)}")
+    rows = _AUTOAUGMENT_POLICIES[policy]
+    ops = [[AUTOAUGMENT_OPS.index(r[0]), AUTOAUGMENT_OPS.index(r[3])] for r in rows]
+    probs = [[r[1], r[4]] for r in rows]
+    mags = [[autoaugment_magnitude(r[0], r[2]), autoaugment_magnitude(r[3], r[5])] for r in rows]
+    return (torch.tensor(ops, device=device), torch.tensor(probs, device=device),
+            torch.tensor(mags, device=device))
+
+
+def autoaugment_(x: torch.Tensor, policy: str, *, generator: torch.Generator | None,
+                 fill=128.0) -> torch.Tensor:
+    """In place on a float 0..255 batch: each sample runs one random sub-policy of `policy`."""
+    b, dev = x.shape[0], x.device
+    ops, probs, mags = autoaugment_tables(policy, dev)
+    signed = torch.tensor([n in _AA_SIGNED for n in AUTOAUGMENT_OPS], device=dev)
+    enhance = torch.tensor([n in _AA_ENHANCE for n in AUTOAUGMENT_OPS], device=dev)
+    sub = torch.randint(0, ops.shape[0], (b,), generator=generator, device=dev)
+    for slot in range(2):
+        op, p, mag = ops[sub, slot], probs[sub, slot], mags[sub, slot]
+        u = torch.rand(2, b, generator=generator, device=dev)
+        sign = torch.where(u[1] < 0.5, -1.0, 1.0)
+        value = torch.where(signed[op] | enhance[op], mag * sign, mag)
+        value = torch.where(enhance[op], 1.0 + value, value)
+        op = torch.where(u[0] < p, op, -1)
+        apply_op_slot(x, op, value, AUTOAUGMENT_OPS, fill=fill, modes=_AA_MODES)
+    return x
+
+
+def autoaugment(x: torch.Tensor, policy: str = "cifar10", *, generator: torch.Generator | None = None,
+                fill=128.0) -> torch.Tensor:
+    """AutoAugment with `policy` ("cifar10" | "svhn" | "imagenet") on a uint8 or float 0..255 batch.
+
+    Returns a new float32 batch in 0..255. fill: colour of the area uncovered by geometric ops.
+    """
+    return autoaugment_(x.float() if x.dtype == torch.uint8 else x.clone(), policy, generator=generator,
+                        fill=fill)
+
+
+# ---------------------------------------------------------------------------------------------------
+# RandAugment (timm "increasing" op set)
+
+RANDAUGMENT_OPS = ["autocontrast", "equalize", "invert", "rotate", "posterize", "solarize", "solarize_add",
+                   "color", "contrast", "brightness", "sharpness", "shear_x", "shear_y", "translate_x",
+                   "translate_y"]
+_RA_MODES = {n: "bilinear" for n in GEOMETRIC_OPS}
+
+
+def randaugment_values(m: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
+    """Parameter of every RANDAUGMENT_OPS entry at magnitude m in [0, 10]: [len(ops), B]."""
+    t = m / 10.0
+    zero = torch.zeros_like(m)
+    per_op = {
+        "autocontrast": zero, "equalize": zero, "invert": zero,
+        "rotate": 30.0 * t * sign,
+        "posterize": 4.0 - torch.floor(4.0 * t),  # bits kept: 4 down to 0
+        "solarize": 256.0 - torch.floor(256.0 * t),  # threshold: 256 down to 0
+        "solarize_add": torch.floor(110.0 * t),
+        "color": 1.0 + 0.9 * t * sign, "contrast": 1.0 + 0.9 * t * sign,
+        "brightness": 1.0 + 0.9 * t * sign, "sharpness": 1.0 + 0.9 * t * sign,
+        "shear_x": 0.3 * t * sign, "shear_y": 0.3 * t * sign,
+        "translate_x": 0.45 * t * sign, "translate_y": 0.45 * t * sign,
+    }
+    return torch.stack([per_op[n] for n in RANDAUGMENT_OPS])
+
+
+def randaugment_(x: torch.Tensor, *, generator: torch.Generator | None, magnitude: float = 9.0,
+                 magnitude_std: float = 0.5, num_ops: int = 2, p: float = 0.5, fill=128.0) -> torch.Tensor:
+    """In place on a float 0..255 batch: `num_ops` random ops per sample, each applied with prob `p`."""
+    b, dev = x.shape[0], x.device
+    for _ in range(num_ops):
+        op = torch.randint(0, len(RANDAUGMENT_OPS), (b,), generator=generator, device=dev)
+        u = torch.rand(2, b, generator=generator, device=dev)
+        m = torch.full((b,), float(magnitude), device=dev)
+        if magnitude_std > 0:
+            m = m + magnitude_std * torch.randn(b, generator=generator, device=dev)
+        m = m.clamp_(0.0, 10.0)
+        sign = torch.where(u[1] < 0.5, -1.0, 1.0)
+        value = randaugment_values(m, sign).gather(0, op.view(1, b)).view(b)
+        op = torch.where(u[0] < p, op, -1)
+        apply_op_slot(x, op, value, RANDAUGMENT_OPS, fill=fill, modes=_RA_MODES)
+    return x
+
+
+def randaugment(x: torch.Tensor, *, generator: torch.Generator | None = None, magnitude: float = 9.0,
+                magnitude_std: float = 0.5, num_ops: int = 2, p: float = 0.5, fill=128.0) -> torch.Tensor:
+    """RandAugment (timm rand-m{magnitude}-mstd{magnitude_std}-inc1) on a uint8 or float 0..255 batch.
+
+    Returns a new float32 batch in 0..255; magnitude 0 with magnitude_std 0 is the identity except for
+    the magnitude-free ops (autocontrast, equalize, invert), as in timm.
+    """
+    return randaugment_(x.float() if x.dtype == torch.uint8 else x.clone(), generator=generator,
+                        magnitude=magnitude, magnitude_std=magnitude_std, num_ops=num_ops, p=p, fill=fill)
