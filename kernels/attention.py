@@ -1,37 +1,679 @@
-"""Attention entry point with backend dispatch.
+"""Fused attention (FlashAttention-2 style, Triton) and the backend dispatcher every model calls.
 
-Placeholder until the Triton kernel lands: `sdpa` and `math` backends only.
+Layers, bottom up:
+  1. `@triton.jit` kernels: `_attn_fwd_kernel` (online softmax, saves the log-sum-exp),
+     `_attn_bwd_dq_kernel` (one program per query block: delta, dQ, and optionally dS and the
+     per-row dscale terms), `_attn_bwd_dkdv_kernel` (one program per key block: dK, dV).
+     No atomics: every output element has exactly one writer; cross-program sums (dbias, dscale)
+     are written per (b, h, row) and reduced by torch, so gradients are bitwise deterministic.
+  2. Launchers `attention_forward` / `attention_backward`: shapes, strides, grids, block sizes
+     (autotuned per head dim and token count on CUDA; fixed blocks under the CPU interpreter).
+  3. `torch.library` custom ops `fastvit::attention_fwd` / `fastvit::attention_bwd` with fake
+     implementations and autograd, so `torch.compile` traces through the kernel as one opaque node.
+  4. Backends (`triton`, `xformers`, `sdpa`, `math`) that each answer `not_supported_reasons`, the
+     dispatcher `select_backend`, and the public `attention`.
 """
 
+import functools
+import importlib.metadata
 import os
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-
 from fastvit.kernels import reference
+from packaging.version import Version
 
-BACKENDS = ("sdpa", "math")
+from fastvit.errors import UserError
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # torch-only installs (e.g. macOS) still get sdpa and math
+    triton = None
+
+BACKENDS = ("triton", "xformers", "sdpa", "math")
+PRIORITY = BACKENDS  # auto-dispatch order; each backend also says on which devices auto may pick it
+MAX_HEAD_DIM = 128
+XFORMERS_MIN_VERSION = Version("0.0.35")
+_LOG2E = 1.4426950408889634  # scores are kept in base 2 inside the kernels: exp(x) = exp2(x * log2(e))
+_CPU_BLOCK = 64  # interpreter block size: large blocks mean fewer interpreted loop iterations
+
+
+def _empty(shape, dtype, device):
+    """Allocation of every kernel output (tests swap in a NaN-filled version to catch unwritten entries)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+# --------------------------------------------------------------------------------------------------
+# Triton kernels
+# --------------------------------------------------------------------------------------------------
+if triton is not None:
+
+    @triton.jit
+    def _attn_fwd_kernel(
+        Q, K, V, Bias, Scale, Out, Lse,
+        stride_qb, stride_qh, stride_qm, stride_qd,  # Q: (B, H, N_Q, D)
+        stride_kb, stride_kh, stride_kn, stride_kd,  # K: (B, H, N_K, D)
+        stride_vb, stride_vh, stride_vn, stride_vd,  # V: (B, H, N_K, D)
+        stride_bb, stride_bh, stride_bm, stride_bn,  # Bias: (NB, H, N_Q, N_K), 0 on broadcast dims
+        stride_ob, stride_oh, stride_om, stride_od,  # Out: (B, H, N_Q, D); Lse: (B, H, N_Q) contiguous fp32
+        H, NB, N_Q, N_K, scale_value,
+        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        HAS_BIAS: tl.constexpr, PER_HEAD_SCALE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ):
+        tl.static_assert(BLOCK_D >= HEAD_DIM)
+        tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16 and BLOCK_D >= 16)  # tl.dot minimum
+        # Grid: (B * H, cdiv(N_Q, BLOCK_M)); B * H on axis 0 because axis 1 is capped at 65535.
+        pid_bh = tl.program_id(0).to(tl.int64)
+        pid_m = tl.program_id(1)
+        b = pid_bh // H
+        h = pid_bh % H
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, BLOCK_D)
+        row_ok = offs_m < N_Q
+        d_ok = offs_d < HEAD_DIM
+
+        q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
+        q = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)  # (BLOCK_M, BLOCK_D)
+        if PER_HEAD_SCALE:
+            scale = tl.load(Scale + h).to(tl.float32)
+        else:
+            scale = scale_value
+        k_base = K + b * stride_kb + h * stride_kh
+        v_base = V + b * stride_vb + h * stride_vh
+        bias_base = Bias + (b % NB) * stride_bb + h * stride_bh  # windowed bias: batch b reads bias[b % NB]
+
+        # Online softmax in base 2: s2 = (scale * q.k + bias) * log2(e); m = running max, l = running sum.
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        for start_n in range(0, N_K, BLOCK_N):
+            cols = start_n + offs_n
+            col_ok = cols < N_K
+            k = tl.load(k_base + cols[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                        mask=col_ok[:, None] & d_ok[None, :], other=0.0)  # (BLOCK_N, BLOCK_D)
+            v = tl.load(v_base + cols[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+                        mask=col_ok[:, None] & d_ok[None, :], other=0.0)  # (BLOCK_N, BLOCK_D)
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * (scale * _LOG2E)  # (BLOCK_M, BLOCK_N)
+            if HAS_BIAS:
+                bias = tl.load(bias_base + offs_m[:, None] * stride_bm + cols[None, :] * stride_bn,
+                               mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+                s += bias.to(tl.float32) * _LOG2E
+            s = tl.where(col_ok[None, :], s, float("-inf"))  # padded keys get no weight
+            # m_new >= m_i; alpha rescales what was accumulated under the old max.
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+            m_i = m_new
+
+        acc = acc / l_i[:, None]
+        # lse2 = log2(sum_j exp2(s2_j)): the backward recomputes p = exp2(s2 - lse2) without a max pass.
+        tl.store(Lse + pid_bh * N_Q + offs_m, m_i + tl.log2(l_i), mask=row_ok)
+        out_ptrs = Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
+        tl.store(out_ptrs, acc.to(Out.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+
+    @triton.jit
+    def _attn_bwd_dq_kernel(
+        Q, K, V, Bias, Scale, Out, DOut, Lse, Delta, DQ, DS, DScaleRows,
+        stride_qb, stride_qh, stride_qm, stride_qd,  # Q: (B, H, N_Q, D)
+        stride_kb, stride_kh, stride_kn, stride_kd,  # K: (B, H, N_K, D)
+        stride_vb, stride_vh, stride_vn, stride_vd,  # V: (B, H, N_K, D)
+        stride_bb, stride_bh, stride_bm, stride_bn,  # Bias: (NB, H, N_Q, N_K), 0 on broadcast dims
+        stride_ob, stride_oh, stride_om, stride_od,  # Out: (B, H, N_Q, D)
+        stride_gb, stride_gh, stride_gm, stride_gd,  # DOut: (B, H, N_Q, D)
+        stride_dqb, stride_dqh, stride_dqm, stride_dqd,  # DQ: (B, H, N_Q, D)
+        # Lse, Delta, DScaleRows: (B, H, N_Q) contiguous fp32; DS: (B, H, N_Q, N_K) contiguous fp32
+        H, NB, N_Q, N_K, scale_value,
+        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        HAS_BIAS: tl.constexpr, PER_HEAD_SCALE: tl.constexpr, STORE_DS: tl.constexpr,
+        STORE_DSCALE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ):
+        tl.static_assert(BLOCK_D >= HEAD_DIM)
+        tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16 and BLOCK_D >= 16)
+        pid_bh = tl.program_id(0).to(tl.int64)
+        pid_m = tl.program_id(1)
+        b = pid_bh // H
+        h = pid_bh % H
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, BLOCK_D)
+        row_ok = offs_m < N_Q
+        d_ok = offs_d < HEAD_DIM
+        md_ok = row_ok[:, None] & d_ok[None, :]
+
+        q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
+        do_ptrs = DOut + b * stride_gb + h * stride_gh + offs_m[:, None] * stride_gm + offs_d[None, :] * stride_gd
+        o_ptrs = Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
+        q = tl.load(q_ptrs, mask=md_ok, other=0.0)  # (BLOCK_M, BLOCK_D)
+        do = tl.load(do_ptrs, mask=md_ok, other=0.0)  # (BLOCK_M, BLOCK_D)
+        o = tl.load(o_ptrs, mask=md_ok, other=0.0)  # (BLOCK_M, BLOCK_D)
+        # delta_i = sum_d dO_id O_id = sum_j P_ij dP_ij, the softmax-Jacobian term; the dK/dV kernel reads it.
+        delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)  # (BLOCK_M,)
+        tl.store(Delta + pid_bh * N_Q + offs_m, delta, mask=row_ok)
+        lse = tl.load(Lse + pid_bh * N_Q + offs_m, mask=row_ok, other=0.0)
+        if PER_HEAD_SCALE:
+            scale = tl.load(Scale + h).to(tl.float32)
+        else:
+            scale = scale_value
+        k_base = K + b * stride_kb + h * stride_kh
+        v_base = V + b * stride_vb + h * stride_vh
+        bias_base = Bias + (b % NB) * stride_bb + h * stride_bh
+
+        # dS_ij = P_ij (dP_ij - delta_i) with dP = dO V^T;  dQ = scale * dS K;  dscale = sum dS * (q.k).
+        dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        dscale_rows = tl.zeros([BLOCK_M], tl.float32)
+        for start_n in range(0, N_K, BLOCK_N):
+            cols = start_n + offs_n
+            col_ok = cols < N_K
+            k = tl.load(k_base + cols[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                        mask=col_ok[:, None] & d_ok[None, :], other=0.0)  # (BLOCK_N, BLOCK_D)
+            v = tl.load(v_base + cols[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+                        mask=col_ok[:, None] & d_ok[None, :], other=0.0)  # (BLOCK_N, BLOCK_D)
+            # (BLOCK_M, BLOCK_N): q.k before scale
+            raw = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+            s = raw * (scale * _LOG2E)
+            if HAS_BIAS:
+                bias = tl.load(bias_base + offs_m[:, None] * stride_bm + cols[None, :] * stride_bn,
+                               mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+                s += bias.to(tl.float32) * _LOG2E
+            p = tl.where(col_ok[None, :], tl.exp2(s - lse[:, None]), 0.0)
+            dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
+            ds = p * (dp - delta[:, None])
+            dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+            if STORE_DS:
+                tl.store(DS + pid_bh * N_Q * N_K + offs_m[:, None] * N_K + cols[None, :], ds,
+                         mask=row_ok[:, None] & col_ok[None, :])
+            if STORE_DSCALE:
+                dscale_rows += tl.sum(ds * raw, 1)
+
+        dq = dq * scale
+        dq_ptrs = DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd
+        tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=md_ok)
+        if STORE_DSCALE:
+            tl.store(DScaleRows + pid_bh * N_Q + offs_m, dscale_rows, mask=row_ok)
+
+    @triton.jit
+    def _attn_bwd_dkdv_kernel(
+        Q, K, V, Bias, Scale, DOut, Lse, Delta, DK, DV,
+        stride_qb, stride_qh, stride_qm, stride_qd,  # Q: (B, H, N_Q, D)
+        stride_kb, stride_kh, stride_kn, stride_kd,  # K: (B, H, N_K, D)
+        stride_vb, stride_vh, stride_vn, stride_vd,  # V: (B, H, N_K, D)
+        stride_bb, stride_bh, stride_bm, stride_bn,  # Bias: (NB, H, N_Q, N_K), 0 on broadcast dims
+        stride_gb, stride_gh, stride_gm, stride_gd,  # DOut: (B, H, N_Q, D)
+        stride_dkb, stride_dkh, stride_dkn, stride_dkd,  # DK, DV: (B, H, N_K, D), same strides
+        # Lse, Delta: (B, H, N_Q) contiguous fp32
+        H, NB, N_Q, N_K, scale_value,
+        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        HAS_BIAS: tl.constexpr, PER_HEAD_SCALE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ):
+        tl.static_assert(BLOCK_D >= HEAD_DIM)
+        tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16 and BLOCK_D >= 16)
+        # Grid: (B * H, cdiv(N_K, BLOCK_N)); each program owns one key block and walks every query block.
+        pid_bh = tl.program_id(0).to(tl.int64)
+        pid_n = tl.program_id(1)
+        b = pid_bh // H
+        h = pid_bh % H
+        offs_m = tl.arange(0, BLOCK_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, BLOCK_D)
+        col_ok = offs_n < N_K
+        d_ok = offs_d < HEAD_DIM
+        nd_ok = col_ok[:, None] & d_ok[None, :]
+
+        k_ptrs = K + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
+        v_ptrs = V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
+        k = tl.load(k_ptrs, mask=nd_ok, other=0.0)  # (BLOCK_N, BLOCK_D)
+        v = tl.load(v_ptrs, mask=nd_ok, other=0.0)  # (BLOCK_N, BLOCK_D)
+        if PER_HEAD_SCALE:
+            scale = tl.load(Scale + h).to(tl.float32)
+        else:
+            scale = scale_value
+        q_base = Q + b * stride_qb + h * stride_qh
+        do_base = DOut + b * stride_gb + h * stride_gh
+        bias_base = Bias + (b % NB) * stride_bb + h * stride_bh
+
+        # Transposed tiles (keys on rows): dV = P^T dO;  dK = scale * dS^T Q.
+        dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+        dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+        for start_m in range(0, N_Q, BLOCK_M):
+            rows = start_m + offs_m
+            row_ok = rows < N_Q
+            md_ok = row_ok[:, None] & d_ok[None, :]
+            q = tl.load(q_base + rows[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                        mask=md_ok, other=0.0)  # (BLOCK_M, BLOCK_D)
+            do = tl.load(do_base + rows[:, None] * stride_gm + offs_d[None, :] * stride_gd,
+                         mask=md_ok, other=0.0)  # (BLOCK_M, BLOCK_D)
+            lse = tl.load(Lse + pid_bh * N_Q + rows, mask=row_ok, other=0.0)
+            delta = tl.load(Delta + pid_bh * N_Q + rows, mask=row_ok, other=0.0)
+            # (BLOCK_N, BLOCK_M): the transposed base-2 scores
+            s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * (scale * _LOG2E)
+            if HAS_BIAS:
+                bias_t = tl.load(bias_base + rows[None, :] * stride_bm + offs_n[:, None] * stride_bn,
+                                 mask=col_ok[:, None] & row_ok[None, :], other=0.0)
+                s_t += bias_t.to(tl.float32) * _LOG2E
+            p_t = tl.where(row_ok[None, :], tl.exp2(s_t - lse[None, :]), 0.0)
+            dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PRECISION)
+            dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M)
+            ds_t = p_t * (dp_t - delta[None, :])
+            dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)
+
+        dk = dk * scale
+        offs = b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd
+        tl.store(DK + offs, dk.to(DK.dtype.element_ty), mask=nd_ok)
+        tl.store(DV + offs, dv.to(DV.dtype.element_ty), mask=nd_ok)
+
+
+# --------------------------------------------------------------------------------------------------
+# Launchers
+# --------------------------------------------------------------------------------------------------
+def _pow2_block(n):
+    """Smallest power of two >= n, at least 16 (tl.dot's minimum)."""
+    return max(16, 1 << (max(n, 1) - 1).bit_length())
+
+
+# H100 candidates (BLOCK_M, BLOCK_N, num_warps, num_stages); pruned per call by token count and head dim.
+_GPU_CANDIDATES = (
+    (16, 16, 2, 2), (32, 32, 2, 2), (32, 64, 4, 2), (64, 32, 4, 2), (64, 64, 4, 2), (64, 64, 4, 3),
+    (128, 32, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3), (64, 128, 8, 2), (128, 128, 8, 2),
+)
+
+
+def _prune(configs, named_args, program_block, accumulators, **kwargs):
+    """Keep configs whose blocks do not exceed the (padded) token counts and whose fp32 accumulators
+    fit ~64 registers per thread (beyond that the tile spills and is never the fastest)."""
+    args = {**named_args, **kwargs}
+    cap = {"BLOCK_M": _pow2_block(args["N_Q"]), "BLOCK_N": _pow2_block(args["N_K"])}
+    kept = [
+        c for c in configs
+        if c.kwargs["BLOCK_M"] <= cap["BLOCK_M"] and c.kwargs["BLOCK_N"] <= cap["BLOCK_N"]
+        and c.kwargs[program_block] * args["BLOCK_D"] * accumulators <= 64 * 32 * c.num_warps
+    ]
+    return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+
+
+@functools.cache
+def _tuned_kernels():
+    """Autotuned wrappers, built on first CUDA use (the autotuner needs a driver)."""
+    configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+               for bm, bn, w, s in _GPU_CANDIDATES]
+    key = ["N_Q", "N_K", "HEAD_DIM", "HAS_BIAS", "PER_HEAD_SCALE"]
+
+    def tune(kernel, program_block, accumulators, extra_key=()):
+        prune = functools.partial(_prune, program_block=program_block, accumulators=accumulators)
+        tuner = triton.autotune(configs, key=key + list(extra_key), prune_configs_by={"early_config_prune": prune})
+        return tuner(kernel)
+
+    return {
+        "fwd": tune(_attn_fwd_kernel, "BLOCK_M", 1),
+        "dq": tune(_attn_bwd_dq_kernel, "BLOCK_M", 1, ("STORE_DS", "STORE_DSCALE")),
+        "dkdv": tune(_attn_bwd_dkdv_kernel, "BLOCK_N", 2),
+    }
+
+
+def _launch(name, raw_kernel, args, consts, bh, program_len, program_block):
+    """Launch on grid (B * H, cdiv(program_len, block)): autotuned on CUDA, fixed blocks when interpreted."""
+    if args[0].is_cuda:
+        grid = lambda meta: (bh, triton.cdiv(program_len, meta[program_block]))
+        _tuned_kernels()[name][grid](*args, **consts)
+    else:
+        blocks = {"BLOCK_M": min(_CPU_BLOCK, _pow2_block(consts["N_Q"])),
+                  "BLOCK_N": min(_CPU_BLOCK, _pow2_block(consts["N_K"]))}
+        raw_kernel[(bh, triton.cdiv(program_len, blocks[program_block]))](*args, **consts, **blocks)
+
+
+def _common_consts(q, k, bias, scale, scale_value):
+    B, H, n_q, d = q.shape
+    return {
+        "H": H, "NB": bias.shape[0] if bias is not None else 1, "N_Q": n_q, "N_K": k.shape[2],
+        "scale_value": scale_value, "HEAD_DIM": d, "BLOCK_D": _pow2_block(d),
+        "HAS_BIAS": bias is not None, "PER_HEAD_SCALE": scale is not None,
+        # fp32 inputs must not silently drop to tf32 (the fp32 contract is ~1e-6 relative error)
+        "DOT_PRECISION": "ieee" if q.dtype == torch.float32 else "tf32",
+    }
+
+
+def _bias_strides(bias):
+    return bias.stride() if bias is not None else (0, 0, 0, 0)
+
+
+def attention_forward(q, k, v, bias, scale, scale_value):
+    """out (B, H, N_Q, D) in q's dtype and lse2 (B, H, N_Q) fp32 = log2-sum-exp2 of the base-2 scores.
+
+    bias: None or (NB, H, N_Q, N_K) (expanded view, NB divides B); scale: None or (H,) fp32, else scale_value.
+    """
+    B, H, n_q, d = q.shape
+    out = _empty((B, H, n_q, d), q.dtype, q.device)
+    lse = _empty((B, H, n_q), torch.float32, q.device)
+    dummy = q  # stands in for absent optional pointers; never dereferenced (constexpr-guarded)
+    args = (q, k, v, bias if bias is not None else dummy, scale if scale is not None else dummy, out, lse,
+            *q.stride(), *k.stride(), *v.stride(), *_bias_strides(bias), *out.stride())
+    consts = _common_consts(q, k, bias, scale, scale_value)
+    _launch("fwd", _attn_fwd_kernel, args, consts, B * H, n_q, "BLOCK_M")
+    return out, lse
+
+
+def attention_backward(do, q, k, v, out, lse, bias, scale, scale_value, bias_grad, scale_grad):
+    """dq, dk, dv, plus ds (B, H, N_Q, N_K) fp32 if bias_grad, dscale_rows (B, H, N_Q) fp32 if scale_grad."""
+    B, H, n_q, d = q.shape
+    n_k = k.shape[2]
+    dq = _empty(q.shape, q.dtype, q.device)
+    dk = _empty(k.shape, k.dtype, k.device)
+    dv = _empty(v.shape, v.dtype, v.device)
+    delta = _empty((B, H, n_q), torch.float32, q.device)
+    ds = _empty((B, H, n_q, n_k), torch.float32, q.device) if bias_grad else None
+    dscale_rows = _empty((B, H, n_q), torch.float32, q.device) if scale_grad else None
+    dummy = q
+    bias_ptr = bias if bias is not None else dummy
+    scale_ptr = scale if scale is not None else dummy
+    consts = _common_consts(q, k, bias, scale, scale_value)
+
+    dq_args = (q, k, v, bias_ptr, scale_ptr, out, do, lse, delta, dq,
+               ds if ds is not None else dummy, dscale_rows if dscale_rows is not None else dummy,
+               *q.stride(), *k.stride(), *v.stride(), *_bias_strides(bias), *out.stride(), *do.stride(),
+               *dq.stride())
+    _launch("dq", _attn_bwd_dq_kernel, dq_args,
+            {**consts, "STORE_DS": bias_grad, "STORE_DSCALE": scale_grad}, B * H, n_q, "BLOCK_M")
+    # Stream order makes delta (written by the dq kernel) visible to the dk/dv kernel.
+    dkdv_args = (q, k, v, bias_ptr, scale_ptr, do, lse, delta, dk, dv,
+                 *q.stride(), *k.stride(), *v.stride(), *_bias_strides(bias), *do.stride(), *dk.stride())
+    _launch("dkdv", _attn_bwd_dkdv_kernel, dkdv_args, consts, B * H, n_k, "BLOCK_N")
+    return dq, dk, dv, ds, dscale_rows
+
+
+# --------------------------------------------------------------------------------------------------
+# Custom ops + autograd (what torch.compile sees)
+# --------------------------------------------------------------------------------------------------
+@torch.library.custom_op("fastvit::attention_fwd", mutates_args=())
+def _attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
+                      scale: torch.Tensor | None, scale_value: float) -> tuple[torch.Tensor, torch.Tensor]:
+    scale32 = scale.float().contiguous() if scale is not None else None
+    return attention_forward(q, k, v, bias, scale32, scale_value)
+
+
+@_attention_fwd_op.register_fake
+def _(q, k, v, bias, scale, scale_value):
+    return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+@torch.library.custom_op("fastvit::attention_bwd", mutates_args=())
+def _attention_bwd_op(
+    do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+    lse: torch.Tensor, bias: torch.Tensor | None, scale: torch.Tensor | None, scale_value: float,
+    bias_grad: bool, scale_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dq, dk, dv, dbias (NB, H, N_Q, N_K) or empty, dscale (H,) or empty."""
+    scale32 = scale.float().contiguous() if scale is not None else None
+    dq, dk, dv, ds, dscale_rows = attention_backward(do, q, k, v, out, lse, bias, scale32, scale_value,
+                                                     bias_grad, scale_grad)
+    dbias = q.new_empty(0)  # outputs may not alias each other: one fresh empty per absent gradient
+    if bias_grad:
+        B, H, n_q, n_k = ds.shape
+        nb = bias.shape[0]
+        # batch b = i * nb + w reads bias[w]: sum over i (deterministic torch reduction, no atomics)
+        dbias = ds.view(B // nb, nb, H, n_q, n_k).sum(0).to(bias.dtype)  # (nb, H, N_Q, N_K)
+    dscale = dscale_rows.sum((0, 2)).to(scale.dtype) if scale_grad else q.new_empty(0)  # (H,)
+    return dq, dk, dv, dbias, dscale
+
+
+@_attention_bwd_op.register_fake
+def _(do, q, k, v, out, lse, bias, scale, scale_value, bias_grad, scale_grad):
+    dbias = bias.new_empty(bias.shape) if bias_grad else q.new_empty(0)
+    dscale = scale.new_empty(scale.shape) if scale_grad else q.new_empty(0)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dbias, dscale
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, bias, scale, scale_value = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, bias, scale)
+    ctx.scale_value = scale_value
+    ctx.bias_grad = bias is not None and ctx.needs_input_grad[3]
+    ctx.scale_grad = scale is not None and ctx.needs_input_grad[4]
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, dout, _dlse):
+    q, k, v, out, lse, bias, scale = ctx.saved_tensors
+    dq, dk, dv, dbias, dscale = _attention_bwd_op(dout, q, k, v, out, lse, bias, scale, ctx.scale_value,
+                                                  ctx.bias_grad, ctx.scale_grad)
+    return dq, dk, dv, dbias if ctx.bias_grad else None, dscale if ctx.scale_grad else None, None
+
+
+_attention_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------------------------------
+# Backends and dispatch
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AttentionInputs:
+    """What a backend needs to know to accept or refuse a call (no tensors: cheap and testable)."""
+
+    device_type: str
+    dtype: torch.dtype
+    head_dim: int
+    value_dim: int
+    has_bias: bool
+    per_head_scale: bool
+
+    @classmethod
+    def from_tensors(cls, q, k, v, bias=None, scale=None):
+        return cls(q.device.type, q.dtype, q.shape[-1], v.shape[-1], bias is not None,
+                   isinstance(scale, torch.Tensor))
+
+
+def _windowed_bias(bias, B, H, n_q, n_k):
+    """View bias as (nb, H, N_Q, N_K) with nb dividing B (stride 0 on broadcast dims; no copy)."""
+    shape = (1,) * (4 - bias.dim()) + tuple(bias.shape)
+    if (bias.dim() > 4 or B % shape[0]
+            or any(s not in (1, full) for s, full in zip(shape[1:], (H, n_q, n_k), strict=True))):
+        raise UserError(f"attention bias of shape {tuple(bias.shape)} does not broadcast to "
+                        f"(B, H, N_Q, N_K) = {(B, H, n_q, n_k)}; its leading dim must be 1, B or a divisor "
+                        "of B (windowed)")
+    return bias.reshape(shape).expand(shape[0], H, n_q, n_k)
+
+
+def _interpreting():
+    """True if the Triton kernels were built for the CPU interpreter (TRITON_INTERPRET=1 at import)."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(_attn_fwd_kernel, InterpretedFunction)
+
+
+@functools.cache
+def _xformers_version():
+    try:
+        return Version(importlib.metadata.version("xformers"))
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+class TritonBackend:
+    """The kernel above: CUDA (autotuned), or CPU through the interpreter when forced (tests)."""
+
+    name = "triton"
+    auto_devices = ("cuda",)
+
+    def not_supported_reasons(self, inp):
+        reasons = []
+        if triton is None:
+            return ["triton is not installed"]
+        if inp.device_type == "cpu":
+            if not _interpreting():
+                reasons.append("CPU tensors need TRITON_INTERPRET=1 set before fastvit.kernels is imported")
+        elif inp.device_type != "cuda":
+            reasons.append(f"needs CUDA tensors (or CPU with TRITON_INTERPRET=1), got {inp.device_type}")
+        if inp.dtype not in _FLOAT_DTYPES:
+            reasons.append(f"dtype {inp.dtype} is not float16, bfloat16 or float32")
+        if inp.head_dim > MAX_HEAD_DIM:
+            reasons.append(f"head dim {inp.head_dim} > {MAX_HEAD_DIM}")
+        if inp.value_dim != inp.head_dim:
+            reasons.append(f"value head dim {inp.value_dim} differs from query/key head dim {inp.head_dim}")
+        return reasons
+
+    def __call__(self, q, k, v, bias, scale):
+        B, H, n_q, d = q.shape
+        if bias is not None:
+            bias = _windowed_bias(bias, B, H, n_q, k.shape[2])
+        scale_value = 0.0
+        if isinstance(scale, torch.Tensor):
+            scale = scale.reshape(-1).expand(H)  # (H,)
+        else:
+            scale_value = d**-0.5 if scale is None else float(scale)
+            scale = None
+        out, _ = _attention_fwd_op(q, k, v, bias, scale, scale_value)
+        return out
+
+
+class XformersBackend:
+    """xformers.ops.memory_efficient_attention (CUDA). A dense bias is materialized with an 8-aligned row
+    stride (its kernels require it); a per-head scale is folded into q."""
+
+    name = "xformers"
+    auto_devices = ("cuda",)
+
+    def not_supported_reasons(self, inp):
+        reasons = []
+        version = _xformers_version()
+        if version is None:
+            reasons.append("xformers is not installed (pip install 'fastvit[xformers]')")
+        elif version < XFORMERS_MIN_VERSION:
+            reasons.append(f"xformers {version} is older than {XFORMERS_MIN_VERSION}")
+        if inp.device_type != "cuda":
+            reasons.append(f"needs CUDA tensors, got {inp.device_type}")
+        if inp.dtype not in _FLOAT_DTYPES:
+            reasons.append(f"dtype {inp.dtype} is not float16, bfloat16 or float32")
+        return reasons
+
+    def __call__(self, q, k, v, bias, scale):
+        import xformers.ops as xops
+
+        B, H, n_q, d = q.shape
+        n_k = k.shape[2]
+        q, scale = _fold_per_head_scale(q, scale)
+        attn_bias = None
+        if bias is not None:
+            windowed = _windowed_bias(bias, B, H, n_q, n_k)  # (nb, H, N_Q, N_K)
+            nb = windowed.shape[0]
+            padded = q.new_empty(B // nb, nb, H, n_q, (n_k + 7) // 8 * 8)
+            padded[..., :n_k] = windowed  # broadcast over the B // nb batch groups
+            attn_bias = padded.flatten(0, 1)[..., :n_k]  # (B, H, N_Q, N_K), row stride a multiple of 8
+        # xformers layout is (B, N, H, D): a transposed view, no copy.
+        out = xops.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                              attn_bias=attn_bias, scale=scale)
+        return out.transpose(1, 2)
+
+
+class SdpaBackend:
+    """torch.nn.functional.scaled_dot_product_attention: every device and dtype. A windowed bias is
+    expanded to (B, H, N_Q, N_K) (fused SDPA kernels take 4-D inputs only); a per-head scale is folded
+    into q."""
+
+    name = "sdpa"
+    auto_devices = ("cuda", "cpu", "mps", "xpu")
+
+    def not_supported_reasons(self, inp):
+        return [] if inp.dtype.is_floating_point else [f"dtype {inp.dtype} is not floating point"]
+
+    def __call__(self, q, k, v, bias, scale):
+        B, H, n_q, _ = q.shape
+        q, scale = _fold_per_head_scale(q, scale)
+        if bias is not None:
+            windowed = _windowed_bias(bias, B, H, n_q, k.shape[2])  # (nb, H, N_Q, N_K)
+            nb = windowed.shape[0]
+            if nb not in (1, B):  # (B // nb, nb, H, N_Q, N_K) -> (B, H, N_Q, N_K): copies
+                windowed = windowed.expand(B // nb, *windowed.shape).flatten(0, 1)
+            bias = windowed.to(q.dtype)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+
+
+class MathBackend:
+    """`reference.attention`: plain torch in the input dtype; materializes the (B, H, N_Q, N_K) scores."""
+
+    name = "math"
+    auto_devices = ("cuda", "cpu", "mps", "xpu")
+
+    def not_supported_reasons(self, inp):
+        return [] if inp.dtype.is_floating_point else [f"dtype {inp.dtype} is not floating point"]
+
+    def __call__(self, q, k, v, bias, scale):
+        return reference.attention(q, k, v, bias, scale)
+
+
+def _fold_per_head_scale(q, scale):
+    """For backends taking a float scale: q * scale[h] and scale 1 (autograd carries dscale)."""
+    if isinstance(scale, torch.Tensor):
+        return q * scale.reshape(-1, 1, 1).to(q.dtype), 1.0  # (H, 1, 1) broadcasts over (B, H, N, D)
+    return q, scale
+
+
+_BACKENDS = {b.name: b for b in (TritonBackend(), XformersBackend(), SdpaBackend(), MathBackend())}
+
+
+def select_backend(inputs, backend=None):
+    """The backend that runs `inputs`: `backend` (or $FASTVIT_ATTN) if given, else the first of PRIORITY
+    that auto-dispatch may use on this device and that has no reason to refuse. Raises UserError."""
+    name = backend or os.environ.get("FASTVIT_ATTN") or "auto"
+    if name != "auto":
+        if name not in _BACKENDS:
+            raise UserError(f"unknown attention backend {name!r}; choose from auto, {', '.join(BACKENDS)}")
+        reasons = _BACKENDS[name].not_supported_reasons(inputs)
+        if reasons:
+            raise UserError(f"attention backend {name!r} cannot run these inputs: {'; '.join(reasons)}")
+        return _BACKENDS[name]
+    refusals = []
+    for candidate in PRIORITY:
+        impl = _BACKENDS[candidate]
+        if inputs.device_type not in impl.auto_devices:
+            refusals.append(f"{candidate}: not auto-selected on {inputs.device_type}")
+            continue
+        reasons = impl.not_supported_reasons(inputs)
+        if not reasons:
+            return impl
+        refusals.append(f"{candidate}: {', '.join(reasons)}")
+    raise UserError(f"no attention backend can run these inputs ({'; '.join(refusals)})")
 
 
 def attention(q, k, v, bias=None, scale=None, backend=None):
-    """softmax(q k^T * scale + bias) v for q, k, v of shape (B, H, N, D).
+    """Non-causal multi-head attention, dispatched to the best backend.
 
-    bias: additive, broadcastable to (B, H, N, N); or "windowed": (nb, H or 1, N, N) with nb dividing B,
-      where batch b reads bias[b % nb] (Swin: windows are the fastest-varying part of the batch).
-    scale: float, or a (H,) tensor (per-head).
-    backend: force one of BACKENDS (else FASTVIT_ATTN, else the best available).
+    Layout (SDPA's): q (B, H, N_Q, D), k (B, H, N_K, D), v (B, H, N_K, D); returns (B, H, N_Q, D) in
+    q's dtype.
+    Any token counts (the kernel masks the last block); head dim <= 128 on the Triton path.
+
+    bias: additive, broadcastable to (B, H, N_Q, N_K) (e.g. (H, N, N) relative-position bias), or
+      "windowed" (nb, H or 1, N_Q, N_K) with nb dividing B, where batch b reads bias[b % nb] (Swin folds
+      windows into the batch as its fastest-varying part and passes relative-position bias + shift
+      mask this way). Gradients flow to the bias (summed over the dims it broadcasts over).
+    scale: None (D ** -0.5), a float, or a tensor of H elements (per-head, learnable: gets a gradient).
+    backend: "triton", "xformers", "sdpa", "math" or "auto" (default: $FASTVIT_ATTN, else auto:
+      triton then xformers on CUDA, sdpa, math). A forced backend that cannot run raises UserError
+      listing why.
+
+    Equivalent plain torch (windowed bias: view B as (B // nb, nb) first):
+        scale = q.shape[-1] ** -0.5 if scale is None else scale   # tensor: scale.view(H, 1, 1)
+        out = torch.softmax(q @ k.transpose(-2, -1) * scale + bias, dim=-1) @ v
+    Precision: fp32 accumulation on every backend that can; the Triton path computes fp32 inputs in
+    full IEEE fp32 (no tf32) and fp16/bf16 inputs on tensor cores with fp32 softmax statistics.
     """
-    backend = backend or os.environ.get("FASTVIT_ATTN") or "sdpa"
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown attention backend {backend!r}; choose from {', '.join(BACKENDS)}")
-    B = q.shape[0]
-    if q.dim() == 4 and bias is not None and bias.dim() == 4 and bias.shape[0] not in (1, B):
-        nb = bias.shape[0]  # windowed bias: view the batch as (B // nb, nb) and broadcast
-        out = attention(*(t.unflatten(0, (B // nb, nb)) for t in (q, k, v)), bias, scale, backend)
-        return out.flatten(0, 1)
-    if backend == "math":
-        return reference.attention(q, k, v, bias, scale)
-    if isinstance(scale, torch.Tensor):
-        q = q * scale.view(-1, 1, 1).to(q.dtype)  # fold the per-head scale into q
-        scale = 1.0
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise UserError(f"attention takes (B, H, N, D) tensors; got q {tuple(q.shape)}, k {tuple(k.shape)}, "
+                        f"v {tuple(v.shape)}")
+    if k.shape[:2] != q.shape[:2] or v.shape[:3] != k.shape[:3] or k.shape[3] != q.shape[3]:
+        raise UserError(f"attention shapes disagree: q {tuple(q.shape)}, k {tuple(k.shape)}, "
+                        f"v {tuple(v.shape)}; need q (B, H, N_Q, D), k (B, H, N_K, D), v (B, H, N_K, D_v)")
+    if isinstance(scale, torch.Tensor) and scale.numel() not in (1, q.shape[1]):
+        raise UserError(f"per-head attention scale has {scale.numel()} elements; need 1 or H = {q.shape[1]}")
+    impl = select_backend(AttentionInputs.from_tensors(q, k, v, bias, scale), backend)
+    return impl(q, k, v, bias, scale)
+
+
+__all__ = ["BACKENDS", "AttentionInputs", "attention", "attention_backward", "attention_forward",
+           "select_backend"]

@@ -9,12 +9,12 @@ import os
 
 import pytest
 import torch
+from fastvit.kernels import reference
 from packaging.version import Version
 
 from fastvit.errors import UserError
-from fastvit.kernels import reference
 
-attn = importlib.import_module("fastvit.kernels.attention")  # the module (the package re-exports the function)
+attn = importlib.import_module("fastvit.kernels.attention")  # the module; the package exports the function
 
 TOL = {torch.float32: 2e-5, torch.float16: 2e-2}
 TOL_REDUCTION = {torch.float32: 1e-4, torch.float16: 2e-2}  # whole-tensor sums (dscale)
@@ -23,8 +23,10 @@ TOL_REDUCTION = {torch.float32: 1e-4, torch.float16: 2e-2}  # whole-tensor sums 
 @pytest.fixture(autouse=True)
 def poisoned_outputs(monkeypatch):
     """Every buffer a kernel writes starts as NaN; clear FASTVIT_ATTN so dispatch is not forced."""
-    monkeypatch.setattr(attn, "_empty", lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype,
-                                                                                  device=device))
+    def nan_filled(shape, dtype, device):
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+    monkeypatch.setattr(attn, "_empty", nan_filled)
     monkeypatch.delenv("FASTVIT_ATTN", raising=False)
 
 
@@ -82,7 +84,8 @@ def check_against_reference(backend, B, H, n_q, n_k, D, bias_kind=None, scale_ki
     out.backward(dout.to(dtype))
 
     errors = {"out": rel_err(out, expected)}
-    errors.update({f"d{name}": rel_err(a.grad, r.grad) for name, a, r in zip("qkv", low_qkv, ref_qkv, strict=True)})
+    for name, low, ref in zip("qkv", low_qkv, ref_qkv, strict=True):
+        errors[f"d{name}"] = rel_err(low.grad, ref.grad)
     errors.update({f"d{name}": rel_err(low_leaves[name].grad, ref_leaves[name].grad) for name in leaves})
     limits = {name: (TOL_REDUCTION if name == "dscale" else TOL)[dtype] for name in errors}
     failed = {name: f"{err:.2e}" for name, err in errors.items() if not err < limits[name]}
@@ -155,7 +158,7 @@ def test_triton_backward_is_deterministic():
         assert torch.equal(first, second)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the interpreter computes bf16 wrongly; needs a GPU")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (the interpreter gets bf16 wrong)")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_triton_cuda_matches_float64(dtype):
     qkv, _, _, dout = make_case(8, 4, 197, 197, 64, None, None, seed=5)
@@ -254,8 +257,8 @@ def test_unknown_backend_lists_choices(monkeypatch):
 
 def test_forced_xformers_on_cpu_lists_every_reason(monkeypatch):
     monkeypatch.setattr(attn, "_xformers_version", lambda: None)
-    with pytest.raises(UserError, match=r"attention backend 'xformers' cannot run these inputs: xformers is not "
-                                        r"installed .*; needs CUDA tensors, got cpu$"):
+    with pytest.raises(UserError, match=r"attention backend 'xformers' cannot run these inputs: xformers is "
+                                        r"not installed .*; needs CUDA tensors, got cpu$"):
         attn.select_backend(inputs(), backend="xformers")
     monkeypatch.setattr(attn, "_xformers_version", lambda: Version("0.0.9"))
     with pytest.raises(UserError, match=r"xformers 0\.0\.9 is older than 0\.0\.35; needs CUDA tensors"):
@@ -263,13 +266,14 @@ def test_forced_xformers_on_cpu_lists_every_reason(monkeypatch):
 
 
 def test_forced_triton_without_interpreter_or_with_unsupported_inputs(monkeypatch):
-    with pytest.raises(UserError, match=r"'triton' cannot run these inputs: head dim 256 > 128; value head dim "
-                                        r"64 differs from query/key head dim 256"):
+    with pytest.raises(UserError, match=r"'triton' cannot run these inputs: head dim 256 > 128; value head "
+                                        r"dim 64 differs from query/key head dim 256"):
         attn.select_backend(inputs(head_dim=256, value_dim=64), backend="triton")
     with pytest.raises(UserError, match=r"needs CUDA tensors \(or CPU with TRITON_INTERPRET=1\), got mps"):
         attn.select_backend(inputs("mps"), backend="triton")
     monkeypatch.setattr(attn, "_interpreting", lambda: False)
-    with pytest.raises(UserError, match="CPU tensors need TRITON_INTERPRET=1 set before fastvit.kernels is imported"):
+    with pytest.raises(UserError, match="CPU tensors need TRITON_INTERPRET=1 set before fastvit.kernels is "
+                                        "imported"):
         attn.select_backend(inputs(), backend="triton")
     monkeypatch.setattr(attn, "triton", None)
     with pytest.raises(UserError, match="'triton' cannot run these inputs: triton is not installed$"):
@@ -277,18 +281,21 @@ def test_forced_triton_without_interpreter_or_with_unsupported_inputs(monkeypatc
 
 
 def test_no_backend_for_integer_inputs_lists_all_refusals():
-    with pytest.raises(UserError, match=r"no attention backend can run these inputs \(triton: not auto-selected "
-                                        r"on cpu; xformers: .*; sdpa: dtype torch.int64 is not floating point; "
-                                        r"math: dtype torch.int64"):
+    with pytest.raises(UserError, match=r"no attention backend can run these inputs \(triton: not "
+                                        r"auto-selected on cpu; xformers: .*; sdpa: dtype torch.int64 is "
+                                        r"not floating point; math: dtype torch.int64"):
         attn.select_backend(inputs(dtype=torch.int64))
 
 
+QKV = ((2, 3, 16, 8),) * 3
+
+
 @pytest.mark.parametrize("shapes,bias_shape,scale,message", [
-    (((2, 3, 16, 8), (2, 3, 16, 8), (2, 3, 16, 8)), (3, 3, 16, 16), None, r"leading dim must be 1, B or a divisor"),
-    (((2, 3, 16, 8), (2, 3, 16, 8), (2, 3, 16, 8)), (2, 16, 17), None, r"does not broadcast to .* \(2, 3, 16, 16\)"),
+    (QKV, (3, 3, 16, 16), None, r"leading dim must be 1, B or a divisor"),
+    (QKV, (2, 16, 17), None, r"does not broadcast to \(B, H, N_Q, N_K\) = \(2, 3, 16, 16\)"),
     (((2, 3, 16, 8), (2, 3, 9, 8), (2, 3, 16, 8)), None, None, "attention shapes disagree"),
     (((2, 3, 16), (2, 3, 16), (2, 3, 16)), None, None, r"takes \(B, H, N, D\) tensors"),
-    (((2, 3, 16, 8), (2, 3, 16, 8), (2, 3, 16, 8)), None, torch.ones(2), "has 2 elements; need 1 or H = 3"),
+    (QKV, None, torch.ones(2), "has 2 elements; need 1 or H = 3"),
 ])
 def test_bad_shapes_raise_user_error(shapes, bias_shape, scale, message):
     q, k, v = (torch.zeros(s) for s in shapes)
