@@ -1,0 +1,197 @@
+"""The .beton writer/reader: byte-exact raw round trip, agreement with FFCV's own reader, sidecar
+statistics against a float64 reference, JPEG storage, and atomicity when a write fails."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from fastvit.loaders import beton, load_arrays, read_meta
+from fastvit.loaders.sources.common import Split
+from PIL import Image
+
+from fastvit.errors import UserError
+
+CLASSES = ["a", "b", "c", "d", "e"]
+
+
+def _random_split(rng, n, h, w, c):
+    images = rng.integers(0, 256, size=(n, h, w, c), dtype=np.uint8)
+    labels = rng.integers(0, len(CLASSES), size=n).astype(np.int64)
+    return Split(labels=labels, images=images)
+
+
+def _write(path, split, **kw):
+    return beton.write_split(path, split, dataset="toy", split_name="train", classes=CLASSES, progress=False, **kw)
+
+
+@pytest.mark.parametrize("shape,workers", [((5, 7, 1), 1), ((64, 64, 3), 2)])
+def test_raw_round_trip_is_byte_exact(tmp_path, shape, workers):
+    rng = np.random.default_rng(0)
+    n = 700 if shape[0] == 64 else 53  # 700 x 12 KiB spans several 2 MiB pages, shared by 2 writers
+    split = _random_split(rng, n, *shape)
+    path = tmp_path / "toy-train.beton"
+    meta = _write(path, split, num_workers=workers)
+    images, labels = load_arrays(path)
+    assert images.dtype == np.uint8 and labels.dtype == np.int64
+    assert images.shape == (n, *shape)
+    np.testing.assert_array_equal(images, split.images)
+    np.testing.assert_array_equal(labels, split.labels)
+    assert meta["storage"] == "raw" and meta["count"] == n
+    assert (meta["height"], meta["width"], meta["channels"]) == shape
+    assert read_meta(path) == meta
+    # chunked reading agrees with the whole-file read
+    chunks = list(beton.iter_batches(path, batch_size=17))
+    np.testing.assert_array_equal(np.concatenate([c[0] for c in chunks]), split.images)
+
+
+def test_sidecar_stats_match_float64_reference(tmp_path):
+    rng = np.random.default_rng(1)
+    split = _random_split(rng, 40, 6, 5, 3)
+    split.images[..., 1] //= 3  # channels with different statistics
+    meta = _write(tmp_path / "s.beton", split)
+    ref = split.images.reshape(-1, 3).astype(np.float64)
+    np.testing.assert_allclose(meta["mean"], ref.mean(0), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(meta["std"], ref.std(0), rtol=0, atol=1e-9)
+    assert meta["class_counts"] == np.bincount(split.labels, minlength=5).tolist()
+    assert meta["classes"] == CLASSES and meta["num_classes"] == 5
+    assert meta["format_version"] == beton.FORMAT_VERSION
+
+
+def test_parser_agrees_with_ffcv_reader(tmp_path):
+    """Our numpy parse of the layout must see what FFCV's Reader sees, field by field."""
+    from ffcv.reader import Reader
+
+    rng = np.random.default_rng(2)
+    split = _random_split(rng, 300, 32, 32, 3)
+    path = tmp_path / "p.beton"
+    _write(path, split, num_workers=2)
+    ours = beton.open_beton(path)
+    theirs = Reader(str(path))
+    assert ours.shape == tuple(theirs.handlers["image"].shape)
+    np.testing.assert_array_equal(ours.image_meta, theirs.metadata["f0"])
+    np.testing.assert_array_equal(ours.labels, theirs.metadata["f1"])
+    sizes = dict(zip(theirs.alloc_table["ptr"].tolist(), theirs.alloc_table["size"].tolist(), strict=True))
+    assert ours.blob_sizes == sizes
+    # the bytes FFCV's allocation table points at are the images we return
+    raw = np.fromfile(path, dtype=np.uint8)
+    images, _ = load_arrays(path)
+    for i in (0, 150, 299):
+        ptr = int(theirs.metadata["f0"][i])
+        np.testing.assert_array_equal(raw[ptr : ptr + sizes[ptr]], images[i].reshape(-1))
+
+
+def _write_pngs(directory, arrays):
+    directory.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i, a in enumerate(arrays):
+        files.append(directory / f"{i:03d}.png")
+        Image.fromarray(a).save(files[-1])
+    return files
+
+
+def test_jpeg_storage_for_large_variable_images(tmp_path):
+    rng = np.random.default_rng(3)
+    sizes = [(80, 100), (120, 90), (70, 70)]
+    # smooth images so JPEG error is small and meaningful to bound
+    arrays = []
+    for h, w in sizes:
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = np.stack([xx * 2, yy * 2, (xx + yy)], -1) + rng.integers(0, 8, size=(h, w, 3))
+        arrays.append(np.clip(base, 0, 255).astype(np.uint8))
+    files = _write_pngs(tmp_path / "img", arrays)
+    split = Split(labels=np.array([0, 1, 2]), files=files)
+    path = tmp_path / "j.beton"
+    meta = _write(path, split, jpeg_quality=95, short_side=256)
+    assert meta["storage"] == "jpeg" and meta["variable_size"] and meta["jpeg_quality"] == 95
+    assert (meta["height"], meta["width"]) == (120, 100)
+    got = list(beton.iter_images(path))
+    for (image, label), original, want_label in zip(got, arrays, [0, 1, 2], strict=True):
+        assert image.shape == original.shape and label == want_label
+        assert np.abs(image.astype(int) - original).mean() < 3.0
+    with pytest.raises(UserError, match="different sizes"):
+        load_arrays(path)
+
+
+def test_jpeg_short_side_resize_and_bottom_crop(tmp_path):
+    arrays = [np.full((150, 300, 3), 200, np.uint8)]
+    arrays[0][-20:] = 0  # a dark banner that the crop must remove
+    split = Split(labels=np.array([1]), files=_write_pngs(tmp_path / "img", arrays), crop_bottom=20)
+    path = tmp_path / "c.beton"
+    _write(path, split, short_side=65)
+    (image, _), = beton.iter_images(path)
+    assert image.shape == (65, 150, 3)  # 130x300 after the crop, shorter side 130 -> 65
+    assert image.min() > 150  # no banner pixels left
+
+
+def test_failed_write_leaves_previous_pair_and_no_temp_files(tmp_path):
+    rng = np.random.default_rng(4)
+    path = tmp_path / "toy-train.beton"
+    good = _random_split(rng, 20, 4, 4, 3)
+    _write(path, good)
+    files = _write_pngs(tmp_path / "img", [rng.integers(0, 255, (4, 4, 3), dtype=np.uint8) for _ in range(30)])
+    files[17].write_bytes(b"not an image at all")  # the writer fails in the middle
+    bad = Split(labels=np.zeros(30, np.int64), files=files, size=(4, 4))
+    with pytest.raises(UserError, match="017.png"):
+        _write(path, bad, num_workers=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img", "toy-train.beton", "toy-train.beton.json"]
+    assert beton.is_valid(path)
+    np.testing.assert_array_equal(load_arrays(path)[0], good.images)
+
+
+def test_crash_between_renames_leaves_nothing_valid(tmp_path, monkeypatch):
+    rng = np.random.default_rng(5)
+    path = tmp_path / "toy-train.beton"
+    _write(path, _random_split(rng, 10, 4, 4, 3))
+    real_replace = os.replace
+    calls = []
+
+    def replace_then_die(a, b):
+        calls.append(b)
+        if len(calls) == 2:  # the .beton is in place, the sidecar not yet
+            raise KeyboardInterrupt
+        real_replace(a, b)
+
+    monkeypatch.setattr(beton.os, "replace", replace_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _write(path, _random_split(rng, 12, 4, 4, 3))
+    monkeypatch.undo()
+    assert not beton.is_valid(path)
+    assert not any(".tmp" in p.name for p in tmp_path.iterdir())
+    with pytest.raises(UserError, match="missing"):
+        read_meta(path)
+
+
+def test_mixed_sizes_in_raw_split_fail_naming_the_file(tmp_path):
+    rng = np.random.default_rng(6)
+    arrays = [rng.integers(0, 255, (8, 8, 3), dtype=np.uint8) for _ in range(5)]
+    arrays[3] = rng.integers(0, 255, (8, 9, 3), dtype=np.uint8)
+    split = Split(labels=np.zeros(5, np.int64), files=_write_pngs(tmp_path / "img", arrays), size=(8, 8))
+    with pytest.raises(UserError, match=r"003.png.*mixed image sizes"):
+        _write(tmp_path / "m.beton", split)
+    assert not list(tmp_path.glob("m.beton*"))
+
+
+def test_damaged_files_are_refused_in_one_line(tmp_path):
+    rng = np.random.default_rng(7)
+    path = tmp_path / "t.beton"
+    _write(path, _random_split(rng, 200, 16, 16, 3))
+    size = path.stat().st_size
+    truncated = tmp_path / "cut.beton"
+    truncated.write_bytes(path.read_bytes()[: size // 3])
+    (tmp_path / "cut.beton.json").write_text((tmp_path / "t.beton.json").read_text())
+    with pytest.raises(UserError, match="cut.beton.*truncated"):
+        load_arrays(truncated)
+    assert not beton.is_valid(truncated)
+    junk = tmp_path / "junk.beton"
+    junk.write_bytes(b"\x07" * 5000)
+    with pytest.raises(UserError, match="junk.beton: not a fastvit .beton"):
+        load_arrays(junk)
+    with pytest.raises(UserError, match="missing"):
+        load_arrays(tmp_path / "nope.beton")
+    side = json.loads((tmp_path / "t.beton.json").read_text())
+    side["format_version"] = 0
+    (tmp_path / "t.beton.json").write_text(json.dumps(side))
+    with pytest.raises(UserError, match="format_version"):
+        read_meta(path)
+    assert not beton.is_valid(path)

@@ -1,0 +1,106 @@
+"""prepare / ensure_prepared / info on Fashion-MNIST-format files the tests write, and the real
+Fashion-MNIST from the Debian package when installed."""
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastvit.loaders import DATASETS, ensure_prepared, info, load_arrays, prepare, read_meta
+
+from fastvit.errors import UserError
+
+REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """An IDX file (gzip when the name ends in .gz), big-endian header, uint8 values."""
+    assert array.dtype == np.uint8
+    header = bytes([0, 0, 0x08, array.ndim]) + np.array(array.shape, dtype=">u4").tobytes()
+    data = header + array.tobytes()
+    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+
+
+def write_fashion(root: Path, rng, n_train=30, n_test=12) -> dict:
+    root.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
+        arrays[prefix] = (images, labels)
+    return arrays
+
+
+def test_datasets_lists_every_supported_name():
+    assert set(DATASETS) == {
+        "cifar10", "cifar100", "svhn", "cinic10", "tiny-imagenet",
+        "aircraft", "cars", "flowers102", "fashion-mnist", "imagefolder",
+    }  # fmt: skip
+
+
+def test_prepare_fashion_round_trip_and_info(tmp_path):
+    arrays = write_fashion(tmp_path / "src", np.random.default_rng(0))
+    train, test = prepare("fashion-mnist", tmp_path / "src", tmp_path / "out", progress=False)
+    assert train.name == "fashion-mnist-train.beton" and test.name == "fashion-mnist-test.beton"
+    for path, prefix in ((train, "train"), (test, "t10k")):
+        images, labels = load_arrays(path)
+        np.testing.assert_array_equal(images, arrays[prefix][0][..., None])
+        np.testing.assert_array_equal(labels, arrays[prefix][1])
+    meta = read_meta(train)
+    assert meta["dataset"] == "fashion-mnist" and meta["split"] == "train"
+    assert (meta["count"], meta["height"], meta["width"], meta["channels"]) == (30, 28, 28, 1)
+    assert meta["classes"][0] == "T-shirt/top" and meta["num_classes"] == 10
+    text = info(test)
+    assert "samples   12" in text and "28x28x1" in text and "raw" in text and "Ankle boot" in text
+    # `prepare` stays callable after the module of the same name has been imported
+    import fastvit.loaders as loaders
+
+    assert callable(loaders.prepare)
+
+
+def test_ensure_prepared_uses_cache_then_rebuilds_damaged(tmp_path):
+    write_fashion(tmp_path / "src", np.random.default_rng(1))
+    cache = tmp_path / "cache"
+    train, test = ensure_prepared("fashion-mnist", data_dir=tmp_path / "src", cache_dir=cache)
+    assert train.parent == cache and read_meta(test)["count"] == 12
+    stamp = train.stat().st_mtime_ns
+    assert ensure_prepared("fashion-mnist", data_dir=tmp_path / "src", cache_dir=cache) == (train, test)
+    assert train.stat().st_mtime_ns == stamp  # reused, not rewritten
+    with open(train, "r+b") as f:  # damage: the sidecar's size no longer matches
+        f.truncate(train.stat().st_size - 1)
+    ensure_prepared("fashion-mnist", data_dir=tmp_path / "src", cache_dir=cache)
+    assert load_arrays(train)[0].shape == (30, 28, 28, 1)
+
+
+def test_ensure_prepared_accepts_a_dir_of_prepared_files(tmp_path):
+    write_fashion(tmp_path / "src", np.random.default_rng(2))
+    prepare("fashion-mnist", tmp_path / "src", tmp_path / "ready", progress=False)
+    pair = ensure_prepared("fashion-mnist", data_dir=tmp_path / "ready", cache_dir=tmp_path / "cache")
+    assert pair[0].parent == tmp_path / "ready" and not (tmp_path / "cache").exists()
+
+
+def test_missing_sources_say_how_to_get_them(tmp_path):
+    with pytest.raises(UserError, match=r"fastvit data prepare svhn --src DIR .*--download"):
+        ensure_prepared("svhn", data_dir=None, cache_dir=tmp_path)
+    with pytest.raises(UserError, match="unknown dataset 'mnist'.*cifar10"):
+        prepare("mnist", tmp_path, tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=r"train-images-idx3-ubyte.gz: missing"):
+        prepare("fashion-mnist", tmp_path / "empty", tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+@pytest.mark.skipif(not REAL_FASHION.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
+def test_real_fashion_mnist_default_location(tmp_path):
+    train, test = ensure_prepared("fashion-mnist", data_dir=None, cache_dir=tmp_path)
+    images, labels = load_arrays(train)
+    assert images.shape == (60000, 28, 28, 1) and images.dtype == np.uint8
+    assert labels.min() == 0 and labels.max() == 9
+    assert np.bincount(labels).tolist() == [6000] * 10
+    test_images, test_labels = load_arrays(test)
+    assert test_images.shape == (10000, 28, 28, 1) and np.bincount(test_labels).tolist() == [1000] * 10
+    meta = read_meta(train)
+    # the published Fashion-MNIST training-set pixel mean/std (0.2860, 0.3530 on the 0-1 scale)
+    assert abs(meta["mean"][0] / 255 - 0.2860) < 5e-4 and abs(meta["std"][0] / 255 - 0.3530) < 5e-4
