@@ -1,0 +1,206 @@
+"""Attention microbenchmark: `python -m benchmarks.attention [--check-only]`.
+
+On CUDA: median time (triton.testing.do_bench) of forward and forward+backward for the fastvit Triton
+kernel against SDPA (flash, efficient, cuDNN where present) and xformers (when installed), as ms,
+TFLOP/s and GB/s, for the ViT regime (N 16-257, head dim 16-64, B*H >= 1024), next to the H100
+roofline of each shape. On CPU: checks the kernel (Triton interpreter) against the float64
+reference on small shapes and says that no GPU timing was taken.
+
+FLOPs count the algorithmic matmuls: forward 4*B*H*N_Q*N_K*D (QK^T and PV), backward 2.5x that
+(recomputed QK^T, dP, dV, dQ, dK). Minimum bytes: every input read once and every output written
+once (bias read once per distinct element; LSE saved by the forward and read by the backward).
+"""
+
+import argparse
+import os
+from dataclasses import dataclass
+
+import torch
+
+H100_BF16_FLOPS = 989e12  # dense bf16 tensor-core peak, FLOP/s (SXM)
+H100_BYTES_PER_S = 3.35e12  # HBM3 bandwidth, bytes/s
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One attention call: q/k/v (B, H, N, D); windowed bias (nb, H, N, N) when nb > 0."""
+
+    label: str
+    B: int
+    H: int
+    N: int
+    D: int
+    nb: int = 0  # windows in the batch (Swin: relative-position bias + shift mask); 0 = no bias
+
+    def flops(self, backward):
+        fwd = 4 * self.B * self.H * self.N * self.N * self.D
+        return fwd * 3.5 if backward else fwd
+
+    def min_bytes(self, backward, elem=2, bias_elem=4):
+        """Bytes that must cross HBM: q, k, v, o (+ dO, dq, dk, dv), LSE (fp32), bias (+ dbias)."""
+        bh = self.B * self.H
+        tensor = bh * self.N * self.D * elem
+        lse = bh * self.N * 4
+        bias = self.nb * self.H * self.N * self.N * bias_elem
+        fwd = 4 * tensor + lse + bias  # read q, k, v, bias; write o, lse
+        if not backward:
+            return fwd
+        bwd = 5 * tensor + lse + bias + 3 * tensor + bias  # read q k v o dO lse bias; write dq dk dv dbias
+        return fwd + bwd
+
+    def roofline_s(self, backward):
+        return max(self.flops(backward) / H100_BF16_FLOPS, self.min_bytes(backward) / H100_BYTES_PER_S)
+
+
+# The ViT regime of this project (SPEC.md): batch sizes chosen so that B * H >= 1024.
+SHAPES = (
+    Shape("swin 4x4 window, 32px", B=256 * 16, H=3, N=16, D=32, nb=16),
+    Shape("swin-t 7x7 window", B=128 * 64, H=3, N=49, D=32, nb=64),
+    Shape("vit 8x8+cls", B=256, H=12, N=65, D=16),
+    Shape("cait 8x8+cls", B=256, H=4, N=65, D=48),
+    Shape("t2t/vit 14x14+cls", B=128, H=8, N=197, D=64),
+    Shape("vit 16x16+cls", B=64, H=16, N=257, D=64),
+)
+
+
+def roofline_table(shapes=SHAPES):
+    """Markdown table: per shape FLOPs, minimum bytes and the H100 roofline time of fwd and fwd+bwd."""
+    rows = ["| shape | B*H | N | D | bias | fwd GFLOP | fwd MB | fwd roofline us | fwd+bwd GFLOP | "
+            "fwd+bwd MB | fwd+bwd roofline us | bound |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for s in shapes:
+        bound = "memory" if s.min_bytes(True) / H100_BYTES_PER_S > s.flops(True) / H100_BF16_FLOPS else "compute"
+        rows.append(
+            f"| {s.label} | {s.B * s.H} | {s.N} | {s.D} | {'windowed' if s.nb else '-'} "
+            f"| {s.flops(False) / 1e9:.2f} | {s.min_bytes(False) / 1e6:.1f} | {s.roofline_s(False) * 1e6:.1f} "
+            f"| {s.flops(True) / 1e9:.2f} | {s.min_bytes(True) / 1e6:.1f} | {s.roofline_s(True) * 1e6:.1f} "
+            f"| {bound} |")
+    return "\n".join(rows)
+
+
+def make_inputs(shape, device, dtype, seed=0):
+    """q, k, v (B, H, N, D) and, for windowed shapes, a learned (H, N, N) table plus a fixed (nb, 1, N, N)
+    shift mask; all leaves require grad except the mask."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    q, k, v = (torch.randn(shape.B, shape.H, shape.N, shape.D, generator=g, device=device, dtype=dtype)
+               .requires_grad_() for _ in range(3))
+    table = mask = None
+    if shape.nb:
+        table = (0.1 * torch.randn(shape.H, shape.N, shape.N, generator=g, device=device)).requires_grad_()
+        mask = torch.where(torch.rand(shape.nb, 1, shape.N, shape.N, generator=g, device=device) < 0.3, -100.0, 0.0)
+        mask[..., 0] = 0.0
+    return q, k, v, table, mask
+
+
+def providers(shape):
+    """name -> callable(q, k, v, bias) for every attention implementation available here."""
+    from fastvit.kernels import attention
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def sdpa(backend):
+        def run(q, k, v, bias):
+            if bias is not None:  # the fused SDPA kernels take a 4-D (B, H, N, N) bias: materialize it
+                bias = bias.expand(shape.B // shape.nb, *bias.shape).flatten(0, 1).to(q.dtype)
+            with sdpa_kernel(backend):
+                return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return run
+
+    found = {"fastvit-triton": lambda q, k, v, bias: attention(q, k, v, bias, backend="triton")}
+    found["sdpa-flash"] = sdpa(SDPBackend.FLASH_ATTENTION)
+    found["sdpa-efficient"] = sdpa(SDPBackend.EFFICIENT_ATTENTION)
+    if hasattr(SDPBackend, "CUDNN_ATTENTION"):
+        found["sdpa-cudnn"] = sdpa(SDPBackend.CUDNN_ATTENTION)
+    try:
+        import xformers.ops  # noqa: F401
+
+        found["xformers"] = lambda q, k, v, bias: attention(q, k, v, bias, backend="xformers")
+    except ImportError:
+        pass
+    return found
+
+
+def time_provider(fn, q, k, v, table, mask, dout):
+    """Median ms of forward and of forward+backward (triton.testing.do_bench)."""
+    from triton.testing import do_bench
+
+    def forward():
+        bias = table + mask if table is not None else None  # (nb, H, N, N), windowed
+        return fn(q, k, v, bias)
+
+    def forward_backward():
+        forward().backward(dout)
+
+    forward_backward()  # compile / autotune outside the timed region
+    leaves = [t for t in (q, k, v, table) if t is not None]
+    return do_bench(forward, return_mode="median"), do_bench(forward_backward, grad_to_none=leaves,
+                                                             return_mode="median")
+
+
+def bench_cuda(shapes=SHAPES, dtype=torch.bfloat16):
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, dtype {dtype}")
+    print("| shape | provider | fwd ms | fwd TFLOP/s | fwd GB/s | fwd+bwd ms | fwd+bwd TFLOP/s | fwd+bwd GB/s |"
+          " roofline / fwd+bwd |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for shape in shapes:
+        q, k, v, table, mask = make_inputs(shape, "cuda", dtype)
+        dout = torch.randn_like(q)
+        for name, fn in providers(shape).items():
+            try:
+                fwd_ms, full_ms = time_provider(fn, q, k, v, table, mask, dout)
+            except RuntimeError as err:  # e.g. flash refuses a bias: record and move on
+                print(f"| {shape.label} | {name} | n/a: {str(err).splitlines()[0][:60]} | | | | | | |")
+                continue
+            cells = []
+            for ms, backward in ((fwd_ms, False), (full_ms, True)):
+                cells += [f"{ms:.3f}", f"{shape.flops(backward) / ms / 1e9:.1f}",
+                          f"{shape.min_bytes(backward) / ms / 1e6:.0f}"]
+            print(f"| {shape.label} | {name} | {' | '.join(cells)} | {shape.roofline_s(True) * 1e3 / full_ms:.0%} |")
+
+
+def check_cpu():
+    """Forward and every gradient of the interpreted kernel against float64, on shrunken shapes."""
+    from fastvit.kernels import attention, reference
+
+    worst = 0.0
+    for shape in SHAPES[:3]:
+        small = Shape(shape.label, B=4 if shape.nb else 2, H=2, N=shape.N, D=shape.D, nb=2 if shape.nb else 0)
+        q, k, v, table, mask = make_inputs(small, "cpu", torch.float32, seed=1)
+        leaves = [t for t in (q, k, v, table) if t is not None]
+        ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
+        bias = table + mask if table is not None else None
+        ref_bias = ref_leaves[3] + mask.double() if table is not None else None
+        out = attention(q, k, v, bias, backend="triton")
+        ref = reference.attention(*ref_leaves[:3], ref_bias)
+        dout = torch.randn_like(ref)
+        grads = torch.autograd.grad(out, leaves, dout.float())
+        ref_grads = torch.autograd.grad(ref, ref_leaves, dout)
+        errors = [((a.double() - b).norm() / b.norm()).item()
+                  for a, b in zip((out, *grads), (ref, *ref_grads), strict=True)]
+        worst = max(worst, *errors)
+        names = ["out", "dq", "dk", "dv", "dbias"][: len(errors)]
+        print(f"{small.label} (B*H={small.B * small.H}, N={small.N}, D={small.D}): "
+              + ", ".join(f"{n} {e:.1e}" for n, e in zip(names, errors, strict=True)))
+    status = "OK" if worst < 2e-5 else "FAILED"
+    print(f"correctness vs float64 (fp32, Triton interpreter): worst relative error {worst:.1e} -> {status}")
+    return worst < 2e-5
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check-only", action="store_true", help="skip timing even on a GPU")
+    args = parser.parse_args(argv)
+    print("H100 roofline (989 TFLOP/s dense bf16, 3.35 TB/s), bf16 q/k/v, fp32 bias and LSE:")
+    print(roofline_table())
+    print()
+    if torch.cuda.is_available() and not args.check_only:
+        bench_cuda()
+        return 0
+    # The interpreter must be chosen before triton is imported (fastvit.kernels imports it).
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+    ok = check_cpu()
+    print("no GPU: correctness checked only, no GPU timing was taken")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
