@@ -22,6 +22,8 @@ count): ffcv is imported lazily and torch's thread count is restored after every
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import os
 from collections.abc import Iterator
@@ -32,7 +34,7 @@ import torch
 
 from fastvit.errors import UserError
 
-__all__ = ["ResidentLoader"]
+__all__ = ["ResidentLoader", "FFCVLoader", "make_loader"]
 
 # A batch as every loader yields it: uint8 images [B, C, H, W] and int64 labels [B], on the device.
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -220,3 +222,336 @@ class ResidentLoader(_Position):
             self.next_batch = b + 1
             yield self.images.index_select(0, batch), self.labels.index_select(0, batch)
         self.epoch, self.next_batch = epoch + 1, 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# ffcv: FFCV's Loader (numba pipelines in worker threads)
+# ---------------------------------------------------------------------------------------------------
+
+ORDERS = ("random", "quasi_random", "sequential")
+
+
+@contextlib.contextmanager
+def _torch_threads_kept():
+    """Undo FFCV's side effect on torch's thread count (its import sets 1, its loader sets its
+    worker count) for whatever runs inside."""
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@functools.cache
+def _resumable_loader_class():
+    """FFCV's Loader, able to start an epoch at a given batch (FFCV itself always starts at 0).
+
+    Built on first use so that importing this module does not import ffcv."""
+    with _torch_threads_kept():
+        from ffcv.loader import Loader
+        from ffcv.loader.epoch_iterator import EpochIterator
+        from ffcv.pipeline.compiler import Compiler
+
+    class ResumableLoader(Loader):
+        skip_batches = 0
+
+        def __iter__(self):
+            # As Loader.__iter__, but the epoch's order starts `skip_batches` batches in. The order of
+            # an epoch depends only on (seed, epoch) for every FFCV traversal order, so this resumes.
+            Compiler.set_num_threads(self.num_workers)
+            order = self.next_traversal_order()
+            selected = order[: len(self) * self.batch_size][self.skip_batches * self.batch_size :]
+            self.next_epoch += 1
+            if self.code is None or self.recompile:
+                self.generate_code()
+            return EpochIterator(self, selected)
+
+    return ResumableLoader
+
+
+class FFCVLoader(_Position):
+    """FFCV's `Loader` over a .beton file, yielding the same batches as `ResidentLoader`: uint8
+    [B, C, H, W] images and int64 [B] labels on `device`.
+
+    Args:
+        path: the .beton file (an image field stored as RGBImageField or uint8 NDArrayField (H, W, C),
+            and an IntField label).
+        batch_size, device, drop_last, seed: as for `ResidentLoader`.
+        shuffle: False forces `order="sequential"`.
+        rank, world_size: with world_size > 1 FFCV's `distributed=True` mode is used, which shards with
+            torch's DistributedSampler over the initialized process group (run under `torchrun`
+            after `torch.distributed.init_process_group`); rank and world_size must match it.
+            Ranks are padded to equal length by wrapping, as DistributedSampler does.
+        img_size: output side in pixels; None keeps the stored size (all images must share it).
+        random_resized_crop: RandomResizedCrop to img_size with `rrc_scale` / `rrc_ratio` at decode
+            time (torchvision's sampling rule); otherwise, with img_size, a center crop of
+            `center_crop_ratio` x the short side resized to img_size.
+        flip: random horizontal flip with probability 0.5.
+        os_cache: let the OS page cache hold the file (shared between processes); False reads it
+            into this process's memory.
+        order: "random" (a permutation per epoch, from seed + epoch), "quasi_random" (random within
+            a window of pages: fewer disk reads when the file does not fit in memory; single process
+            only) or "sequential"; None means "random" when shuffle else "sequential".
+        num_workers: FFCV's decode threads.
+        repeats: repeated-augmentation factor r, as for `ResidentLoader`: every sample appears r
+            times per epoch (the copies are shuffled independently, so they do not share a batch).
+
+    The sample order of an epoch depends only on (seed, epoch), so `state_dict` / `load_state_dict`
+    resume mid-epoch exactly; the random crops and flips come from numba's global generator and are
+    not reproducible. FFCV reuses its output buffers `batches_ahead + 2` batches later: consume a
+    batch (or clone it) before then.
+    """
+
+    order_keys = ("seed", "num_samples", "batch_size", "world_size", "repeats", "order", "drop_last")
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        batch_size: int,
+        device: torch.device | str = "cpu",
+        shuffle: bool = True,
+        drop_last: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        img_size: int | None = None,
+        random_resized_crop: bool = False,
+        flip: bool = False,
+        os_cache: bool = True,
+        order: str | None = None,
+        num_workers: int = 2,
+        repeats: int = 1,
+        rrc_scale: tuple[float, float] = (0.08, 1.0),
+        rrc_ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        center_crop_ratio: float = 224 / 256,
+        batches_ahead: int = 3,
+    ):
+        _check_common(batch_size, seed, rank, world_size, repeats)
+        order = order if order is not None else ("random" if shuffle else "sequential")
+        if order not in ORDERS:
+            raise UserError(f"unknown loader order {order!r}; choose one of {', '.join(ORDERS)}")
+        if not shuffle and order != "sequential":
+            raise UserError(f"shuffle=False needs order='sequential', got order={order!r}")
+        if order == "quasi_random" and (world_size > 1 or repeats > 1):
+            raise UserError("order 'quasi_random' works on a single process without repeats; use 'random'")
+        if img_size is not None and (not isinstance(img_size, int) or img_size < 1):
+            raise UserError(f"img_size must be a positive integer or None, got {img_size!r}")
+        if random_resized_crop and img_size is None:
+            raise UserError("random_resized_crop needs img_size (the output side in pixels)")
+        if not isinstance(num_workers, int) or num_workers < 1:
+            raise UserError(f"num_workers must be a positive integer, got {num_workers!r}")
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"no such .beton file: {path}")
+        if world_size > 1:
+            _check_process_group(rank, world_size)
+
+        self.path, self.device = path, torch.device(device)
+        self.batch_size, self.drop_last, self.order = batch_size, bool(drop_last), order
+        self.seed, self.rank, self.world_size, self.repeats = seed, rank, world_size, repeats
+        self.epoch, self.next_batch = 0, 0
+
+        with _torch_threads_kept():
+            from ffcv.loader import OrderOption
+            from ffcv.reader import Reader
+
+            try:
+                reader = Reader(str(path))
+            except Exception as error:  # ffcv raises assorted errors on a file that is not a .beton
+                raise UserError(f"{path} is not a readable FFCV .beton file ({error})") from error
+            self.num_samples = int(reader.num_samples)
+            image_field, label_field = _find_fields(path, reader)
+            pipelines = {
+                image_field: _image_pipeline(
+                    reader, image_field, self.device, img_size, random_resized_crop, flip,
+                    rrc_scale, rrc_ratio, center_crop_ratio,
+                ),
+                label_field: _label_pipeline(self.device),
+            }
+            # Fields other than image and label are not decoded.
+            pipelines.update({name: None for name in reader.handlers if name not in pipelines})
+            indices = np.repeat(np.arange(self.num_samples), repeats) if repeats > 1 else None
+            self._loader = _resumable_loader_class()(
+                str(path),
+                batch_size=batch_size,
+                num_workers=num_workers,
+                os_cache=os_cache,
+                order=getattr(OrderOption, order.upper()),
+                distributed=world_size > 1,
+                seed=seed,
+                indices=indices,
+                pipelines=pipelines,
+                drop_last=drop_last,
+                batches_ahead=batches_ahead,
+            )
+        self._outputs = (image_field, label_field)
+        if len(self) == 0:
+            raise UserError(
+                f"{self.num_samples} samples x {repeats} repeats give no full batch of {batch_size} "
+                f"on each of {world_size} ranks; lower batch_size or pass drop_last=False"
+            )
+
+    def __len__(self) -> int:
+        return len(self._loader)
+
+    def __iter__(self) -> Iterator[Batch]:
+        epoch = self.epoch
+        self._loader.next_epoch, self._loader.skip_batches = epoch, self.next_batch
+        with _torch_threads_kept():
+            batches = iter(self._loader)
+        try:
+            for b, outputs in enumerate(batches, start=self.next_batch):
+                fields = dict(zip(self._loader.pipeline_specs, outputs, strict=True))
+                self.next_batch = b + 1
+                yield fields[self._outputs[0]], fields[self._outputs[1]]
+        finally:
+            batches.close()  # stops FFCV's prefetch thread when the consumer leaves early
+        self.epoch, self.next_batch = epoch + 1, 0
+
+
+def _check_process_group(rank: int, world_size: int) -> None:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise UserError(
+            f"world_size={world_size} needs torch.distributed initialized (launch with torchrun)"
+        )
+    if (dist.get_rank(), dist.get_world_size()) != (rank, world_size):
+        raise UserError(
+            f"rank/world_size {rank}/{world_size} differ from the process group's "
+            f"{dist.get_rank()}/{dist.get_world_size()}"
+        )
+
+
+def _find_fields(path: Path, reader) -> tuple[str, str]:
+    """The names of the image field (RGB image, or a uint8 (H, W, C) array) and the integer label."""
+    from ffcv.fields import IntField, NDArrayField, RGBImageField
+
+    images = [
+        name
+        for name, field in reader.handlers.items()
+        if isinstance(field, RGBImageField)
+        or (isinstance(field, NDArrayField) and field.dtype == np.uint8 and len(field.shape) == 3)
+    ]
+    labels = [name for name, field in reader.handlers.items() if isinstance(field, IntField)]
+    if len(images) != 1 or len(labels) != 1:
+        fields = ", ".join(f"{name}: {type(field).__name__}" for name, field in reader.handlers.items())
+        raise UserError(
+            f"{path} must hold one image field (RGBImageField or uint8 NDArrayField (H, W, C)) and one "
+            f"IntField label; it holds {fields}"
+        )
+    return images[0], labels[0]
+
+
+def _image_pipeline(
+    reader, name, device, img_size, random_resized_crop, flip, rrc_scale, rrc_ratio, center_crop_ratio
+) -> list:
+    """decode (+ crop) -> flip -> torch NCHW uint8 -> device."""
+    from ffcv.fields import NDArrayField
+    from ffcv.fields.decoders import (
+        CenterCropRGBImageDecoder,
+        NDArrayDecoder,
+        RandomResizedCropRGBImageDecoder,
+        SimpleRGBImageDecoder,
+    )
+    from ffcv.transforms import RandomHorizontalFlip, ToDevice, ToTensor, ToTorchImage
+
+    field = reader.handlers[name]
+    if isinstance(field, NDArrayField):
+        height, width, _ = field.shape
+        if random_resized_crop or img_size not in (None, height):
+            raise UserError(
+                f"{reader.file_name} stores raw {height}x{width} arrays: the ffcv loader cannot crop "
+                f"or resize them; use the resident loader (crops run in the augmentation stage)"
+            )
+        ops = [NDArrayDecoder()]
+    else:
+        if random_resized_crop:
+            decoder = RandomResizedCropRGBImageDecoder((img_size, img_size), scale=rrc_scale, ratio=rrc_ratio)
+        elif img_size is not None:
+            decoder = CenterCropRGBImageDecoder((img_size, img_size), ratio=center_crop_ratio)
+        else:
+            sizes = reader.metadata[f"f{list(reader.handlers).index(name)}"]
+            if len(np.unique(sizes["height"])) > 1 or len(np.unique(sizes["width"])) > 1:
+                raise UserError(
+                    f"{reader.file_name} holds images of different sizes; pass img_size to crop them"
+                )
+            decoder = SimpleRGBImageDecoder()
+        ops = [decoder]
+    if flip:
+        ops.append(RandomHorizontalFlip(0.5))
+    # NHWC numpy -> contiguous NCHW tensor; then one copy to the device (none on the CPU).
+    ops += [ToTensor(), ToTorchImage(channels_last=False)]
+    if device.type != "cpu":
+        ops.append(ToDevice(device, non_blocking=True))
+    return ops
+
+
+def _label_pipeline(device) -> list:
+    from ffcv.fields.decoders import IntDecoder
+    from ffcv.transforms import Squeeze, ToDevice, ToTensor
+
+    ops = [IntDecoder(), ToTensor(), Squeeze(1)]
+    if device.type != "cpu":
+        ops.append(ToDevice(device, non_blocking=True))
+    return ops
+
+
+# ---------------------------------------------------------------------------------------------------
+# choosing a loader
+# ---------------------------------------------------------------------------------------------------
+
+KINDS = ("resident", "ffcv", "auto")
+DEFAULT_CPU_BUDGET = 4 << 30  # bytes of decoded uint8 pixels the resident loader may hold on a CPU
+_RESIDENT_KEYS = {"batch_size", "device", "shuffle", "drop_last", "seed", "rank", "world_size", "repeats"}
+# FFCV options that change the images: only the ffcv loader honours them.
+_FFCV_IMAGE_KEYS = {"img_size", "random_resized_crop", "flip", "rrc_scale", "rrc_ratio", "center_crop_ratio"}
+
+
+def resident_budget(device: torch.device | str) -> int:
+    """Bytes the resident loader may use on `device`: half the free memory of a CUDA device, 4 GiB
+    elsewhere (the host also holds the model, activations and the augmentation's float copies)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 2
+    return DEFAULT_CPU_BUDGET
+
+
+def decoded_bytes(meta: dict) -> int | None:
+    """Bytes of the whole split decoded to uint8 [N, H, W, C] plus int64 labels, from its sidecar;
+    None when the images vary in size (they cannot be one resident tensor)."""
+    if meta.get("variable_size"):
+        return None
+    return meta["count"] * (meta["height"] * meta["width"] * meta["channels"] + 8)
+
+
+def make_loader(kind: str, path: str | os.PathLike, *, memory_budget: int | None = None, **kw):
+    """A `ResidentLoader` or `FFCVLoader` over the .beton `path`; `kw` as their arguments.
+
+    kind "auto" picks the resident loader when the decoded split fits `memory_budget` bytes (default
+    `resident_budget(device)`) and no image-changing FFCV option (img_size, random_resized_crop, flip,
+    ...) is asked for; otherwise the ffcv loader. FFCV-only performance options (os_cache, order,
+    num_workers, batches_ahead) are dropped when the resident loader is picked.
+    """
+    if kind not in KINDS:
+        raise UserError(f"unknown loader {kind!r}; choose one of {', '.join(KINDS)}")
+    if kind == "auto":
+        from fastvit.loaders.beton import read_meta
+
+        size = decoded_bytes(read_meta(Path(path)))
+        budget = memory_budget if memory_budget is not None else resident_budget(kw.get("device", "cpu"))
+        wants_ffcv_images = any(kw.get(key) not in (None, False) for key in _FFCV_IMAGE_KEYS)
+        kind = "resident" if size is not None and size <= budget and not wants_ffcv_images else "ffcv"
+        if kind == "resident":
+            kw = {key: value for key, value in kw.items() if key in _RESIDENT_KEYS}
+    if kind == "ffcv":
+        return FFCVLoader(path, **kw)
+    unsupported = sorted(set(kw) - _RESIDENT_KEYS)
+    if unsupported:
+        raise UserError(
+            f"the resident loader does not take {', '.join(unsupported)}; use the ffcv loader or "
+            f"drop them (crops and flips run in the augmentation stage)"
+        )
+    return ResidentLoader(path, **kw)
