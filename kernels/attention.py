@@ -251,11 +251,13 @@ if triton is not None:
             delta = tl.load(Delta + pid_bh * N_Q + rows, mask=row_ok, other=0.0)
             # (BLOCK_N, BLOCK_M): the transposed base-2 scores
             s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * (scale * _LOG2E)
-            if HAS_BIAS:
-                bias_t = tl.load(bias_base + rows[None, :] * stride_bm + offs_n[:, None] * stride_bn,
-                                 mask=col_ok[:, None] & row_ok[None, :], other=0.0)
-                s_t += bias_t.to(tl.float32) * _LOG2E
-            p_t = tl.where(row_ok[None, :], tl.exp2(s_t - lse[None, :]), 0.0)
+            if HAS_BIAS:  # loaded row-major (coalesced), transposed in registers
+                bias = tl.load(bias_base + rows[:, None] * stride_bm + offs_n[None, :] * stride_bn,
+                               mask=row_ok[:, None] & col_ok[None, :], other=0.0)  # (BLOCK_M, BLOCK_N)
+                s_t += tl.trans(bias).to(tl.float32) * _LOG2E
+            # Padded query rows need no mask: their q = dO = 0 and lse = delta = 0 keep p finite and
+            # make their dV and dK terms exactly zero.
+            p_t = tl.exp2(s_t - lse[None, :])
             dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PRECISION)
             dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M)
             ds_t = p_t * (dp_t - delta[None, :])
@@ -669,6 +671,8 @@ def attention(q, k, v, bias=None, scale=None, backend=None):
     if k.shape[:2] != q.shape[:2] or v.shape[:3] != k.shape[:3] or k.shape[3] != q.shape[3]:
         raise UserError(f"attention shapes disagree: q {tuple(q.shape)}, k {tuple(k.shape)}, "
                         f"v {tuple(v.shape)}; need q (B, H, N_Q, D), k (B, H, N_K, D), v (B, H, N_K, D_v)")
+    if not q.dtype == k.dtype == v.dtype:
+        raise UserError(f"attention q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
     if isinstance(scale, torch.Tensor) and scale.numel() not in (1, q.shape[1]):
         raise UserError(f"per-head attention scale has {scale.numel()} elements; need 1 or H = {q.shape[1]}")
     impl = select_backend(AttentionInputs.from_tensors(q, k, v, bias, scale), backend)

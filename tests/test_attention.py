@@ -296,9 +296,12 @@ QKV = ((2, 3, 16, 8),) * 3
     (((2, 3, 16, 8), (2, 3, 9, 8), (2, 3, 16, 8)), None, None, "attention shapes disagree"),
     (((2, 3, 16), (2, 3, 16), (2, 3, 16)), None, None, r"takes \(B, H, N, D\) tensors"),
     (QKV, None, torch.ones(2), "has 2 elements; need 1 or H = 3"),
+    (QKV, None, None, "q, k, v dtypes differ: torch.float32, torch.float32, torch.float16"),
 ])
-def test_bad_shapes_raise_user_error(shapes, bias_shape, scale, message):
+def test_bad_inputs_raise_user_error(shapes, bias_shape, scale, message):
     q, k, v = (torch.zeros(s) for s in shapes)
+    if "dtypes" in message:
+        v = v.half()
     bias = torch.zeros(bias_shape) if bias_shape else None
     for backend in ("triton", "sdpa"):
         with pytest.raises(UserError, match=message):
