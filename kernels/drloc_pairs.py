@@ -51,9 +51,10 @@ if triton is not None:
         targets_ptr,  # (B, m, 2) float32 contiguous
         stride_gb, stride_gh, stride_gw, stride_gc,
         Hg, Wg, m, width, seed, offset_lo, offset_hi,
-        SAMPLE: tl.constexpr, USE_ABS: tl.constexpr, SUM_HALVES: tl.constexpr,
+        SAMPLE: tl.constexpr, USE_ABS: tl.constexpr, SUM_HALVES: tl.constexpr, ACC: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
     ):
+        # ACC: the accumulation dtype, float32 (float64 for float64 grids)
         # width: channels written per position (G for concat, G/2 for SUM_HALVES); OUT = 2 * width or width
         pid_b = tl.program_id(0).to(tl.int64)
         pid_m = tl.program_id(1)
@@ -104,7 +105,7 @@ if triton is not None:
             # out[j] = grid[p1, :width] + grid[p2, width:]  (the two halves of a split Linear)
             e1 = tl.load(src1[:, None] + chans[None, :] * stride_gc, mask=mask, other=0.0)
             e2 = tl.load(src2[:, None] + (chans + width)[None, :] * stride_gc, mask=mask, other=0.0)
-            total = e1.to(tl.float32) + e2.to(tl.float32)
+            total = e1.to(ACC) + e2.to(ACC)
             dst = out_ptr + pair[:, None] * width + chans[None, :]
             tl.store(dst, total.to(out_ptr.dtype.element_ty), mask=mask)
         else:
@@ -121,7 +122,7 @@ if triton is not None:
         pos_ptr,  # (B, m, 4) int64 contiguous
         dgrid_ptr,  # (B, Hg * Wg, G) contiguous
         Wg, HW, m, G,
-        SUM_HALVES: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+        SUM_HALVES: tl.constexpr, ACC: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
     ):
         # dgrid[b, cell, c] = sum_j [p1_j == cell] dout[b, j, col1(c)] + [p2_j == cell] dout[b, j, col2(c)]
         #   concat:     col1(c) = c,                     col2(c) = G + c
@@ -144,7 +145,7 @@ if triton is not None:
             use2 = mask_c
             col1 = chans
             col2 = chans + G
-        acc = tl.zeros([BLOCK_C], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_C], dtype=ACC)
         # fixed walk over the pairs: the sum order never depends on scheduling, hence deterministic
         for start in range(0, m, BLOCK_S):
             j = start + tl.arange(0, BLOCK_S)  # (BLOCK_S,)
@@ -160,7 +161,7 @@ if triton is not None:
             row = dout_ptr + pair[:, None] * out_width  # (BLOCK_S, 1)
             d1 = tl.load(row + col1[None, :], mask=hit1[:, None] & use1[None, :], other=0.0)
             d2 = tl.load(row + col2[None, :], mask=hit2[:, None] & use2[None, :], other=0.0)
-            acc += tl.sum(d1.to(tl.float32), axis=0) + tl.sum(d2.to(tl.float32), axis=0)
+            acc += tl.sum(d1.to(ACC), axis=0) + tl.sum(d2.to(ACC), axis=0)
         dst = dgrid_ptr + (pid_b * HW + cell) * G + chans
         tl.store(dst, acc.to(dgrid_ptr.dtype.element_ty), mask=mask_c)
 
@@ -168,6 +169,10 @@ if triton is not None:
 # ---------------------------------------------------------------------------------------------------
 # Host launchers
 # ---------------------------------------------------------------------------------------------------
+def _acc_dtype(dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
 def _out_width(channels: int, sum_halves: bool) -> int:
     return channels // 2 if sum_halves else 2 * channels
 
@@ -194,7 +199,8 @@ def drloc_pairs_forward(grid, positions, num_pairs, seed, offset, use_abs, sum_h
         grid, positions, out, targets,
         *grid.stride(),
         Hg, Wg, m, width, seed, offset & _MASK32, (offset >> 32) & _MASK32,
-        SAMPLE=sample, USE_ABS=use_abs, SUM_HALVES=sum_halves, BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C,
+        SAMPLE=sample, USE_ABS=use_abs, SUM_HALVES=sum_halves, ACC=_acc_dtype(grid.dtype),
+        BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C,
     )
     return out, targets, positions
 
@@ -214,7 +220,7 @@ def drloc_pairs_backward(grad_out, positions, grid_shape, sum_halves):
     _drloc_pairs_bwd_kernel[launch](
         grad_out.contiguous(), positions, dgrid,
         Wg, Hg * Wg, m, G,
-        SUM_HALVES=sum_halves, BLOCK_S=BLOCK_S, BLOCK_C=BLOCK_C,
+        SUM_HALVES=sum_halves, ACC=_acc_dtype(grad_out.dtype), BLOCK_S=BLOCK_S, BLOCK_C=BLOCK_C,
     )
     return dgrid
 

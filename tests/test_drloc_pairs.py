@@ -152,7 +152,10 @@ def test_targets_with_and_without_abs(backend):
 
 
 # --- backward -----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.float16, 2e-3), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize(
+    "dtype,tol",
+    [(torch.float64, 1e-12), (torch.float32, 1e-6), (torch.float16, 2e-3), (torch.bfloat16, 2e-2)],
+)
 @pytest.mark.parametrize("shape", [(2, 3, 5, 8), (1, 1, 1, 4), (2, 2, 3, 33)])
 def test_grid_gradient_matches_float64_reference(shape, dtype, tol):
     B, Hg, Wg, C = shape
@@ -199,7 +202,7 @@ def test_sampled_backward_matches_torch_backend():
 
 
 # --- the pair-sum variant (project before gather) ------------------------------------------------------
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.float16, 2e-3)])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-6), (torch.float16, 2e-3)])
 def test_pair_sum_forward_and_backward(dtype, tol):
     B, Hg, Wg, C2 = 2, 3, 4, 2 * 20
     m = 10
