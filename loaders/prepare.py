@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import importlib
 import os
 import sys
@@ -137,7 +138,13 @@ def ensure_prepared(dataset: str, *, data_dir: Path | None, cache_dir: Path) -> 
             f"`fastvit data prepare {dataset} --src DIR --out {cache_dir}` "
             f"or `fastvit data prepare {dataset} --download --out {cache_dir}`{hint}"
         )
-    train, test = prepare(dataset, src, cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    # several processes (e.g. torchrun ranks) may arrive together: one prepares, the others wait
+    with open(cache_dir / f".{dataset}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if pair := _valid_pair(dataset, cache_dir):
+            return pair
+        train, test = prepare(dataset, src, cache_dir)
     return train, test
 
 

@@ -195,3 +195,28 @@ def test_damaged_files_are_refused_in_one_line(tmp_path):
     with pytest.raises(UserError, match="format_version"):
         read_meta(path)
     assert not beton.is_valid(path)
+
+
+def test_interrupt_while_workers_write_leaves_no_file(tmp_path, monkeypatch):
+    """Ctrl-C in the parent while FFCV's writer processes run: workers stopped, temp files gone."""
+    import multiprocessing
+
+    rng = np.random.default_rng(8)
+    split = _random_split(rng, 3000, 32, 32, 3)
+    real_sleep = beton.time.sleep
+    polls = []
+
+    def sleep_then_interrupt(seconds):
+        polls.append(seconds)
+        if len(polls) == 3:
+            polls.append(sorted(p.name for p in tmp_path.iterdir()))  # what existed mid-write
+            raise KeyboardInterrupt
+        real_sleep(seconds)
+
+    monkeypatch.setattr(beton.time, "sleep", sleep_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        _write(tmp_path / "k.beton", split, num_workers=2)
+    monkeypatch.undo()
+    assert polls[-1] == [f"k.beton.tmp{os.getpid()}"]  # interrupted with a partial file on disk
+    assert list(tmp_path.iterdir()) == []
+    assert multiprocessing.active_children() == []
