@@ -31,10 +31,11 @@ class TinyBackbone(nn.Module):
         self.norm = nn.BatchNorm2d(width) if batchnorm else nn.Identity()
         self.drop = nn.Dropout(drop)
         self.head = nn.Linear(width, num_classes)
-        self.calls: list[tuple[int, ...]] = []  # input shape of every forward_features call
+        self.calls: list[tuple[int, ...]] | None = []  # input shapes of forward_features; None: off
 
     def forward_features(self, x):
-        self.calls.append(tuple(x.shape))
+        if self.calls is not None:
+            self.calls.append(tuple(x.shape))
         grid = F.gelu(self.norm(self.stem(x))).permute(0, 2, 3, 1)  # (B, H/2, W/2, C)
         return self.drop(grid.mean(dim=(1, 2))), grid
 
@@ -54,7 +55,7 @@ def make_views(batch, n_local, generator, dtype=torch.float32, global_size=16, l
 def small_dino(seed=0, n_local=2, dtype=torch.float64, **backbone_kwargs):
     torch.manual_seed(seed)  # module init draws from the global generator
     backbone = TinyBackbone(**backbone_kwargs)
-    dino = DINO(backbone, total_epochs=20, n_crops=2 + n_local, out_dim=32, hidden_dim=16, bottleneck_dim=8)
+    dino = DINO(backbone, total_epochs=20, n_local=n_local, out_dim=32, hidden_dim=16, bottleneck_dim=8)
     return dino.to(dtype)
 
 
@@ -205,26 +206,31 @@ def test_center_update_is_ema_of_teacher_batch_mean_after_the_loss():
     assert "center" in loss_fn.state_dict()
 
 
-def _center_worker(rank, world_size, init_file, result_file):
+def _ddp_worker(rank, world_size, init_file, result_dir):
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                                          world_size=world_size)
     try:
-        loss_fn = DINOLoss(6, 2, total_epochs=1).double()
-        loss_fn.center.fill_(1.0)
-        teacher = torch.arange(12, dtype=torch.float64).view(2, 6) * (rank + 1)  # ranks differ
-        loss_fn(torch.zeros(2, 6, dtype=torch.float64), teacher, 0)
-        if rank == 0:
-            torch.save(loss_fn.center, result_file)
+        dino = small_dino(seed=15)  # identical init on both ranks
+        ddp = torch.nn.parallel.DistributedDataParallel(dino)
+        views = make_views(3, 2, torch.Generator().manual_seed(100 + rank), dtype=torch.float64)  # ranks differ
+        with torch.no_grad():
+            teacher_out = dino.teacher(views[:2])
+        ddp(views, 0.5).backward()
+        torch.save({"teacher_out": teacher_out, "center": dino.loss.center,
+                    "grad": dino.student.backbone.stem.weight.grad}, result_dir / f"rank{rank}.pt")
     finally:
         torch.distributed.destroy_process_group()
 
 
-def test_center_is_all_reduced_across_processes(tmp_path):
-    args = (2, tmp_path / "store", tmp_path / "center.pt")
-    torch.multiprocessing.spawn(_center_worker, args=args, nprocs=2)
-    rows = torch.cat([torch.arange(12, dtype=torch.float64).view(2, 6) * (rank + 1) for rank in range(2)])
-    expected = 0.9 * torch.ones(1, 6, dtype=torch.float64) + 0.1 * rows.mean(dim=0, keepdim=True)
-    torch.testing.assert_close(torch.load(tmp_path / "center.pt"), expected, rtol=1e-12, atol=0)
+def test_center_is_all_reduced_across_ddp_processes(tmp_path):
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, tmp_path / "store", tmp_path), nprocs=2)
+    results = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
+    all_teacher_rows = torch.cat([r["teacher_out"] for r in results])  # (2 ranks · 2 views · 3, D)
+    assert not torch.equal(results[0]["teacher_out"], results[1]["teacher_out"])
+    expected = 0.1 * all_teacher_rows.mean(dim=0, keepdim=True)  # 0.9 · zero center + 0.1 · global mean
+    for r in results:
+        torch.testing.assert_close(r["center"], expected, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(results[0]["grad"], results[1]["grad"], rtol=0, atol=0)  # DDP averaged
 
 
 def test_loss_rejects_mismatched_shapes_and_bad_config():
@@ -424,3 +430,21 @@ def test_dino_refuses_a_compiled_backbone():
     backbone._orig_mod = nn.Identity()  # what torch.compile's wrapper carries, without compiling
     with pytest.raises(ValueError, match="uncompiled backbone"):
         DINO(backbone, total_epochs=1)
+
+
+def test_compiled_dino_matches_eager_and_compiles_a_bounded_number_of_times():
+    eager = small_dino(seed=16, dtype=torch.float32)
+    compiled_dino = small_dino(seed=16, dtype=torch.float32)
+    for model in (eager, compiled_dino):
+        model.student.backbone.calls = model.teacher.backbone.calls = None
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = torch.compile(compiled_dino, backend="aot_eager")
+    g = torch.Generator().manual_seed(16)
+    views = make_views(2, 2, g)
+    for step, epoch in enumerate((0.0, 0.5, 3.75, 12.5)):  # a float epoch every step
+        torch.testing.assert_close(compiled(views, epoch), eager(views, epoch), rtol=1e-5, atol=1e-6)
+        for model in (eager, compiled_dino):
+            model.update_teacher(momentum_schedule(step, 4))
+    # a static first graph, then the epoch becomes dynamic: one graph per side of the τ_t warm-up
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 3
