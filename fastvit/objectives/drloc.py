@@ -138,6 +138,7 @@ class Drloc(nn.Module):
         )
 
     def uses_projection(self, head: DrlocHead) -> bool:
+        """Whether this head's first layer runs as "project" (see the module docstring)."""
         if self.path != "auto":
             return self.path == "project"
         return head.grid_size[0] * head.grid_size[1] < self.num_pairs
