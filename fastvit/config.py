@@ -112,8 +112,9 @@ class Config:
 
     def augment_overrides(self) -> dict:
         """Recipe numbers the user set explicitly, as keyword arguments of the augment builder."""
-        keys = ("mixup_alpha", "cutmix_alpha", "mix_prob", "erasing_prob", "policy")
-        out = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+        names = {"mixup_alpha": "mixup_alpha", "cutmix_alpha": "cutmix_alpha", "mix_prob": "mix_prob",
+                 "erasing_prob": "erase_p", "policy": "policy"}  # config field -> augment parameter
+        out = {names[k]: getattr(self, k) for k in names if getattr(self, k) is not None}
         out["label_smoothing"] = self.label_smoothing
         return out
 
