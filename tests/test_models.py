@@ -8,7 +8,18 @@ import torch
 from fastvit import models
 from fastvit.errors import UserError
 
-# (name, img_size, in_chans) combinations exercised by the generic tests: small and cheap.
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tensors are tiny: intra-op threads cost more than they give, and thrash on a loaded CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# (name, img_size) combinations exercised by the generic tests: small and cheap.
 SMALL = [("vit", 32), ("vit", 64), ("vit_tiny", 28)]
 
 
@@ -179,3 +190,180 @@ def test_bad_input_shape_names_expected_and_actual(shape):
 
 def test_default_img_size():
     assert models.default_img_size("vit") == 32
+
+
+# ---------------------------------------------------------------- Swin
+
+
+def _swin_attention_reference(block, x):
+    """Window attention of `block` on x (B, H, W, C) in float64, without roll, padding or partition.
+
+    Token i attends to token j iff both fall in the same window of the shifted partition (row band
+    floor((r - s) / wh), column band likewise); the bias is the table entry of their displacement.
+    """
+    from fastvit.models.swin import window_geometry
+
+    B, H, W, C = x.shape
+    wh, ww, sh, sw = window_geometry(H, W, block.window, block.shifted)
+    Wn = block.window
+    r, c = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    r, c = r.flatten(), c.flatten()
+    band = torch.div(r - sh, wh, rounding_mode="floor") * 10_000 + torch.div(c - sw, ww, rounding_mode="floor")
+    same = band[:, None] == band[None, :]  # (HW, HW)
+    dr = r[:, None] - r[None, :]
+    dc = c[:, None] - c[None, :]
+    table = block.relative_position_bias_table.double()
+    idx = ((dr + Wn - 1) * (2 * Wn - 1) + (dc + Wn - 1)).clamp(0, table.shape[0] - 1)
+    bias = table[idx].permute(2, 0, 1)  # (heads, HW, HW)
+    bias = bias.masked_fill(~same, float("-inf"))
+    attn = block.attn
+    t = x.double().reshape(B, H * W, C)
+    qkv = t @ attn.qkv.weight.double().T + attn.qkv.bias.double()
+    q, k, v = qkv.reshape(B, H * W, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    a = torch.softmax(q @ k.transpose(-1, -2) * attn.scale + bias, -1) @ v  # (B, heads, HW, d)
+    out = a.transpose(1, 2).reshape(B, H * W, C) @ attn.proj.weight.double().T + attn.proj.bias.double()
+    return out.reshape(B, H, W, C)
+
+
+@pytest.mark.parametrize(
+    "H,W,window,shifted",
+    [
+        (8, 8, 4, False),
+        (8, 8, 4, True),  # shifted-window mask
+        (12, 8, 4, True),  # non-square grid
+        (10, 6, 4, True),  # padding and shift together
+        (7, 7, 7, True),  # window == grid: no shift
+        (2, 2, 4, True),  # window clamped to a grid smaller than it (local crops)
+        (14, 14, 7, True),  # odd window (Swin-T)
+    ],
+)
+@pytest.mark.parametrize("backend", ["sdpa", "math"])
+def test_swin_window_attention_matches_float64_reference(H, W, window, shifted, backend, monkeypatch):
+    from fastvit.models.swin import SwinBlock
+
+    monkeypatch.setenv("FASTVIT_ATTN", backend)
+    torch.manual_seed(0)
+    block = SwinBlock(dim=16, num_heads=2, window=window, shifted=shifted, mlp_ratio=2.0, drop_path=0.0)
+    with torch.no_grad():  # a table with structure, so a wrong index shows
+        block.relative_position_bias_table.normal_()
+    x = torch.randn(2, H, W, 16, generator=torch.Generator().manual_seed(1))
+    if backend == "math":  # the math backend runs in the input dtype: check it in float64
+        block.double()
+        x = x.double()
+    out = block._windows(x)
+    ref = _swin_attention_reference(block, x)
+    tol = 1e-10 if backend == "math" else 1e-5
+    torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol)
+
+
+def test_swin_bias_gradient_reaches_the_table():
+    """The rel-pos table gets its gradient through the attention bias (the fused kernel's job)."""
+    m = _make("swin_tiny", 32)
+    m(_images(2, 3, 32)).sum().backward()
+    for stage in m.stages:
+        for block in stage.blocks:
+            g = block.relative_position_bias_table.grad
+            assert g is not None and g.abs().sum() > 0
+
+
+def test_swin_windowed_bias_layout():
+    """The bias handed to the attention is (nW, heads, N, N), not expanded over the batch."""
+    import fastvit.models.swin as swin_mod
+
+    seen = []
+    real = swin_mod.Attention.forward
+
+    def spy(self, x, bias=None):
+        seen.append((x.shape[0], None if bias is None else tuple(bias.shape)))
+        return real(self, x, bias)
+
+    m = _make("swin_tiny", 32).eval()
+    swin_mod.Attention.forward = spy
+    try:
+        m(_images(3, 3, 32))
+    finally:
+        swin_mod.Attention.forward = real
+    # stage 1: 16x16 grid, window 4 -> 16 windows; unshifted blocks need only the rel-pos bias
+    assert seen[0] == (3 * 16, (1, 1, 16, 16))
+    assert seen[1] == (3 * 16, (16, 1, 16, 16))
+    # stage 3: 4x4 grid == window: one window, no shift, no mask
+    assert seen[-1] == (3, (1, 4, 16, 16))
+
+
+def test_swin_stages_and_grid():
+    m = _make("swin", 32)
+    x = _images(2, 3, 32)
+    stages = m.forward_stages(x)
+    assert [tuple(s.shape) for s in stages] == [(2, 8, 8, 192), (2, 4, 4, 384), (2, 4, 4, 384)]
+    assert m.grid_dims == [192, 384, 384]
+    pooled, grid = m.forward_features(x)
+    torch.testing.assert_close(grid, stages[-1])  # last stage, before the final norm
+    torch.testing.assert_close(pooled, m.norm(grid).mean((1, 2)))
+    # half-size local crops: 8x8 patch grid; the last stages' windows clamp to 4x4 / 2x2
+    assert m.forward_features(_images(2, 3, 16))[1].shape == (2, 2, 2, 384)
+
+
+def test_swin_last_attention_is_window_attention():
+    m = _make("swin_tiny", 32).eval()
+    a = m.last_attention(_images(2, 3, 32))
+    assert a.shape == (2, 4, 16, 16)
+    torch.testing.assert_close(a.sum(-1), torch.ones(2, 4, 16))
+
+
+def test_swin_bad_sizes():
+    with pytest.raises(UserError, match=r"swin: img_size 36 does not work; sizes that work: multiples of 8"):
+        models.create("swin", img_size=36, num_classes=10)
+    with pytest.raises(UserError, match=r"swin_t: img_size 200 does not work; sizes that work: multiples of 32"):
+        models.create("swin_t", img_size=200, num_classes=10)
+    m = _make("swin_tiny", 32)
+    with pytest.raises(ValueError, match=r"expected input \(B, 3, H, W\) with H and W multiples of 8, got"):
+        m(torch.zeros(1, 3, 20, 20))
+
+
+# ---------------------------------------------------------------- CaiT
+
+
+def test_cait_talking_heads_matches_float64_reference():
+    from fastvit.models.cait import TalkingHeadAttention
+
+    torch.manual_seed(0)
+    attn = TalkingHeadAttention(16, 4).double()
+    x = torch.randn(2, 7, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    B, N, C = x.shape
+    q, k, v = (x @ attn.qkv.weight.T + attn.qkv.bias).reshape(B, N, 3, 4, 4).permute(2, 0, 3, 1, 4)
+    s = torch.einsum("bhnd,bhmd->bhnm", q, k) / 2.0
+    s = torch.einsum("gh,bhnm->bgnm", attn.proj_l.weight, s) + attn.proj_l.bias.view(1, 4, 1, 1)
+    p = torch.einsum("gh,bhnm->bgnm", attn.proj_w.weight, s.softmax(-1)) + attn.proj_w.bias.view(1, 4, 1, 1)
+    ref = (p @ v).transpose(1, 2).reshape(B, N, C) @ attn.proj.weight.T + attn.proj.bias
+    torch.testing.assert_close(attn(x), ref, rtol=1e-10, atol=1e-10)
+
+
+def test_cait_class_attention_updates_only_cls():
+    m = _make("cait_tiny", 32).eval()
+    x = _images(2, 3, 32)
+    pooled, grid = m.forward_features(x)
+    # the grid comes from the self-attention blocks alone: dropping the class blocks leaves it unchanged
+    t, _, _ = m._patch_tokens(x)
+    for block in m.blocks:
+        t = block(t)
+    torch.testing.assert_close(grid, m.norm(t).reshape(2, 8, 8, -1))
+    a = m.last_attention(x)
+    assert a.shape == (2, 4, 1, 65)
+    torch.testing.assert_close(a.sum(-1), torch.ones(2, 4, 1))
+
+
+def test_cait_local_crops_use_first_position_embeddings():
+    m = _make("cait_tiny", 32).eval()
+    x = _images(2, 3, 16)
+    t, Hg, Wg = m._patch_tokens(x)
+    assert (Hg, Wg) == (4, 4)
+    torch.testing.assert_close(t, m.patch_embed(x).flatten(1, 2) + m.pos_embed[:, :16])
+    with pytest.raises(ValueError, match=r"cait_tiny: input \(2, 3, 64, 64\) gives 16x16 patches"):
+        m(_images(2, 3, 64))
+
+
+def test_cait_layerscale_init_and_uniform_drop_path():
+    m = models.create("cait", img_size=32, num_classes=10, drop_path=0.1)
+    assert torch.all(m.blocks[0].ls1.gamma == 1e-5)
+    assert {b.drop_path.p for b in m.blocks} == {0.1}
+    assert len(m.class_blocks) == 2 and m.class_blocks[0].mlp.fc1.out_features == 4 * 192
