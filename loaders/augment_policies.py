@@ -42,10 +42,13 @@ GEOMETRIC_OPS = {
     "shear_x": lambda v, h, w: O.shear_x_matrix(v),
     "shear_y": lambda v, h, w: O.shear_y_matrix(v),
     # value = fraction of the image side
-    "translate_x": lambda v, h, w: O.translate_matrix(v * w, torch.zeros_like(v)),
-    "translate_y": lambda v, h, w: O.translate_matrix(torch.zeros_like(v), v * h),
+    "translate_x": lambda v, h, w: O.translate_matrix(v * w, 0.0),
+    "translate_y": lambda v, h, w: O.translate_matrix(0.0, v * h),
     "rotate": lambda v, h, w: O.rotate_matrix(v, h, w),
 }
+
+
+_IDENTITY = torch.eye(2, 3)
 
 
 def apply_op_slot(x: torch.Tensor, op: torch.Tensor, value: torch.Tensor, names: list[str], *,
@@ -63,10 +66,11 @@ def apply_op_slot(x: torch.Tensor, op: torch.Tensor, value: torch.Tensor, names:
 
     matrix = None
     if group_names:
-        matrix = torch.eye(2, 3, device=x.device).repeat(b, 1, 1)  # (B, 2, 3)
-        for i, n in enumerate(names):
-            if n in GEOMETRIC_OPS:
-                matrix = torch.where((op == i).view(b, 1, 1), GEOMETRIC_OPS[n](value, h, w), matrix)
+        # only the geometric ops this slot uses are evaluated (a few [B]-sized ops each)
+        matrix = _IDENTITY.to(x.device).expand(b, 2, 3)
+        for i in torch.unique(op).tolist():
+            if i >= 0 and names[i] in GEOMETRIC_OPS:
+                matrix = torch.where((op == i).view(b, 1, 1), GEOMETRIC_OPS[names[i]](value, h, w), matrix)
 
     def pixel_fn(name):
         return lambda xs, idx: PIXEL_OPS[name](xs, value[idx])
@@ -157,8 +161,19 @@ def autoaugment_magnitude(name: str, bin_: int) -> float:
     return 0.0
 
 
-def autoaugment_tables(policy: str, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(op index [S, 2] into AUTOAUGMENT_OPS, probability [S, 2], unsigned magnitude [S, 2])."""
+_TABLE_CACHE: dict = {}
+
+
+def autoaugment_tables(policy: str, device=None) -> tuple[torch.Tensor, ...]:
+    """(op index [S, 2] into AUTOAUGMENT_OPS, probability [S, 2], unsigned magnitude [S, 2], signed [K],
+    enhance [K]) for a policy of S sub-policies; K = len(AUTOAUGMENT_OPS). Cached per device."""
+    key = (policy, str(device))
+    if key not in _TABLE_CACHE:
+        _TABLE_CACHE[key] = _build_autoaugment_tables(policy, device)
+    return _TABLE_CACHE[key]
+
+
+def _build_autoaugment_tables(policy: str, device) -> tuple[torch.Tensor, ...]:
     if policy not in _AUTOAUGMENT_POLICIES:
         from fastvit.errors import UserError
 
@@ -168,17 +183,16 @@ def autoaugment_tables(policy: str, device=None) -> tuple[torch.Tensor, torch.Te
     ops = [[AUTOAUGMENT_OPS.index(r[0]), AUTOAUGMENT_OPS.index(r[3])] for r in rows]
     probs = [[r[1], r[4]] for r in rows]
     mags = [[autoaugment_magnitude(r[0], r[2]), autoaugment_magnitude(r[3], r[5])] for r in rows]
-    return (torch.tensor(ops, device=device), torch.tensor(probs, device=device),
-            torch.tensor(mags, device=device))
+    signed = [n in _AA_SIGNED for n in AUTOAUGMENT_OPS]
+    enhance = [n in _AA_ENHANCE for n in AUTOAUGMENT_OPS]
+    return tuple(torch.tensor(t, device=device) for t in (ops, probs, mags, signed, enhance))
 
 
 def autoaugment_(x: torch.Tensor, policy: str, *, generator: torch.Generator | None,
                  fill=128.0) -> torch.Tensor:
     """In place on a float 0..255 batch: each sample runs one random sub-policy of `policy`."""
     b, dev = x.shape[0], x.device
-    ops, probs, mags = autoaugment_tables(policy, dev)
-    signed = torch.tensor([n in _AA_SIGNED for n in AUTOAUGMENT_OPS], device=dev)
-    enhance = torch.tensor([n in _AA_ENHANCE for n in AUTOAUGMENT_OPS], device=dev)
+    ops, probs, mags, signed, enhance = autoaugment_tables(policy, dev)
     sub = torch.randint(0, ops.shape[0], (b,), generator=generator, device=dev)
     for slot in range(2):
         op, p, mag = ops[sub, slot], probs[sub, slot], mags[sub, slot]
