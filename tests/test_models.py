@@ -9,7 +9,6 @@ from fastvit import models
 from fastvit.errors import UserError
 
 
-
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """These tensors are tiny: intra-op threads cost more than they give, and thrash on a loaded CPU."""
