@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from fastvit.loaders import augment as A
+from fastvit.loaders import augment_ops as O
 
 from fastvit.errors import UserError
 
@@ -160,3 +161,205 @@ def test_pipeline_numpy_free_reference_of_basic_recipe():
     ref = A.Normalize(MEAN, STD)(crop)
     assert torch.equal(out, ref)
     assert np.isfinite(out.numpy()).all()
+
+
+# ---------------------------------------------------------------------------------------------------
+# deterministic ops vs PIL
+
+
+def natural_images(n=4, size=32, channels=3, seed=0):
+    """Smooth images with edges (upsampled noise), range inside 20..235, as uint8 numpy [n, H, W, C]."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        base = rng.integers(20, 236, (size // 4, size // 4, channels), dtype=np.uint8)
+        mode = "RGB" if channels == 3 else "L"
+        img = Image.fromarray(base if channels == 3 else base[..., 0], mode).resize((size, size), Image.BICUBIC)
+        arr = np.asarray(img)
+        out.append(arr if channels == 3 else arr[..., None])
+    return np.stack(out)
+
+
+def to_batch(arr):
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float()
+
+
+def pil_batch(arr, fn):
+    """Apply a PIL function image by image; back to a float64 [n, C, H, W] tensor."""
+    from PIL import Image
+
+    outs = []
+    for a in arr:
+        img = Image.fromarray(a if a.shape[2] == 3 else a[..., 0])
+        r = np.asarray(fn(img)).astype(np.float64)
+        outs.append(r if r.ndim == 3 else r[..., None])
+    return torch.from_numpy(np.stack(outs)).permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_pixel_ops_match_pil_exactly(channels):
+    from PIL import ImageOps
+
+    arr = natural_images(channels=channels)
+    arr[:, 0, 0] = 0  # a black pixel so thresholds and histograms see both ends
+    x = to_batch(arr)
+    cases = {
+        "invert": (O.invert(x), ImageOps.invert),
+        "solarize": (O.solarize(x, 100), lambda im: ImageOps.solarize(im, 100)),
+        "solarize_per_sample": (O.solarize(x, torch.tensor([100.0, 150, 200, 256])),
+                                None),
+        "posterize": (O.posterize(x, 3), lambda im: ImageOps.posterize(im, 3)),
+        "equalize": (O.equalize(x), ImageOps.equalize),
+        # PIL truncates the stretched values
+        "autocontrast": (torch.floor(O.autocontrast(x) + 1e-3), ImageOps.autocontrast),
+    }
+    for name, (ours, ref_fn) in cases.items():
+        if ref_fn is None:
+            refs = [pil_batch(arr[i:i + 1], lambda im, t=t: ImageOps.solarize(im, t))
+                    for i, t in enumerate([100, 150, 200, 256])]
+            ref = torch.cat(refs)
+        else:
+            ref = pil_batch(arr, ref_fn)
+        assert (ours.double() - ref).abs().max() == 0, name
+
+
+def test_posterize_per_sample_bits_and_zero_bits():
+    x = to_batch(natural_images())
+    bits = torch.tensor([8.0, 4.0, 1.0, 0.0])
+    y = O.posterize(x, bits)
+    assert torch.equal(y[0], x[0])
+    for i, b in enumerate([4, 1, 0]):
+        assert torch.equal(y[i + 1], (x[i + 1].long() & (0xFF << (8 - b)) & 0xFF).float())
+
+
+def test_equalize_and_autocontrast_leave_flat_images_alone():
+    x = torch.full((2, 3, 8, 8), 77.0)
+    assert torch.equal(O.equalize(x), x)
+    assert torch.equal(O.autocontrast(x), x)
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_enhance_ops_match_pil_within_one_level(channels):
+    from PIL import ImageEnhance
+
+    arr = natural_images(channels=channels)
+    x = to_batch(arr)
+    ops = {"color": (O.adjust_saturation, ImageEnhance.Color),
+           "contrast": (O.adjust_contrast, ImageEnhance.Contrast),
+           "brightness": (O.adjust_brightness, ImageEnhance.Brightness),
+           "sharpness": (O.adjust_sharpness, ImageEnhance.Sharpness)}
+    for name, (ours, pil_cls) in ops.items():
+        for f in (0.1, 0.6, 1.9):
+            ref = pil_batch(arr, lambda im, c=pil_cls, f=f: c(im).enhance(f))
+            # PIL rounds (or truncates) uint8 after the blend; these ops keep floats
+            diff = (ours(x, torch.full((4,), f)).round().double() - ref).abs()
+            assert diff.max() <= 1, (name, f)
+        assert torch.equal(ours(x, 1.0), x), f"{name} at factor 1 is the identity"
+
+
+def test_grayscale_matches_pil_convert_l():
+    arr = natural_images()
+    ref = pil_batch(arr, lambda im: im.convert("L"))
+    # PIL's fixed-point luma can round a .5 the other way
+    diff = (O.rgb_to_gray(to_batch(arr)).round().double() - ref).abs()
+    assert diff.max() <= 1 and (diff == 0).double().mean() > 0.99
+    g = O.grayscale(to_batch(arr))
+    assert g.shape == (4, 3, 32, 32) and torch.equal(g[:, 0], g[:, 2])
+
+
+def test_affine_nearest_matches_pil_transform_exactly():
+    from PIL import Image
+
+    arr = natural_images()
+    x = to_batch(arr)
+    fill = (128, 128, 128)
+    deg = torch.tensor([10.0, -27.0, 45.0, 90.0])
+    ours = O.affine(x, O.rotate_matrix(deg, 32, 32), fill=128)
+    ref = torch.cat([pil_batch(arr[i:i + 1], lambda im, d=float(d): im.rotate(d, fillcolor=fill))
+                     for i, d in enumerate(deg)])
+    assert (ours.double() - ref).abs().max() == 0
+    # translations by whole and half pixels (PIL takes floor at exact ties) and nearest shears
+    for data in [(1, 0, 5.0, 0, 1, 0), (1, 0, 0, 0, 1, -7.3), (1, 0, 14.5, 0, 1, 14.5), (1, -0.2, 0, 0, 1, 0),
+                 (1, 0, 0, 0.3, 1, 0)]:
+        m = torch.tensor(data, dtype=torch.float32).view(1, 2, 3).expand(4, 2, 3)
+        ours = O.affine(x, m, fill=(10, 20, 30))
+        ref = pil_batch(arr, lambda im, d=data: im.transform(im.size, Image.AFFINE, d, Image.NEAREST,
+                                                             fillcolor=(10, 20, 30)))
+        assert (ours.double() - ref).abs().max() == 0, data
+
+
+def test_affine_bilinear_matches_pil_away_from_the_edge():
+    from PIL import Image
+
+    arr = natural_images()
+    x = to_batch(arr)
+    for s in (0.3, -0.2):
+        ours = O.affine(x, O.shear_x_matrix(torch.full((4,), s)), fill=128, mode="bilinear")
+        ref = pil_batch(arr, lambda im, s=s: im.transform(im.size, Image.AFFINE, (1, s, 0, 0, 1, 0),
+                                                          Image.BILINEAR, fillcolor=(128,) * 3))
+        # PIL and grid_sample treat the last half pixel at the image edge differently: compare where
+        # the source column u = X + s*Y lies at least one pixel inside
+        xs = torch.arange(32).view(1, 32) + 0.5
+        ys = torch.arange(32).view(32, 1) + 0.5
+        u = xs + s * ys
+        inner = (u >= 1.0) & (u <= 31.0)
+        diff = (ours.round().double() - ref).abs()[:, :, inner]
+        assert diff.max() <= 1
+
+
+def test_affine_identity_and_fill():
+    x = to_batch(natural_images())
+    eye = torch.eye(2, 3).expand(4, 2, 3)
+    for mode in ("nearest", "bilinear", "bicubic"):
+        assert (O.affine(x, eye, mode=mode) - x).abs().max() < 1e-3
+    far = O.affine(x, O.translate_matrix(torch.full((4,), 100.0), 0.0), fill=(1, 2, 3))
+    assert torch.equal(far, torch.tensor([1.0, 2, 3]).view(1, 3, 1, 1).expand(4, 3, 32, 32))
+
+
+def test_adjust_hue_matches_colorsys():
+    import colorsys
+
+    arr = natural_images(n=2, size=8)
+    x = to_batch(arr)
+    for shift in (0.0, 0.1, -0.37):
+        y = O.adjust_hue(x, shift)
+        ref = np.empty(arr.shape, dtype=np.float64)
+        for idx in np.ndindex(arr.shape[:3]):
+            h, s, v = colorsys.rgb_to_hsv(*(arr[idx] / 255.0))
+            ref[idx] = np.array(colorsys.hsv_to_rgb((h + shift) % 1.0, s, v)) * 255
+        assert (y.double() - torch.from_numpy(ref).permute(0, 3, 1, 2)).abs().max() < 1e-3
+    one = to_batch(natural_images(channels=1))
+    assert torch.equal(O.adjust_hue(one, 0.3), one)
+    assert torch.equal(O.adjust_saturation(one, 0.3), one)
+
+
+def test_gaussian_blur_matches_scipy_per_sample_sigma():
+    from scipy import ndimage
+
+    x = to_batch(natural_images(n=3, size=16))
+    sigma = torch.tensor([0.1, 0.8, 2.0])
+    y = O.gaussian_blur(x, sigma, radius=6)
+    for i, s in enumerate(sigma.tolist()):
+        ref = ndimage.gaussian_filter(x[i].double().numpy(), sigma=(0, s, s), mode="mirror", radius=(0, 6, 6))
+        assert np.abs(y[i].double().numpy() - ref).max() < 1e-3
+    # a tiny sigma is (numerically) the identity
+    assert (O.gaussian_blur(x, torch.full((3,), 0.05), radius=3) - x).abs().max() < 1e-3
+
+
+def test_apply_grouped_runs_each_op_on_its_samples_only():
+    x = torch.zeros(7, 1, 2, 2)
+    choice = torch.tensor([2, -1, 0, 2, 1, -1, 0])
+    calls = []
+
+    def op(k):
+        def fn(xs, idx):
+            calls.append((k, sorted(idx.tolist())))
+            return xs + 10 * (k + 1) + idx.view(-1, 1, 1, 1).float()
+        return fn
+
+    y = O.apply_grouped(x, choice, [op(0), op(1), op(2)])
+    expect = torch.tensor([30 + 0, 0, 10 + 2, 30 + 3, 20 + 4, 0, 10 + 6]).float()
+    assert torch.equal(y[:, 0, 0, 0], expect)
+    assert sorted(calls) == [(0, [2, 6]), (1, [4]), (2, [0, 3])]
