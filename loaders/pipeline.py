@@ -180,6 +180,11 @@ class ResidentLoader(_Position):
         self.images = images.permute(0, 3, 1, 2).contiguous().to(self.device)  # (N, C, H, W)
         self.labels = labels.to(device=self.device, dtype=torch.int64)
         self.num_samples = int(images.shape[0])
+        # Gather whole rows as the widest integer words that tile them: a uint8 index_select moves one
+        # byte per element and is ~6x slower on the CPU than the same bytes as int64.
+        row_bytes = self.images[0].numel()
+        word = next(d for d in (torch.int64, torch.int32, torch.int16, torch.uint8) if row_bytes % d.itemsize == 0)
+        self._rows = self.images.view(self.num_samples, row_bytes).view(word)  # (N, row_bytes / itemsize)
         self.batch_size, self.shuffle, self.drop_last = batch_size, bool(shuffle), bool(drop_last)
         self.seed, self.rank, self.world_size, self.repeats = seed, rank, world_size, repeats
         self.epoch, self.next_batch = 0, 0
@@ -220,7 +225,8 @@ class ResidentLoader(_Position):
             batch = indices[b * self.batch_size : (b + 1) * self.batch_size]
             # Advance before yielding: a checkpoint taken after this batch's step resumes at the next.
             self.next_batch = b + 1
-            yield self.images.index_select(0, batch), self.labels.index_select(0, batch)
+            images = self._rows.index_select(0, batch).view(torch.uint8).view(-1, *self.images.shape[1:])
+            yield images, self.labels.index_select(0, batch)  # (B, C, H, W), (B,)
         self.epoch, self.next_batch = epoch + 1, 0
 
 

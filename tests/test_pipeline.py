@@ -59,6 +59,19 @@ def test_batches_are_uint8_nchw_copies_of_the_source_images():
     assert count == len(loader) == 5
 
 
+@pytest.mark.parametrize("shape", [(4, 4, 3), (5, 4, 1), (3, 2, 3), (3, 3, 1)])  # rows of 48, 20, 18, 9 bytes
+def test_gather_is_exact_for_every_row_width(shape):
+    # rows are gathered as int64 / int32 / int16 / uint8 words depending on their byte count
+    source = np.random.default_rng(1).integers(0, 256, size=(30, *shape), dtype=np.uint8)
+    loader = ResidentLoader(source, np.arange(30), batch_size=7, seed=4)
+    seen = []
+    for images, labels in loader:
+        assert images.dtype == torch.uint8 and images.shape == (7, shape[2], shape[0], shape[1])
+        assert torch.equal(images, torch.from_numpy(source[labels.numpy()]).permute(0, 3, 1, 2))
+        seen += labels.tolist()
+    assert len(set(seen)) == 28
+
+
 def test_single_channel_images_keep_one_channel():
     source = np.random.default_rng(0).integers(0, 256, size=(8, 5, 4, 1), dtype=np.uint8)
     images, labels = next(iter(ResidentLoader(source, np.arange(8), batch_size=8, shuffle=False)))
@@ -413,3 +426,65 @@ def test_ffcv_loader_user_errors(betons, tmp_path):
         FFCVLoader(path, batch_size=4, rank=1, world_size=2)
     with pytest.raises(UserError, match="random_resized_crop needs img_size"):
         FFCVLoader(path, batch_size=4, random_resized_crop=True)
+
+
+# --- .beton paths and make_loader ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A fastvit .beton with its sidecar (loaders.beton.write_split): 50 numbered 6x5x3 images."""
+    from fastvit.loaders.beton import write_split
+    from fastvit.loaders.sources.common import Split
+
+    threads = torch.get_num_threads()
+    images = numbered_images(50, height=6, width=5)
+    path = tmp_path_factory.mktemp("prepared") / "toy-train.beton"
+    split = Split(labels=np.arange(50) % 10, images=images)
+    write_split(path, split, dataset="toy", split_name="train", classes=[str(i) for i in range(10)],
+                progress=False)
+    torch.set_num_threads(threads)
+    return path, images
+
+
+def test_resident_loader_reads_a_beton_path(prepared):
+    path, source = prepared
+    loader = ResidentLoader(path, batch_size=10, shuffle=False)
+    batches = list(loader)
+    images = torch.cat([x for x, _ in batches])
+    assert torch.equal(images, torch.from_numpy(source).permute(0, 3, 1, 2))
+    assert torch.cat([y for _, y in batches]).tolist() == [i % 10 for i in range(50)]
+    with pytest.raises(UserError, match="pass labels=None with a .beton path"):
+        ResidentLoader(path, np.arange(50), batch_size=10)
+
+
+def test_make_loader_picks_resident_when_the_split_fits(prepared):
+    from fastvit.loaders.beton import read_meta
+    from fastvit.loaders.pipeline import decoded_bytes, make_loader
+
+    path, _ = prepared
+    need = decoded_bytes(read_meta(path))
+    assert need == 50 * (6 * 5 * 3 + 8)
+    resident = make_loader("auto", path, batch_size=10, seed=1, num_workers=3, os_cache=False)
+    assert isinstance(resident, ResidentLoader) and len(resident) == 5
+    explicit = make_loader("resident", path, batch_size=10, seed=1)
+    for (x, y), (x_ref, y_ref) in zip(explicit, resident, strict=True):
+        assert torch.equal(x, x_ref) and torch.equal(y, y_ref)
+    with pytest.raises(UserError, match="resident loader does not take flip, img_size; use the ffcv loader"):
+        make_loader("resident", path, batch_size=10, flip=True, img_size=6)
+    with pytest.raises(UserError, match="unknown loader 'gpu'; choose one of resident, ffcv, auto"):
+        make_loader("gpu", path, batch_size=10)
+
+
+@ignore_numba_finalizer
+def test_make_loader_picks_ffcv_over_budget_or_for_ffcv_image_options(prepared):
+    from fastvit.loaders.pipeline import FFCVLoader, make_loader
+
+    path, source = prepared
+    over = make_loader("auto", path, batch_size=10, shuffle=False, memory_budget=50 * 98 - 1)
+    assert isinstance(over, FFCVLoader)
+    batches = ffcv_epoch(over)
+    assert torch.equal(torch.cat([x for x, _ in batches]), torch.from_numpy(source).permute(0, 3, 1, 2))
+    assert isinstance(make_loader("auto", path, batch_size=10, memory_budget=50 * 98), ResidentLoader)
+    # a flip at decode time is an FFCV option; the compiled pipeline is only built on iteration
+    assert isinstance(make_loader("auto", path, batch_size=10, flip=True), FFCVLoader)

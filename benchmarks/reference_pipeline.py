@@ -1,0 +1,347 @@
+"""The papers' data pipeline, for comparison: per-sample PIL augmentation in torch DataLoader workers.
+
+This is how the public code of both papers feeds a model (torchvision-style transforms on one PIL image
+at a time, in worker processes, then batch Mixup/CutMix in the main process). torchvision cannot be
+installed beside this torch, so its transforms are written here with the same PIL calls and sampling
+rules. It is the baseline of `benchmarks/bench_data.py` and of the end-to-end training benchmark:
+keep it faithful, never tuned down.
+
+- `FinetuneTransform`: paper A's fine-tuning (SPEC section 4): RandomCrop(32, padding 4), flip,
+  AutoAugment CIFAR10 policy (the DeepVoltaire PIL implementation the papers' repositories use),
+  ToTensor, Normalize, RandomErasing (Zhong et al.: p .25, area 0.02-0.4, aspect >= 0.3, mean fill).
+- `mixup_cutmix`: timm's batch-mode Mixup/CutMix (alpha 1 / 1, prob .5, switch .5, smoothing .1).
+- `MultiCropTransform`: DINO's multi-crop as paper A uses it (SPEC section 3).
+- `finetune_loader` / `multicrop_loader`: the DataLoaders around them.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+from torch.utils.data import DataLoader, Dataset
+
+# ---------------------------------------------------------------------------------------------------
+# AutoAugment, CIFAR10 policy (Cubuk et al. 2019), per image with PIL
+# ---------------------------------------------------------------------------------------------------
+
+GRAY = (128, 128, 128)  # fill of uncovered pixels after shear / translate / rotate
+
+
+def _sign() -> int:
+    return random.choice((-1, 1))
+
+
+def _shear_x(img, m):
+    return img.transform(img.size, Image.AFFINE, (1, m * _sign(), 0, 0, 1, 0), Image.BICUBIC, fillcolor=GRAY)
+
+
+def _shear_y(img, m):
+    return img.transform(img.size, Image.AFFINE, (1, 0, 0, m * _sign(), 1, 0), Image.BICUBIC, fillcolor=GRAY)
+
+
+def _translate_x(img, m):
+    return img.transform(img.size, Image.AFFINE, (1, 0, m * img.size[0] * _sign(), 0, 1, 0), fillcolor=GRAY)
+
+
+def _translate_y(img, m):
+    return img.transform(img.size, Image.AFFINE, (1, 0, 0, 0, 1, m * img.size[1] * _sign()), fillcolor=GRAY)
+
+
+def _rotate(img, m):
+    # Rotate on an RGBA copy and composite over gray, so the corners come out gray, not black.
+    rotated = img.convert("RGBA").rotate(m * _sign())
+    background = Image.new("RGBA", rotated.size, (*GRAY, 128))
+    return Image.composite(rotated, background, rotated).convert(img.mode)
+
+
+def _enhance(enhancer):
+    return lambda img, m: enhancer(img).enhance(1 + m * _sign())
+
+
+AUTOAUGMENT_OPS = {
+    # name: (op(img, magnitude), magnitudes of levels 0..9)
+    "shearX": (_shear_x, np.linspace(0, 0.3, 10)),
+    "shearY": (_shear_y, np.linspace(0, 0.3, 10)),
+    "translateX": (_translate_x, np.linspace(0, 150 / 331, 10)),
+    "translateY": (_translate_y, np.linspace(0, 150 / 331, 10)),
+    "rotate": (_rotate, np.linspace(0, 30, 10)),
+    "color": (_enhance(ImageEnhance.Color), np.linspace(0.0, 0.9, 10)),
+    "posterize": (lambda img, m: ImageOps.posterize(img, int(m)), np.round(np.linspace(8, 4, 10)).astype(int)),
+    "solarize": (lambda img, m: ImageOps.solarize(img, m), np.linspace(256, 0, 10)),
+    "contrast": (_enhance(ImageEnhance.Contrast), np.linspace(0.0, 0.9, 10)),
+    "sharpness": (_enhance(ImageEnhance.Sharpness), np.linspace(0.0, 0.9, 10)),
+    "brightness": (_enhance(ImageEnhance.Brightness), np.linspace(0.0, 0.9, 10)),
+    "autocontrast": (lambda img, m: ImageOps.autocontrast(img), [0] * 10),
+    "equalize": (lambda img, m: ImageOps.equalize(img), [0] * 10),
+    "invert": (lambda img, m: ImageOps.invert(img), [0] * 10),
+}
+
+# The 25 sub-policies found on reduced CIFAR-10: (p1, op1, level1, p2, op2, level2).
+CIFAR10_POLICY = (
+    (0.1, "invert", 7, 0.2, "contrast", 6),
+    (0.7, "rotate", 2, 0.3, "translateX", 9),
+    (0.8, "sharpness", 1, 0.9, "sharpness", 3),
+    (0.5, "shearY", 8, 0.7, "translateY", 9),
+    (0.5, "autocontrast", 8, 0.9, "equalize", 2),
+    (0.2, "shearY", 7, 0.3, "posterize", 7),
+    (0.4, "color", 3, 0.6, "brightness", 7),
+    (0.3, "sharpness", 9, 0.7, "brightness", 9),
+    (0.6, "equalize", 5, 0.5, "equalize", 1),
+    (0.6, "contrast", 7, 0.6, "sharpness", 5),
+    (0.7, "color", 7, 0.5, "translateX", 8),
+    (0.3, "equalize", 7, 0.4, "autocontrast", 8),
+    (0.4, "translateY", 3, 0.2, "sharpness", 6),
+    (0.9, "brightness", 6, 0.2, "color", 8),
+    (0.5, "solarize", 2, 0.0, "invert", 3),
+    (0.2, "equalize", 0, 0.6, "autocontrast", 0),
+    (0.2, "equalize", 8, 0.6, "equalize", 4),
+    (0.9, "color", 9, 0.6, "equalize", 6),
+    (0.8, "autocontrast", 4, 0.2, "solarize", 8),
+    (0.1, "brightness", 3, 0.7, "color", 0),
+    (0.4, "solarize", 5, 0.9, "autocontrast", 3),
+    (0.9, "translateY", 9, 0.7, "translateY", 9),
+    (0.9, "autocontrast", 2, 0.8, "solarize", 3),
+    (0.8, "equalize", 8, 0.1, "invert", 3),
+    (0.7, "translateY", 9, 0.9, "autocontrast", 1),
+)
+
+
+def cifar10_autoaugment(img: Image.Image) -> Image.Image:
+    """One uniformly chosen sub-policy; each of its two ops applied with its own probability."""
+    p1, op1, level1, p2, op2, level2 = random.choice(CIFAR10_POLICY)
+    for p, name, level in ((p1, op1, level1), (p2, op2, level2)):
+        if random.random() < p:
+            op, magnitudes = AUTOAUGMENT_OPS[name]
+            img = op(img, magnitudes[level])
+    return img
+
+
+# ---------------------------------------------------------------------------------------------------
+# torchvision-style transforms on one PIL image
+# ---------------------------------------------------------------------------------------------------
+
+
+def random_crop_padded(img: Image.Image, size: int, padding: int) -> Image.Image:
+    """RandomCrop(size, padding): zero-pad every side, then a uniformly placed size x size crop."""
+    img = ImageOps.expand(img, border=padding, fill=0)
+    left, top = random.randint(0, img.width - size), random.randint(0, img.height - size)
+    return img.crop((left, top, left + size, top + size))
+
+
+def random_hflip(img: Image.Image, p: float = 0.5) -> Image.Image:
+    return img.transpose(Image.FLIP_LEFT_RIGHT) if random.random() < p else img
+
+
+def random_resized_crop(img: Image.Image, size: int, scale, ratio=(3 / 4, 4 / 3)) -> Image.Image:
+    """torchvision's RandomResizedCrop: up to 10 tries at a box of random area and aspect, else the
+    largest center box of clamped aspect; resized with bicubic (as paper A's DINO code asks)."""
+    width, height = img.size
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * random.uniform(*scale)
+        aspect = math.exp(random.uniform(*log_ratio))
+        w, h = round(math.sqrt(target_area * aspect)), round(math.sqrt(target_area / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top, left = random.randint(0, height - h), random.randint(0, width - w)
+            break
+    else:
+        in_ratio = width / height
+        if in_ratio < ratio[0]:
+            w, h = width, round(width / ratio[0])
+        elif in_ratio > ratio[1]:
+            w, h = round(height * ratio[1]), height
+        else:
+            w, h = width, height
+        top, left = (height - h) // 2, (width - w) // 2
+    return img.crop((left, top, left + w, top + h)).resize((size, size), Image.BICUBIC)
+
+
+def color_jitter(img: Image.Image, brightness: float, contrast: float, saturation: float, hue: float):
+    """torchvision's ColorJitter: the four adjustments in a random order, factors uniform in
+    [1 - s, 1 + s] (hue: a shift uniform in [-hue, hue] of the HSV hue channel)."""
+    adjustments = []
+    if brightness:
+        f = random.uniform(1 - brightness, 1 + brightness)
+        adjustments.append(lambda im: ImageEnhance.Brightness(im).enhance(f))
+    if contrast:
+        c = random.uniform(1 - contrast, 1 + contrast)
+        adjustments.append(lambda im: ImageEnhance.Contrast(im).enhance(c))
+    if saturation:
+        s = random.uniform(1 - saturation, 1 + saturation)
+        adjustments.append(lambda im: ImageEnhance.Color(im).enhance(s))
+    if hue:
+        shift = random.uniform(-hue, hue)
+        adjustments.append(lambda im: _shift_hue(im, shift))
+    random.shuffle(adjustments)
+    for adjust in adjustments:
+        img = adjust(img)
+    return img
+
+
+def _shift_hue(img: Image.Image, shift: float) -> Image.Image:
+    h, s, v = img.convert("HSV").split()
+    hue = np.asarray(h, dtype=np.uint8) + np.uint8(round(shift * 255) % 256)  # wraps around, as hue does
+    return Image.merge("HSV", (Image.fromarray(hue, "L"), s, v)).convert("RGB")
+
+
+def to_normalized_tensor(img: Image.Image, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """ToTensor + Normalize: uint8 HWC -> float32 CHW in [0, 1] -> (x - mean) / std."""
+    x = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float().div_(255)  # (C, H, W)
+    return x.sub_(mean[:, None, None]).div_(std[:, None, None])
+
+
+def random_erasing_(x: torch.Tensor, p: float, fill: Sequence[float], min_area=0.02, max_area=0.4,
+                    min_aspect=0.3) -> torch.Tensor:
+    """Zhong et al.'s RandomErasing on a normalized CHW tensor, as in the papers' code: up to 100 tries
+    at a box of random area and aspect that fits; filled with the raw per-channel `fill` values."""
+    if random.random() >= p:
+        return x
+    _, height, width = x.shape
+    for _ in range(100):
+        target = random.uniform(min_area, max_area) * height * width
+        aspect = random.uniform(min_aspect, 1 / min_aspect)
+        h, w = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if w < width and h < height:
+            top, left = random.randint(0, height - h), random.randint(0, width - w)
+            x[:, top : top + h, left : left + w] = torch.tensor(fill, dtype=x.dtype)[:, None, None]
+            return x
+    return x
+
+
+# ---------------------------------------------------------------------------------------------------
+# the two recipes
+# ---------------------------------------------------------------------------------------------------
+
+
+class FinetuneTransform:
+    """Paper A fine-tuning, one PIL image -> normalized float32 [C, size, size]."""
+
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], erase_p: float = 0.25):
+        self.size, self.erase_p, self.fill = size, erase_p, list(mean)
+        self.mean, self.std = torch.tensor(mean), torch.tensor(std)
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        img = random_hflip(random_crop_padded(img, self.size, padding=4))
+        img = cifar10_autoaugment(img)
+        x = to_normalized_tensor(img, self.mean, self.std)
+        return random_erasing_(x, self.erase_p, self.fill)
+
+
+class MultiCropTransform:
+    """DINO's multi-crop as paper A configures it: 2 global + n_local local views, each normalized."""
+
+    def __init__(self, global_size: int, local_size: int, mean, std, n_local: int = 8,
+                 global_scale=(0.7, 1.0), local_scale=(0.2, 0.5)):
+        self.global_size, self.local_size, self.n_local = global_size, local_size, n_local
+        self.global_scale, self.local_scale = global_scale, local_scale
+        self.mean, self.std = torch.tensor(mean), torch.tensor(std)
+
+    def _view(self, img, size, scale, blur_p, solarize_p) -> torch.Tensor:
+        img = random_hflip(random_resized_crop(img, size, scale))
+        if random.random() < 0.8:
+            img = color_jitter(img, 0.4, 0.4, 0.2, 0.1)
+        if random.random() < 0.2:
+            img = img.convert("L").convert("RGB")
+        if random.random() < blur_p:
+            img = img.filter(ImageFilter.GaussianBlur(radius=random.uniform(0.1, 2.0)))
+        if random.random() < solarize_p:
+            img = ImageOps.solarize(img, 128)
+        return to_normalized_tensor(img, self.mean, self.std)
+
+    def __call__(self, img: Image.Image) -> list[torch.Tensor]:
+        views = [
+            self._view(img, self.global_size, self.global_scale, blur_p=1.0, solarize_p=0.0),
+            self._view(img, self.global_size, self.global_scale, blur_p=0.1, solarize_p=0.2),
+        ]
+        views += [
+            self._view(img, self.local_size, self.local_scale, blur_p=0.5, solarize_p=0.0)
+            for _ in range(self.n_local)
+        ]
+        return views
+
+
+def mixup_cutmix(x: torch.Tensor, labels: torch.Tensor, *, num_classes: int, rng: np.random.Generator,
+                 mixup_alpha=1.0, cutmix_alpha=1.0, prob=0.5, switch_prob=0.5, smoothing=0.1):
+    """timm's batch-mode Mixup/CutMix: with probability `prob` the whole batch is mixed with its
+    reverse, by CutMix (probability `switch_prob`) or Mixup; targets are mixed smoothed one-hots."""
+    off, on = smoothing / num_classes, 1 - smoothing + smoothing / num_classes
+    one_hot = torch.full((len(labels), num_classes), off).scatter_(1, labels[:, None], on)
+    lam = 1.0
+    if rng.random() < prob:
+        use_cutmix = rng.random() < switch_prob
+        alpha = cutmix_alpha if use_cutmix else mixup_alpha
+        lam = float(rng.beta(alpha, alpha))
+        if use_cutmix:
+            height, width = x.shape[-2:]
+            cut_h, cut_w = int(height * math.sqrt(1 - lam)), int(width * math.sqrt(1 - lam))
+            cy, cx = rng.integers(height), rng.integers(width)
+            top, bottom = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, height)
+            left, right = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, width)
+            x[:, :, top:bottom, left:right] = x.flip(0)[:, :, top:bottom, left:right]
+            lam = 1 - (bottom - top) * (right - left) / (height * width)
+        else:
+            flipped = x.flip(0).mul_(1 - lam)
+            x.mul_(lam).add_(flipped)
+    return x, one_hot * lam + one_hot.flip(0) * (1 - lam)
+
+
+# ---------------------------------------------------------------------------------------------------
+# DataLoaders
+# ---------------------------------------------------------------------------------------------------
+
+
+class ArrayDataset(Dataset):
+    """uint8 [N, H, W, C] images as PIL images through a per-sample transform."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+
+
+def _seed_worker(worker_id: int) -> None:
+    # DataLoader seeds torch and `random` per worker; numpy too, so every op is seeded.
+    np.random.seed(torch.initial_seed() % 2**32)
+
+
+def _loader(dataset, batch_size, num_workers, seed) -> DataLoader:
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=num_workers,
+        persistent_workers=num_workers > 0, worker_init_fn=_seed_worker,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def _forever(loader: DataLoader) -> Iterator:
+    while True:
+        yield from loader
+
+
+def finetune_loader(images: np.ndarray, labels: np.ndarray, *, batch_size: int, num_classes: int,
+                    mean, std, num_workers: int = 2, seed: int = 0) -> Iterator:
+    """Endless (images float32 [B, C, H, W], soft targets [B, num_classes]) batches, paper A fine-tuning."""
+    size = images.shape[1]
+    dataset = ArrayDataset(images, labels, FinetuneTransform(size, mean, std))
+    loader = _loader(dataset, batch_size, num_workers, seed)
+    rng = np.random.default_rng(seed)
+    for x, y in _forever(loader):
+        yield mixup_cutmix(x, y, num_classes=num_classes, rng=rng)
+
+
+def multicrop_loader(images: np.ndarray, labels: np.ndarray, *, batch_size: int, mean, std,
+                     global_size: int, local_size: int, n_local: int = 8, num_workers: int = 2,
+                     seed: int = 0) -> Iterator:
+    """Endless lists of 2 + n_local view batches (float32 [B, C, size, size]), DINO multi-crop."""
+    transform = MultiCropTransform(global_size, local_size, mean, std, n_local=n_local)
+    for views, _ in _forever(_loader(ArrayDataset(images, labels, transform), batch_size, num_workers, seed)):
+        yield views
