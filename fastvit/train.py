@@ -49,8 +49,9 @@ class Supervised(nn.Module):
         if self.drloc is None:
             logits = self.model(x)
             return soft_cross_entropy(logits, targets), logits.new_zeros(())
-        if self.multiscale:
-            pooled, grids = self.model.forward_stages(x)
+        if self.multiscale:  # Swin: one grid per stage; pooled as forward_features pools the last one
+            grids = self.model.forward_stages(x)
+            pooled = self.model.norm(grids[-1]).mean(dim=(1, 2))
         else:
             pooled, grid = self.model.forward_features(x)
             grids = [grid]
@@ -346,7 +347,7 @@ def build_drloc(cfg: Config, model: nn.Module, img_size: int, in_chans: int, dev
     with torch.no_grad():  # one tiny forward tells the grid shape(s) the heads will see
         probe = torch.zeros(1, in_chans, img_size, img_size, device=device)
         model.eval()
-        grids = model.forward_stages(probe)[1] if cfg.drloc_multiscale else [model.forward_features(probe)[1]]
+        grids = model.forward_stages(probe) if cfg.drloc_multiscale else [model.forward_features(probe)[1]]
         model.train()
     if cfg.drloc_multiscale and not hasattr(model, "forward_stages"):
         raise UserError(f"--drloc-multiscale needs a multi-stage arch (swin, swin_t); {cfg.arch} has one grid")
