@@ -12,7 +12,6 @@ when complete.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import time
@@ -21,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 import fastvit
 from fastvit.errors import UserError
@@ -294,7 +292,8 @@ def read_meta(beton_path: Path) -> dict:
 # The .beton layout (FFCV 1.0, format version 2): a header, one descriptor per field, one metadata
 # record per sample, page-aligned data, then the allocation table (sample_id, ptr, size per blob).
 # Parsed with numpy rather than `ffcv.reader.Reader` because importing ffcv compiles numba code
-# (10-30 s on this machine) and reading needs none of it; tests check both agree on every field.
+# (10-30 s on this machine) and reading raw pixels needs none of it; tests check both agree on every
+# field, and that FFCV's Loader decodes our files to the same arrays.
 _FFCV_VERSION = 2
 _HEADER = np.dtype(
     [("version", "<u2"), ("num_fields", "<u2"), ("page_size", "<u4"), ("num_samples", "<u8"),
@@ -424,30 +423,28 @@ def iter_images(path: Path) -> Iterator[tuple[np.ndarray, int]]:
         for images, labels in iter_batches(path):
             yield from zip(images, labels.tolist(), strict=True)
         return
+    _import_ffcv()
+    # FFCV's own JPEG decoder (libjpeg-turbo), so pixels match its Loader; Pillow differs by a few levels
+    from ffcv.libffcv import imdecode
     for i, (record, label) in enumerate(zip(beton.image_meta, beton.labels.tolist(), strict=True)):
         ptr, height, width = int(record["data_ptr"]), int(record["height"]), int(record["width"])
         size = beton.blob_sizes.get(ptr)
         if size is None or ptr + size > beton.data.size:
             raise UserError(f"{path}: sample {i} points outside the file (truncated or damaged)")
-        blob = beton.data[ptr : ptr + size]
+        blob = np.ascontiguousarray(beton.data[ptr : ptr + size])
+        image = np.empty((height, width, 3), dtype=np.uint8)
         if record["mode"] == _RGB_RAW:
-            image = np.array(blob[: height * width * 3]).reshape(height, width, 3)
-        else:
-            try:
-                with Image.open(io.BytesIO(blob.tobytes())) as im:
-                    image = np.asarray(im.convert("RGB"), dtype=np.uint8)
-            except (UnidentifiedImageError, OSError) as e:
-                raise UserError(f"{path}: sample {i} is not a decodable JPEG ({e})") from None
-            if image.shape[:2] != (height, width):
-                raise UserError(f"{path}: sample {i} decodes to {image.shape[:2]}, not {(height, width)}")
+            image.reshape(-1)[:] = blob[: image.size]
+        elif imdecode(blob, image, height, width, height, width, 0, 0, 1, 1, False, False) != 0:
+            raise UserError(f"{path}: sample {i} is not a decodable JPEG (damaged file)")
         yield image, label
 
 
 def load_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Every sample of a .beton in file order: (images uint8 [N, H, W, C], labels int64 [N]).
 
-    Raw storage comes back byte-exact; JPEG storage is decoded (libjpeg-turbo via Pillow) and must
-    hold a single image size (else UserError: use `iter_images`)."""
+    Raw storage comes back byte-exact, without importing ffcv; JPEG storage is decoded with FFCV's
+    decoder and must hold a single image size (else UserError: use `iter_images`)."""
     beton = open_beton(path)
     n = len(beton)
     if n == 0:

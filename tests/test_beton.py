@@ -220,3 +220,27 @@ def test_interrupt_while_workers_write_leaves_no_file(tmp_path, monkeypatch):
     assert polls[-1] == [f"k.beton.tmp{os.getpid()}"]  # interrupted with a partial file on disk
     assert list(tmp_path.iterdir()) == []
     assert multiprocessing.active_children() == []
+
+
+def test_ffcv_loader_decodes_our_files_to_the_same_arrays(tmp_path):
+    """The FFCV pipeline (pipeline.py's loader) and load_arrays see identical pixels and labels."""
+    import torch
+    from ffcv.fields.decoders import IntDecoder, NDArrayDecoder, SimpleRGBImageDecoder
+    from ffcv.loader import Loader, OrderOption
+
+    threads = torch.get_num_threads()
+    rng = np.random.default_rng(9)
+    raw = _random_split(rng, 50, 8, 6, 3)
+    yy, xx = np.mgrid[0:70, 0:90]
+    smooth = [np.stack([xx + k, yy, xx + yy], -1).astype(np.uint8) for k in range(6)]
+    jpeg = Split(labels=np.arange(6) % 5, files=_write_pngs(tmp_path / "img", smooth))
+    for name, split, decoder in (("raw", raw, NDArrayDecoder()), ("jpeg", jpeg, SimpleRGBImageDecoder())):
+        path = tmp_path / f"{name}.beton"
+        _write(path, split)
+        loader = Loader(str(path), batch_size=64, num_workers=1, order=OrderOption.SEQUENTIAL, drop_last=False,
+                        pipelines={"image": [decoder], "label": [IntDecoder()]})  # fmt: skip
+        (images, labels), = list(loader)
+        want_images, want_labels = load_arrays(path)
+        np.testing.assert_array_equal(np.asarray(images), want_images)
+        np.testing.assert_array_equal(np.asarray(labels).reshape(-1), want_labels)
+    torch.set_num_threads(threads)
