@@ -4,8 +4,9 @@ Layers, bottom up:
   1. `@triton.jit` kernels: `_attn_fwd_kernel` (online softmax, saves the log-sum-exp),
      `_attn_bwd_dq_kernel` (one program per query block: delta, dQ, and optionally dS and the
      per-row dscale terms), `_attn_bwd_dkdv_kernel` (one program per key block: dK, dV).
-     No atomics: every output element has exactly one writer; cross-program sums (dbias, dscale)
-     are written per (b, h, row) and reduced by torch, so gradients are bitwise deterministic.
+     No atomics: every output element has exactly one writer; cross-program sums are written as
+     partials (dscale per (b, h, row); dS per (b, h), or summed in registers over up to 8 batches that
+     share a window's bias) and reduced by torch, so gradients are bitwise deterministic.
   2. Launchers `attention_forward` / `attention_backward`: shapes, strides, grids, block sizes
      (autotuned per head dim and token count on CUDA; fixed blocks under the CPU interpreter).
   3. `torch.library` custom ops `fastvit::attention_fwd` / `fastvit::attention_bwd` with fake
@@ -126,75 +127,95 @@ if triton is not None:
         stride_ob, stride_oh, stride_om, stride_od,  # Out: (B, H, N_Q, D)
         stride_gb, stride_gh, stride_gm, stride_gd,  # DOut: (B, H, N_Q, D)
         stride_dqb, stride_dqh, stride_dqm, stride_dqd,  # DQ: (B, H, N_Q, D)
-        # Lse, Delta, DScaleRows: (B, H, N_Q) contiguous fp32; DS: (B, H, N_Q, N_K) contiguous fp32
-        H, NB, N_Q, N_K, scale_value,
+        # Lse, Delta, DScaleRows: (B, H, N_Q) contiguous fp32
+        # DS: (cdiv(N_GROUPS, DS_GROUP), NB, H, N_Q, N_K) contiguous fp32, dS summed over DS_GROUP batches
+        H, NB, N_GROUPS, N_Q, N_K, scale_value,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        HAS_BIAS: tl.constexpr, PER_HEAD_SCALE: tl.constexpr, STORE_DS: tl.constexpr,
+        HAS_BIAS: tl.constexpr, PER_HEAD_SCALE: tl.constexpr, STORE_DS: tl.constexpr, DS_GROUP: tl.constexpr,
         STORE_DSCALE: tl.constexpr, DOT_PRECISION: tl.constexpr,
     ):
         tl.static_assert(BLOCK_D >= HEAD_DIM)
         tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16 and BLOCK_D >= 16)
-        pid_bh = tl.program_id(0).to(tl.int64)
+        # Grid: (cdiv(N_GROUPS, DS_GROUP) * NB * H, cdiv(N_Q, BLOCK_M)), N_GROUPS = B // NB. Axis 0 is
+        # (chunk, w, h); the program handles batches b = (chunk * DS_GROUP + g) * NB + w for g < DS_GROUP,
+        # which all read bias[w], in a fixed order: their dS sum stays in registers (DS_GROUP > 1 requires
+        # N_K <= BLOCK_N, one key block). With DS_GROUP = 1 axis 0 is simply b * H + h.
+        pid = tl.program_id(0).to(tl.int64)
         pid_m = tl.program_id(1)
-        b = pid_bh // H
-        h = pid_bh % H
+        h = pid % H
+        w = (pid // H) % NB
+        chunk = pid // (H * NB)
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, BLOCK_D)
-        row_ok = offs_m < N_Q
         d_ok = offs_d < HEAD_DIM
-        md_ok = row_ok[:, None] & d_ok[None, :]
-
-        q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
-        do_ptrs = DOut + b * stride_gb + h * stride_gh + offs_m[:, None] * stride_gm + offs_d[None, :] * stride_gd
-        o_ptrs = Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
-        q = tl.load(q_ptrs, mask=md_ok, other=0.0)  # (BLOCK_M, BLOCK_D)
-        do = tl.load(do_ptrs, mask=md_ok, other=0.0)  # (BLOCK_M, BLOCK_D)
-        o = tl.load(o_ptrs, mask=md_ok, other=0.0)  # (BLOCK_M, BLOCK_D)
-        # delta_i = sum_d dO_id O_id = sum_j P_ij dP_ij, the softmax-Jacobian term; the dK/dV kernel reads it.
-        delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)  # (BLOCK_M,)
-        tl.store(Delta + pid_bh * N_Q + offs_m, delta, mask=row_ok)
-        lse = tl.load(Lse + pid_bh * N_Q + offs_m, mask=row_ok, other=0.0)
         if PER_HEAD_SCALE:
             scale = tl.load(Scale + h).to(tl.float32)
         else:
             scale = scale_value
-        k_base = K + b * stride_kb + h * stride_kh
-        v_base = V + b * stride_vb + h * stride_vh
-        bias_base = Bias + (b % NB) * stride_bb + h * stride_bh
+        bias_base = Bias + w * stride_bb + h * stride_bh
+        ds_sum = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
 
-        # dS_ij = P_ij (dP_ij - delta_i) with dP = dO V^T;  dQ = scale * dS K;  dscale = sum dS * (q.k).
-        dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-        dscale_rows = tl.zeros([BLOCK_M], tl.float32)
-        for start_n in range(0, N_K, BLOCK_N):
-            cols = start_n + offs_n
-            col_ok = cols < N_K
-            k = tl.load(k_base + cols[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-                        mask=col_ok[:, None] & d_ok[None, :], other=0.0)  # (BLOCK_N, BLOCK_D)
-            v = tl.load(v_base + cols[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-                        mask=col_ok[:, None] & d_ok[None, :], other=0.0)  # (BLOCK_N, BLOCK_D)
-            # (BLOCK_M, BLOCK_N): q.k before scale
-            raw = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-            s = raw * (scale * _LOG2E)
-            if HAS_BIAS:
-                bias = tl.load(bias_base + offs_m[:, None] * stride_bm + cols[None, :] * stride_bn,
-                               mask=row_ok[:, None] & col_ok[None, :], other=0.0)
-                s += bias.to(tl.float32) * _LOG2E
-            p = tl.where(col_ok[None, :], tl.exp2(s - lse[:, None]), 0.0)
-            dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
-            ds = p * (dp - delta[:, None])
-            dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
-            if STORE_DS:
-                tl.store(DS + pid_bh * N_Q * N_K + offs_m[:, None] * N_K + cols[None, :], ds,
-                         mask=row_ok[:, None] & col_ok[None, :])
+        for g in range(DS_GROUP):
+            group = chunk * DS_GROUP + g
+            # The last chunk may be partial: past the end, point at the last group (every load stays in
+            # bounds) and mask q, dO, O and every store; q = dO = 0 make those rows' dS exactly 0.
+            b = tl.minimum(group, N_GROUPS - 1) * NB + w
+            pid_bh = b * H + h
+            row_ok = (offs_m < N_Q) & (group < N_GROUPS)
+            md_ok = row_ok[:, None] & d_ok[None, :]
+            q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
+            do_ptrs = DOut + b * stride_gb + h * stride_gh + offs_m[:, None] * stride_gm + offs_d[None, :] * stride_gd
+            o_ptrs = Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
+            q = tl.load(q_ptrs, mask=md_ok, other=0.0)  # (BLOCK_M, BLOCK_D)
+            do = tl.load(do_ptrs, mask=md_ok, other=0.0)  # (BLOCK_M, BLOCK_D)
+            o = tl.load(o_ptrs, mask=md_ok, other=0.0)  # (BLOCK_M, BLOCK_D)
+            # delta_i = sum_d dO_id O_id = sum_j P_ij dP_ij (softmax Jacobian term); the dK/dV kernel reads it.
+            delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)  # (BLOCK_M,)
+            tl.store(Delta + pid_bh * N_Q + offs_m, delta, mask=row_ok)
+            lse = tl.load(Lse + pid_bh * N_Q + offs_m, mask=row_ok, other=0.0)
+            k_base = K + b * stride_kb + h * stride_kh
+            v_base = V + b * stride_vb + h * stride_vh
+
+            # dS_ij = P_ij (dP_ij - delta_i) with dP = dO V^T;  dQ = scale * dS K;  dscale = sum dS * (q.k).
+            dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+            dscale_rows = tl.zeros([BLOCK_M], tl.float32)
+            for start_n in range(0, N_K, BLOCK_N):
+                cols = start_n + offs_n
+                col_ok = cols < N_K
+                k = tl.load(k_base + cols[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                            mask=col_ok[:, None] & d_ok[None, :], other=0.0)  # (BLOCK_N, BLOCK_D)
+                v = tl.load(v_base + cols[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+                            mask=col_ok[:, None] & d_ok[None, :], other=0.0)  # (BLOCK_N, BLOCK_D)
+                # (BLOCK_M, BLOCK_N): q.k before scale
+                raw = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+                s = raw * (scale * _LOG2E)
+                if HAS_BIAS:
+                    bias = tl.load(bias_base + offs_m[:, None] * stride_bm + cols[None, :] * stride_bn,
+                                   mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+                    s += bias.to(tl.float32) * _LOG2E
+                p = tl.where(col_ok[None, :], tl.exp2(s - lse[:, None]), 0.0)
+                dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
+                ds = p * (dp - delta[:, None])
+                dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+                if STORE_DS:
+                    if DS_GROUP == 1:
+                        tl.store(DS + pid * N_Q * N_K + offs_m[:, None] * N_K + cols[None, :], ds,
+                                 mask=row_ok[:, None] & col_ok[None, :])
+                    else:
+                        ds_sum += ds
+                if STORE_DSCALE:
+                    dscale_rows += tl.sum(ds * raw, 1)
+
+            dq = dq * scale
+            dq_ptrs = DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd
+            tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=md_ok)
             if STORE_DSCALE:
-                dscale_rows += tl.sum(ds * raw, 1)
+                tl.store(DScaleRows + pid_bh * N_Q + offs_m, dscale_rows, mask=row_ok)
 
-        dq = dq * scale
-        dq_ptrs = DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd
-        tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=md_ok)
-        if STORE_DSCALE:
-            tl.store(DScaleRows + pid_bh * N_Q + offs_m, dscale_rows, mask=row_ok)
+        if STORE_DS and DS_GROUP > 1:
+            tl.store(DS + pid * N_Q * N_K + offs_m[:, None] * N_K + offs_n[None, :], ds_sum,
+                     mask=(offs_m < N_Q)[:, None] & (offs_n < N_K)[None, :])
 
     @triton.jit
     def _attn_bwd_dkdv_kernel(
@@ -285,16 +306,21 @@ _GPU_CANDIDATES = (
 
 
 def _prune(configs, named_args, program_block, accumulators, **kwargs):
-    """Keep configs whose blocks do not exceed the (padded) token counts and whose fp32 accumulators
-    fit ~64 registers per thread (beyond that the tile spills and is never the fastest)."""
+    """Keep configs whose blocks fit the (padded) token counts without being tiny next to them (>= 32
+    when N > 32), and whose fp32 accumulators fit ~64 registers per thread (beyond that the tile
+    spills and is never the fastest). A grouped dS sum (DS_GROUP > 1) needs all keys in one block."""
     args = {**named_args, **kwargs}
     cap = {"BLOCK_M": _pow2_block(args["N_Q"]), "BLOCK_N": _pow2_block(args["N_K"])}
+    floor = {name: min(32, c) for name, c in cap.items()}
+    if args.get("DS_GROUP", 1) > 1:
+        floor["BLOCK_N"] = cap["BLOCK_N"]
     kept = [
         c for c in configs
-        if c.kwargs["BLOCK_M"] <= cap["BLOCK_M"] and c.kwargs["BLOCK_N"] <= cap["BLOCK_N"]
+        if all(floor[name] <= c.kwargs[name] <= cap[name] for name in cap)
         and c.kwargs[program_block] * args["BLOCK_D"] * accumulators <= 64 * 32 * c.num_warps
     ]
-    return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+    return kept or [triton.Config({"BLOCK_M": floor["BLOCK_M"], "BLOCK_N": floor["BLOCK_N"]}, num_warps=4,
+                                  num_stages=2)]
 
 
 @functools.cache
@@ -311,20 +337,32 @@ def _tuned_kernels():
 
     return {
         "fwd": tune(_attn_fwd_kernel, "BLOCK_M", 1),
-        "dq": tune(_attn_bwd_dq_kernel, "BLOCK_M", 1, ("STORE_DS", "STORE_DSCALE")),
+        "dq": tune(_attn_bwd_dq_kernel, "BLOCK_M", 1, ("STORE_DS", "STORE_DSCALE", "DS_GROUP")),
         "dkdv": tune(_attn_bwd_dkdv_kernel, "BLOCK_N", 2),
     }
 
 
-def _launch(name, raw_kernel, args, consts, bh, program_len, program_block):
-    """Launch on grid (B * H, cdiv(program_len, block)): autotuned on CUDA, fixed blocks when interpreted."""
+def _cpu_blocks(n_q, n_k):
+    return {"BLOCK_M": min(_CPU_BLOCK, _pow2_block(n_q)), "BLOCK_N": min(_CPU_BLOCK, _pow2_block(n_k))}
+
+
+def _launch(name, raw_kernel, args, consts, programs, program_len, program_block):
+    """Launch on grid (programs, cdiv(program_len, block)): autotuned on CUDA, fixed blocks when interpreted."""
     if args[0].is_cuda:
-        grid = lambda meta: (bh, triton.cdiv(program_len, meta[program_block]))
+        grid = lambda meta: (programs, triton.cdiv(program_len, meta[program_block]))
         _tuned_kernels()[name][grid](*args, **consts)
     else:
-        blocks = {"BLOCK_M": min(_CPU_BLOCK, _pow2_block(consts["N_Q"])),
-                  "BLOCK_N": min(_CPU_BLOCK, _pow2_block(consts["N_K"]))}
-        raw_kernel[(bh, triton.cdiv(program_len, blocks[program_block]))](*args, **consts, **blocks)
+        blocks = _cpu_blocks(consts["N_Q"], consts["N_K"])
+        raw_kernel[(programs, triton.cdiv(program_len, blocks[program_block]))](*args, **consts, **blocks)
+
+
+def _ds_group(n_groups, n_k, cuda):
+    """Batches per dQ program whose dS are summed in registers for dbias. Needs every key in one block
+    (windowed Swin attention: N_K = 16 or 49); cuts the dS buffer (and its torch reduction) by that factor."""
+    key_block = _pow2_block(n_k) if cuda else _cpu_blocks(1, n_k)["BLOCK_N"]
+    if key_block < n_k or key_block > 64:
+        return 1
+    return min(8, n_groups)
 
 
 def _common_consts(q, k, bias, scale, scale_value):
@@ -359,14 +397,18 @@ def attention_forward(q, k, v, bias, scale, scale_value):
 
 
 def attention_backward(do, q, k, v, out, lse, bias, scale, scale_value, bias_grad, scale_grad):
-    """dq, dk, dv, plus ds (B, H, N_Q, N_K) fp32 if bias_grad, dscale_rows (B, H, N_Q) fp32 if scale_grad."""
+    """dq, dk, dv, plus if bias_grad ds (chunks, NB, H, N_Q, N_K) fp32, partial sums of dS whose sum over
+    dim 0 is dbias, and if scale_grad dscale_rows (B, H, N_Q) fp32, whose sum over (0, 2) is dscale."""
     B, H, n_q, d = q.shape
     n_k = k.shape[2]
+    nb = bias.shape[0] if bias is not None else 1
+    group = _ds_group(B // nb, n_k, q.is_cuda) if bias_grad else 1
+    chunks = triton.cdiv(B // nb, group)
     dq = _empty(q.shape, q.dtype, q.device)
     dk = _empty(k.shape, k.dtype, k.device)
     dv = _empty(v.shape, v.dtype, v.device)
     delta = _empty((B, H, n_q), torch.float32, q.device)
-    ds = _empty((B, H, n_q, n_k), torch.float32, q.device) if bias_grad else None
+    ds = _empty((chunks, nb, H, n_q, n_k), torch.float32, q.device) if bias_grad else None
     dscale_rows = _empty((B, H, n_q), torch.float32, q.device) if scale_grad else None
     dummy = q
     bias_ptr = bias if bias is not None else dummy
@@ -377,8 +419,9 @@ def attention_backward(do, q, k, v, out, lse, bias, scale, scale_value, bias_gra
                ds if ds is not None else dummy, dscale_rows if dscale_rows is not None else dummy,
                *q.stride(), *k.stride(), *v.stride(), *_bias_strides(bias), *out.stride(), *do.stride(),
                *dq.stride())
-    _launch("dq", _attn_bwd_dq_kernel, dq_args,
-            {**consts, "STORE_DS": bias_grad, "STORE_DSCALE": scale_grad}, B * H, n_q, "BLOCK_M")
+    dq_consts = {**consts, "N_GROUPS": B // nb, "STORE_DS": bias_grad, "DS_GROUP": group,
+                 "STORE_DSCALE": scale_grad}
+    _launch("dq", _attn_bwd_dq_kernel, dq_args, dq_consts, chunks * nb * H, n_q, "BLOCK_M")
     # Stream order makes delta (written by the dq kernel) visible to the dk/dv kernel.
     dkdv_args = (q, k, v, bias_ptr, scale_ptr, do, lse, delta, dk, dv,
                  *q.stride(), *k.stride(), *v.stride(), *_bias_strides(bias), *do.stride(), *dk.stride())
@@ -412,11 +455,8 @@ def _attention_bwd_op(
     dq, dk, dv, ds, dscale_rows = attention_backward(do, q, k, v, out, lse, bias, scale32, scale_value,
                                                      bias_grad, scale_grad)
     dbias = q.new_empty(0)  # outputs may not alias each other: one fresh empty per absent gradient
-    if bias_grad:
-        B, H, n_q, n_k = ds.shape
-        nb = bias.shape[0]
-        # batch b = i * nb + w reads bias[w]: sum over i (deterministic torch reduction, no atomics)
-        dbias = ds.view(B // nb, nb, H, n_q, n_k).sum(0).to(bias.dtype)  # (nb, H, N_Q, N_K)
+    if bias_grad:  # batch b = i * nb + w reads bias[w]: the rest of the sum over i, deterministic
+        dbias = ds.sum(0).to(bias.dtype)  # (chunks, nb, H, N_Q, N_K) -> (nb, H, N_Q, N_K)
     dscale = dscale_rows.sum((0, 2)).to(scale.dtype) if scale_grad else q.new_empty(0)  # (H,)
     return dq, dk, dv, dbias, dscale
 

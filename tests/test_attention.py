@@ -14,6 +14,9 @@ from packaging.version import Version
 
 from fastvit.errors import UserError
 
+# numpy warnings inside the interpreter mean NaN/inf arithmetic or reads of garbage (out-of-bounds) memory
+pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
+
 attn = importlib.import_module("fastvit.kernels.attention")  # the module; the package exports the function
 
 TOL = {torch.float32: 2e-5, torch.float16: 2e-2}
@@ -104,7 +107,8 @@ TRITON_FP32_CASES = [
     (1, 1, 257, 257, 32, "full", None),
     (1, 2, 17, 17, 128, "heads", "heads"),
     (3, 1, 1, 1, 16, "full", "heads"),
-    (16, 4, 16, 16, 16, "window", "heads"),
+    (16, 4, 16, 16, 16, "window", "heads"),  # dS of 8 batches per window summed in one program
+    (20, 1, 16, 16, 16, "window", None),  # 10 batches per window: the second group of 8 is partial
     (2, 2, 1, 65, 16, "keys", None),  # CaiT class attention: one query over all tokens
     (1, 2, 20, 33, 24, "full", "heads"),  # head dim not a power of two
 ]
@@ -131,6 +135,21 @@ def test_triton_many_blocks_per_program(monkeypatch, n):
     blocks and the last block of both loops is partial."""
     monkeypatch.setattr(attn, "_CPU_BLOCK", 16)
     check_against_reference("triton", 2, 2, n, n, 16, "window", "heads", torch.float32, seed=n)
+
+
+def test_windowed_dbias_partials_are_summed_per_program():
+    """B // nb = 10 batches per window: the dQ kernel sums dS over groups of 8 in registers, so the
+    dbias partial buffer has cdiv(10, 8) = 2 rows per window instead of 10."""
+    qkv, leaves, build, dout = make_case(20, 2, 16, 16, 16, "window", None, seed=9)
+    bias, _ = build(leaves)  # (2, 2, 16, 16)
+    q, k, v = (t.float() for t in qkv)
+    bias32 = bias.float()
+    out, lse = attn.attention_forward(q, k, v, bias32, None, 0.25)
+    *_, ds, _ = attn.attention_backward(dout.float(), q, k, v, out, lse, bias32, None, 0.25, True, False)
+    assert ds.shape == (2, 2, 2, 16, 16)  # (chunks, nb, H, N_Q, N_K)
+    ref_bias = bias.clone().requires_grad_()
+    reference.attention(*qkv, ref_bias, 0.25).backward(dout)
+    assert rel_err(ds.sum(0), ref_bias.grad) < TOL[torch.float32]
 
 
 def test_triton_strided_inputs():
