@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -140,14 +141,17 @@ def _write_ffcv(path: Path, fields: dict, samples: _Samples, num_workers: int, p
         bar = tqdm(total=n, disable=not progress, desc=path.name.split(".tmp")[0], unit="img")
         seen = 0
         while seen < n:
+            codes = [w.exitcode for w in workers]  # read before `done`: a clean exit has counted its work
             now = done.value
             bar.update(now - seen)
             seen = now
-            if seen < n and any(w.exitcode is not None for w in workers):
-                if any(w.exitcode not in (None, 0) for w in workers) or all(w.exitcode == 0 for w in workers):
-                    time.sleep(0.05)  # let the worker's message reach the queue
-                    message = errors.get_nowait() if not errors.empty() else "a writer process died"
-                    raise UserError(message)
+            failed = [c for c in codes if c not in (None, 0)]
+            if failed or (seen < n and all(c == 0 for c in codes)):
+                try:
+                    message = errors.get(timeout=2)
+                except queue.Empty:
+                    message = f"{path.name}: a writer process died (exit code {failed[0] if failed else 0})"
+                raise UserError(message)
             time.sleep(0.02)
         bar.close()
         allocation_list = []
@@ -212,7 +216,7 @@ def write_split(
     tmp_meta = path.with_name(f"{sidecar_path(path).name}.tmp{os.getpid()}")
     try:
         _write_ffcv(tmp, fields, samples, num_workers, progress)
-        meta = _describe(tmp, split, storage, shape)
+        meta = _describe(tmp, split, storage, shape, progress)
         meta.update(
             dataset=dataset,
             split=split_name,
@@ -236,7 +240,7 @@ def write_split(
     return meta
 
 
-def _describe(tmp: Path, split: Split, storage: str, shape: tuple[int, ...] | None) -> dict:
+def _describe(tmp: Path, split: Split, storage: str, shape: tuple[int, ...] | None, progress: bool) -> dict:
     """Sizes and pixel statistics of what was stored (read back from the file unless in memory)."""
     channels = shape[2] if shape else 3
     stats = PixelStats(channels)
@@ -247,7 +251,10 @@ def _describe(tmp: Path, split: Split, storage: str, shape: tuple[int, ...] | No
         variable = False
     else:
         heights, widths = [], []
-        for image, _ in iter_images(tmp):
+        from tqdm import tqdm
+
+        stored = iter_images(tmp)
+        for image, _ in tqdm(stored, total=len(split), disable=not progress, desc="pixel statistics", unit="img"):
             stats.update(image)
             heights.append(image.shape[0])
             widths.append(image.shape[1])
