@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from fastvit.loaders import augment as A
 from fastvit.loaders import augment_ops as O
+from fastvit.loaders import augment_policies as P
 
 from fastvit.errors import UserError
 
@@ -363,3 +364,150 @@ def test_apply_grouped_runs_each_op_on_its_samples_only():
     expect = torch.tensor([30 + 0, 0, 10 + 2, 30 + 3, 20 + 4, 0, 10 + 6]).float()
     assert torch.equal(y[:, 0, 0, 0], expect)
     assert sorted(calls) == [(0, [2, 6]), (1, [4]), (2, [0, 3])]
+
+
+# ---------------------------------------------------------------------------------------------------
+# AutoAugment / RandAugment
+
+
+def noise_images(b, size=24, c=3, lo=20, hi=236, seed=0):
+    # >= 256 pixels per channel, else PIL's equalize is the identity (its step rounds to 0)
+    return torch.randint(lo, hi, (b, c, size, size), generator=gen(seed)).float()
+
+
+def test_autoaugment_magnitude_bins():
+    assert [P.autoaugment_magnitude("posterize", i) for i in range(10)] == [8, 8, 7, 7, 6, 6, 5, 5, 4, 4]
+    assert P.autoaugment_magnitude("solarize", 0) == 256 and P.autoaugment_magnitude("solarize", 9) == 0
+    assert P.autoaugment_magnitude("translate_x", 9) == pytest.approx(150 / 331)
+    assert P.autoaugment_magnitude("rotate", 9) == pytest.approx(30)
+    assert P.autoaugment_magnitude("shear_y", 3) == pytest.approx(0.1)
+    assert P.autoaugment_magnitude("contrast", 9) == pytest.approx(0.9)
+    for policy in ("cifar10", "svhn", "imagenet"):
+        ops, probs, mags, _, _ = P.autoaugment_tables(policy)
+        assert ops.shape == probs.shape == mags.shape == (25, 2)
+    with pytest.raises(UserError, match="unknown AutoAugment policy 'mnist'; choose one of: cifar10, svhn"):
+        P.autoaugment(noise_images(2), "mnist")
+
+
+def _single_op(img, name, value, *, fill, mode):
+    """One op on one image [1, C, H, W], written per op for the reference loops below."""
+    v = torch.tensor([float(value)])
+    h, w = img.shape[-2:]
+    geometric = {"shear_x": lambda: O.shear_x_matrix(v), "shear_y": lambda: O.shear_y_matrix(v),
+                 "translate_x": lambda: O.translate_matrix(v * w, 0.0),
+                 "translate_y": lambda: O.translate_matrix(0.0, v * h),
+                 "rotate": lambda: O.rotate_matrix(v, h, w)}
+    if name in geometric:
+        return O.affine(img, geometric[name](), fill=fill, mode=mode[name])
+    simple = {"invert": O.invert, "autocontrast": O.autocontrast, "equalize": O.equalize}
+    if name in simple:
+        return simple[name](img)
+    fn = {"solarize": O.solarize, "solarize_add": O.solarize_add, "posterize": O.posterize,
+          "color": O.adjust_saturation, "contrast": O.adjust_contrast, "brightness": O.adjust_brightness,
+          "sharpness": O.adjust_sharpness}[name]
+    return fn(img, float(value))
+
+
+@pytest.mark.parametrize("policy", ["cifar10", "svhn", "imagenet"])
+def test_autoaugment_equals_a_per_image_loop_with_the_same_draws(policy):
+    b = 48
+    x = to_batch(natural_images(n=b, size=16, seed=1))
+    out = P.autoaugment(x, policy, generator=gen(7))
+    # reference: the same random stream consumed image by image
+    g = gen(7)
+    ops, probs, mags, _, _ = P.autoaugment_tables(policy)
+    sub = torch.randint(0, 25, (b,), generator=g)
+    ref = x.clone()
+    modes = {"shear_x": "bilinear", "shear_y": "bilinear", "translate_x": "nearest", "translate_y": "nearest",
+             "rotate": "nearest"}
+    for slot in range(2):
+        u = torch.rand(2, b, generator=g)
+        for i in range(b):
+            s = int(sub[i])
+            if u[0, i] >= probs[s, slot]:
+                continue
+            name = P.AUTOAUGMENT_OPS[int(ops[s, slot])]
+            sign = -1.0 if u[1, i] < 0.5 else 1.0
+            mag = float(mags[s, slot])
+            if name in ("color", "contrast", "brightness", "sharpness"):
+                value = 1.0 + sign * mag
+            elif name in modes:
+                value = sign * mag
+            else:
+                value = mag
+            ref[i:i + 1] = _single_op(ref[i:i + 1], name, value, fill=128.0, mode=modes)
+    assert (out - ref).abs().max() < 1e-3
+    assert not torch.equal(out, x)
+
+
+def test_autoaugment_applies_sub_policies_at_their_probabilities():
+    b = 2000
+    x = noise_images(b)
+    out = P.autoaugment(x, "cifar10", generator=gen(3))
+    changed = (out != x).flatten(1).any(1).double().mean()
+    # prediction from the table: an op changes a noise image unless its magnitude makes it the identity
+    ops, probs, mags, _, _ = P.autoaugment_tables("cifar10")
+    names = [[P.AUTOAUGMENT_OPS[int(o)] for o in row] for row in ops]
+
+    def active(name, mag):
+        if name in ("color", "contrast", "brightness", "sharpness", "shear_x", "shear_y", "translate_x",
+                    "translate_y", "rotate"):
+            return mag > 0
+        return not ((name == "solarize" and mag >= 256) or (name == "posterize" and mag >= 8))
+
+    p_unchanged = [np.prod([1 - float(probs[s, k]) * active(names[s][k], float(mags[s, k])) for k in range(2)])
+                   for s in range(25)]
+    assert abs(float(changed) - (1 - np.mean(p_unchanged))) < 0.04
+
+
+def test_randaugment_levels_match_timm():
+    m = torch.tensor([9.0, 0.0, 10.0])
+    v = P.randaugment_values(m, torch.ones(3))
+    row = {n: v[i].tolist() for i, n in enumerate(P.RANDAUGMENT_OPS)}
+    assert row["rotate"] == pytest.approx([27.0, 0.0, 30.0])
+    assert row["posterize"] == [1.0, 4.0, 0.0]  # 4 - int(4 m / 10)
+    assert row["solarize"] == [26.0, 256.0, 0.0]  # 256 - int(256 m / 10)
+    assert row["solarize_add"] == [99.0, 0.0, 110.0]
+    assert row["contrast"] == pytest.approx([1.81, 1.0, 1.9])
+    assert row["shear_x"] == pytest.approx([0.27, 0.0, 0.3])
+    assert row["translate_y"] == pytest.approx([0.405, 0.0, 0.45])
+    neg = P.randaugment_values(torch.tensor([9.0]), -torch.ones(1))
+    assert neg[P.RANDAUGMENT_OPS.index("brightness"), 0] == pytest.approx(0.19)
+
+
+def test_randaugment_equals_a_per_image_loop_with_the_same_draws():
+    b, fill = 48, (125.0, 123.0, 114.0)
+    x = to_batch(natural_images(n=b, size=16, seed=2))
+    out = P.randaugment(x, generator=gen(11), magnitude=9, magnitude_std=0.5, fill=fill)
+    g = gen(11)
+    ref = x.clone()
+    modes = dict.fromkeys(P.GEOMETRIC_OPS, "bilinear")
+    for _ in range(2):
+        op = torch.randint(0, len(P.RANDAUGMENT_OPS), (b,), generator=g)
+        u = torch.rand(2, b, generator=g)
+        m = (9.0 + 0.5 * torch.randn(b, generator=g)).clamp(0, 10)
+        for i in range(b):
+            if u[0, i] >= 0.5:
+                continue
+            sign = -1.0 if u[1, i] < 0.5 else 1.0
+            value = P.randaugment_values(m[i:i + 1], torch.tensor([sign]))[int(op[i]), 0]
+            ref[i:i + 1] = _single_op(ref[i:i + 1], P.RANDAUGMENT_OPS[int(op[i])], value, fill=fill, mode=modes)
+    assert (out - ref).abs().max() < 1e-3
+
+
+def test_randaugment_probability_and_zero_strength():
+    x = noise_images(2000)
+    out = P.randaugment(x, generator=gen(4))
+    # two ops, each applied with p = 0.5, each changes a noise image at magnitude ~9
+    changed = (out != x).flatten(1).any(1).double().mean()
+    assert abs(float(changed) - 0.75) < 0.04
+    assert torch.equal(P.randaugment(x, generator=gen(4), p=0.0), x)
+    # at magnitude 0 only the magnitude-free ops (and 4-bit posterize) change anything
+    small = noise_images(400)
+    out0 = P.randaugment(small, generator=gen(5), magnitude=0, magnitude_std=0, num_ops=1, p=1.0)
+    g = gen(5)
+    op = torch.randint(0, len(P.RANDAUGMENT_OPS), (400,), generator=g)
+    moving = {P.RANDAUGMENT_OPS.index(n) for n in ("autocontrast", "equalize", "invert", "posterize")}
+    same = (out0 - small).abs().flatten(1).amax(1) < 1e-3  # grid_sample at identity is exact to ~1e-5
+    for i in range(400):
+        assert bool(same[i]) == (int(op[i]) not in moving)
