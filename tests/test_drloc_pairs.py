@@ -246,10 +246,19 @@ def test_custom_op_traces_under_torch_compile():
         grid.grad = None
         loss(grid, offset).backward()
         assert torch.equal(grid.grad, expected_grad)
-    torch.library.opcheck(
-        torch.ops.fastvit.drloc_pairs.default, (grid.detach(), None, 6, 3, 0, True, False),
-        test_utils=("test_schema", "test_faketensor"),
-    )
+
+
+def test_custom_ops_pass_opcheck():
+    # schema, fake tensor, autograd registration and AOT dispatch (dynamic shapes) of both ops
+    grid = _grid((2, 3, 4, 8)).requires_grad_()
+    positions = _random_positions(2, 3, 4, 6)
+    ops = torch.ops.fastvit
+    for args in [(grid, None, 6, 3, 0, True, False), (grid, positions, 6, 3, 0, False, True)]:
+        results = torch.library.opcheck(ops.drloc_pairs.default, args)
+        assert set(results.values()) == {"SUCCESS"}, results
+    grad_out = _grid((2, 6, 16), seed=2)
+    results = torch.library.opcheck(ops.drloc_pairs_backward.default, (grad_out, positions, 3, 4, 8, False))
+    assert set(results.values()) == {"SUCCESS"}, results
 
 
 def test_auto_backend_is_torch_on_cpu(monkeypatch):
