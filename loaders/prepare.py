@@ -109,10 +109,14 @@ def prepare(
     return written
 
 
-def _valid_pair(dataset: str, directory: Path) -> tuple[Path, Path] | None:
+def _valid_pair(dataset: str, directory: Path, source: Path | None = None) -> tuple[Path, Path] | None:
+    """Both .beton files of `dataset` in `directory` if valid (and prepared from `source`, if given)."""
     pair = beton_paths(dataset, directory)
     for path in pair:
-        if not beton.is_valid(path) or beton.read_meta(path).get("dataset") != dataset:
+        if not beton.is_valid(path):
+            return None
+        meta = beton.read_meta(path)
+        if meta.get("dataset") != dataset or (source is not None and meta.get("source") != str(source.resolve())):
             return None
     return pair
 
@@ -120,17 +124,22 @@ def _valid_pair(dataset: str, directory: Path) -> tuple[Path, Path] | None:
 def ensure_prepared(dataset: str, *, data_dir: Path | None, cache_dir: Path) -> tuple[Path, Path]:
     """(train, test) .beton paths for `dataset`, preparing them into `cache_dir` if needed.
 
-    Order: valid files in cache_dir; valid files in data_dir; else the standard files in data_dir
-    (or the dataset's default location, e.g. /usr/share/datasets/fashion-mnist) are prepared into
-    cache_dir. Without any source: a UserError saying how to get one.
+    data_dir: a directory of prepared `DATASET-{train,test}.beton` (used as is), or of the standard
+    files; None means the dataset's default location (fashion-mnist: /usr/share/datasets/fashion-mnist,
+    from the Debian package dataset-fashion-mnist). Valid files in cache_dir prepared from that same
+    source are reused; otherwise the source is prepared into cache_dir. With no source at all,
+    valid cached files of any origin are used, else a UserError says how to get the data.
     """
     entry = _entry(dataset)
     cache_dir = Path(cache_dir).expanduser()
-    for directory in (cache_dir, data_dir):
-        if directory is not None and (pair := _valid_pair(dataset, Path(directory).expanduser())):
-            return pair
-    src = Path(data_dir).expanduser() if data_dir is not None else entry.default_dir
-    if src is None or not src.is_dir():
+    data_dir = Path(data_dir).expanduser() if data_dir is not None else None
+    if data_dir is not None and (pair := _valid_pair(dataset, data_dir)):
+        return pair
+    src = data_dir if data_dir is not None else entry.default_dir
+    have_src = src is not None and src.is_dir()
+    if pair := _valid_pair(dataset, cache_dir, src if have_src else None):
+        return pair
+    if not have_src:
         hint = f" (or install the Debian package dataset-{dataset})" if entry.default_dir else ""
         where = f"{data_dir} does not exist" if data_dir is not None else "no --data-dir given"
         raise UserError(
@@ -142,7 +151,7 @@ def ensure_prepared(dataset: str, *, data_dir: Path | None, cache_dir: Path) -> 
     # several processes (e.g. torchrun ranks) may arrive together: one prepares, the others wait
     with open(cache_dir / f".{dataset}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if pair := _valid_pair(dataset, cache_dir):
+        if pair := _valid_pair(dataset, cache_dir, src):
             return pair
         train, test = prepare(dataset, src, cache_dir)
     return train, test

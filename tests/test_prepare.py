@@ -74,6 +74,15 @@ def test_ensure_prepared_uses_cache_then_rebuilds_damaged(tmp_path):
     assert load_arrays(train)[0].shape == (30, 28, 28, 1)
 
 
+def test_ensure_prepared_redoes_cache_from_another_source(tmp_path):
+    write_fashion(tmp_path / "a", np.random.default_rng(3))
+    b = write_fashion(tmp_path / "b", np.random.default_rng(4), n_train=20)
+    ensure_prepared("fashion-mnist", data_dir=tmp_path / "a", cache_dir=tmp_path / "cache")
+    train, _ = ensure_prepared("fashion-mnist", data_dir=tmp_path / "b", cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(load_arrays(train)[0][..., 0], b["train"][0])
+    assert read_meta(train)["source"] == str((tmp_path / "b").resolve())
+
+
 def test_ensure_prepared_accepts_a_dir_of_prepared_files(tmp_path):
     write_fashion(tmp_path / "src", np.random.default_rng(2))
     prepare("fashion-mnist", tmp_path / "src", tmp_path / "ready", progress=False)
