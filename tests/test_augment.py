@@ -511,3 +511,155 @@ def test_randaugment_probability_and_zero_strength():
     same = (out0 - small).abs().flatten(1).amax(1) < 1e-3  # grid_sample at identity is exact to ~1e-5
     for i in range(400):
         assert bool(same[i]) == (int(op[i]) not in moving)
+
+
+# ---------------------------------------------------------------------------------------------------
+# RandomResizedCrop
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+def test_resample_boxes_equals_torchvision_crop_then_resize(mode):
+    b = 12
+    g = gen(2)
+    x = images(b=b, h=24, w=30)
+    top = torch.randint(0, 8, (b,), generator=g)
+    left = torch.randint(0, 8, (b,), generator=g)
+    h = torch.randint(3, 17, (b,), generator=g)
+    w = torch.randint(3, 23, (b,), generator=g)
+    flip = torch.rand(b, generator=g) < 0.5
+    for size in (8, 16, 40):  # shrinking (antialiased), mixed, enlarging
+        out = A.resample_boxes(x, top, left, h, w, size, interpolation=mode, flip=flip)
+        for i in range(b):
+            crop = x[i:i + 1, :, top[i]:top[i] + h[i], left[i]:left[i] + w[i]].double()
+            ref = F.interpolate(crop, size=(size, size), mode=mode, align_corners=False,
+                                antialias=bool(h[i] > size or w[i] > size))
+            ref = ref.clamp(0, 255)[0]
+            if flip[i]:
+                ref = ref.flip(2)
+            assert (out[i].double() - ref).abs().max() < 1e-3, (size, i)
+
+
+def test_random_resized_crop_full_box_is_identity():
+    x = images(b=4)
+    for mode in ("bilinear", "bicubic"):
+        y = A.random_resized_crop(x, 32, scale=(1.0, 1.0), ratio=(1.0, 1.0), interpolation=mode,
+                                  generator=gen())
+        assert (y - x.float()).abs().max() < 1e-3
+
+
+def test_resized_crop_boxes_follow_scale_and_ratio():
+    n, hgt, wid = 4000, 32, 32
+    top, left, h, w = A.resized_crop_boxes(n, hgt, wid, scale=(0.2, 0.5), ratio=(3 / 4, 4 / 3),
+                                           generator=gen(1), device="cpu")
+    assert bool(((top >= 0) & (left >= 0) & (top + h <= hgt) & (left + w <= wid)).all())
+    area = (h * w).double() / (hgt * wid)
+    aspect = w.double() / h.double()
+    # whole-pixel rounding widens the ranges slightly
+    assert area.min() > 0.2 - 0.05 and area.max() < 0.5 + 0.05
+    assert aspect.min() > 0.75 * 0.85 and aspect.max() < 4 / 3 / 0.85
+    assert abs(float(area.mean()) - 0.35) < 0.01
+    # offsets uniform over the free range: mean relative position ~ 1/2
+    rel = top.double() / (hgt - h).clamp(min=1).double()
+    assert abs(float(rel[hgt - h > 0].mean()) - 0.5) < 0.03
+    # no box fits (area 100%, aspect 2..3 on a square image): centre crop with the aspect clamped
+    top, left, h, w = A.resized_crop_boxes(5, 32, 32, scale=(1.0, 1.0), ratio=(2.0, 3.0), generator=gen(),
+                                           device="cpu")
+    assert w.tolist() == [32] * 5 and h.tolist() == [16] * 5 and top.tolist() == [8] * 5
+
+
+# ---------------------------------------------------------------------------------------------------
+# random photometric ops
+
+
+def test_color_jitter_zero_strength_and_p_zero_are_identity():
+    x = images(b=8).float()
+    assert torch.equal(A.color_jitter(x, 0, 0, 0, 0, generator=gen()), x)
+    assert torch.equal(A.color_jitter(x, 0.4, 0.4, 0.4, 0.1, p=0.0, generator=gen()), x)
+
+
+def test_color_jitter_brightness_factors_are_uniform_in_range():
+    b, s = 4000, 0.4
+    x = torch.full((b, 3, 2, 2), 100.0)
+    y = A.color_jitter(x, brightness=s, contrast=0, saturation=0, hue=0, generator=gen(2))
+    f = (y[:, 0, 0, 0] / 100.0).double()
+    assert f.min() >= 1 - s - 1e-6 and f.max() <= 1 + s + 1e-6
+    assert abs(float(f.mean()) - 1.0) < 0.01
+    assert abs(float(f.var()) - (2 * s) ** 2 / 12) < 0.005
+
+
+def test_color_jitter_hue_shift_range_and_probability():
+    import colorsys
+
+    b, hue = 3000, 0.1
+    x = torch.tensor([200.0, 60.0, 40.0]).view(1, 3, 1, 1).expand(b, 3, 2, 2).clone()
+    y = A.color_jitter(x, 0, 0, 0, hue, p=0.8, generator=gen(3))
+    h0 = colorsys.rgb_to_hsv(200 / 255, 60 / 255, 40 / 255)[0]
+    shifts = []
+    for px in y[:, :, 0, 0].double().numpy() / 255:
+        d = (colorsys.rgb_to_hsv(*px)[0] - h0 + 0.5) % 1.0 - 0.5
+        shifts.append(d)
+    shifts = np.array(shifts)
+    moved = np.abs(shifts) > 1e-6
+    assert abs(moved.mean() - 0.8) < 0.03
+    assert np.abs(shifts).max() <= hue + 1e-4
+    assert abs(shifts[moved].var() - (2 * hue) ** 2 / 12) < 0.0005
+
+
+def test_color_jitter_on_one_channel_only_touches_brightness_and_contrast():
+    x = to_batch(natural_images(n=64, size=8, channels=1))
+    y = A.color_jitter(x, 0, 0, 0.9, 0.4, generator=gen())
+    assert torch.equal(y, x)
+    assert not torch.equal(A.color_jitter(x, 0.4, 0.4, 0.9, 0.4, generator=gen()), x)
+
+
+def test_color_jitter_order_is_random_per_sample():
+    # brightness then contrast differs from contrast then brightness once values clip
+    x = to_batch(natural_images(n=400, size=8))
+    y = A.color_jitter(x, 0.8, 0.8, 0, 0, generator=gen(5))
+    g = gen(5)
+    u = torch.rand(6, 400, generator=g)
+    fb, fc = u[0] * 1.6 + 0.2, u[1] * 1.6 + 0.2
+    bc = O.adjust_contrast(O.adjust_brightness(x, fb), fc)
+    cb = O.adjust_brightness(O.adjust_contrast(x, fc), fb)
+    first = (y - bc).abs().flatten(1).amax(1) < 1e-3
+    second = (y - cb).abs().flatten(1).amax(1) < 1e-3
+    assert bool((first | second).all())
+    distinct = (bc - cb).abs().flatten(1).amax(1) > 1e-3
+    frac_first = first[distinct & ~second].double().sum() / distinct.double().sum()
+    assert abs(float(frac_first) - 0.5) < 0.08
+
+
+def test_random_grayscale_probability_and_output():
+    x = to_batch(natural_images(n=2000, size=4, seed=3))
+    y = A.random_grayscale(x, p=0.2, generator=gen(1))
+    gray = (y[:, 0] == y[:, 1]).flatten(1).all(1) & (y[:, 1] == y[:, 2]).flatten(1).all(1)
+    assert abs(float(gray.double().mean()) - 0.2) < 0.03
+    assert torch.equal(y[gray], O.grayscale(x[gray]))
+    assert torch.equal(y[~gray], x[~gray])
+    one = x[:, :1]
+    assert torch.equal(A.random_grayscale(one, p=1.0, generator=gen()), one)
+
+
+def test_random_gaussian_blur_sigma_range_and_probability():
+    b = 600
+    x = to_batch(natural_images(n=b, size=12, seed=4))
+    y = A.random_gaussian_blur(x, p=0.5, sigma=(0.1, 2.0), generator=gen(6))
+    g = gen(6)
+    sigma = torch.rand(b, generator=g) * 1.9 + 0.1
+    hit = torch.rand(b, generator=g) < 0.5
+    ref = O.gaussian_blur(x, sigma, radius=6)
+    assert torch.equal(y[~hit], x[~hit])
+    assert (y[hit] - ref[hit]).abs().max() < 1e-3
+    assert abs(float(hit.double().mean()) - 0.5) < 0.05
+    # blurring lowers the total variation, more for a larger sigma
+    tv = (y[hit].diff(dim=3).abs().mean((1, 2, 3)) / x[hit].diff(dim=3).abs().mean((1, 2, 3))).double()
+    corr = np.corrcoef(tv.numpy(), sigma[hit].double().numpy())[0, 1]
+    assert tv.max() <= 1.0 + 1e-6 and corr < -0.8
+
+
+def test_random_solarize_probability_and_threshold():
+    x = to_batch(natural_images(n=2000, size=4, seed=5))
+    y = A.random_solarize(x, p=0.2, generator=gen(8))
+    hit = (y != x).flatten(1).any(1)
+    assert abs(float(hit.double().mean()) - 0.2) < 0.03
+    assert torch.equal(y[hit], O.solarize(x[hit], 128))
