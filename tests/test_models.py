@@ -18,8 +18,24 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-# (name, img_size) combinations exercised by the generic tests: small and cheap.
-SMALL = [("vit", 32), ("vit", 64), ("vit_tiny", 28)]
+# The full 224-px models (paper B) are heavy on this CPU: their default size only (batch 2, one thread).
+HEAVY = {"swin_t", "swin_t_p2_w4", "cvt_13", "t2t_vit_14"}
+# Paper A's full models: the sizes paper A trains at; the tiny variants: every size (cheap).
+PAPER_A = {"vit", "swin", "cait"}
+
+
+def _cases():
+    for name in models.names():
+        if name in HEAVY:
+            sizes = [models.default_img_size(name)]
+        elif name in PAPER_A:
+            sizes = [32, 64]
+        else:
+            sizes = [32, 64, 224]
+        yield from ((name, s) for s in sizes)
+
+
+CASES = list(_cases())
 
 
 def _make(name, img_size, num_classes=10, seed=0, **kw):
@@ -36,35 +52,55 @@ def _params(m):
     return sum(p.numel() for p in m.parameters())
 
 
-@pytest.mark.parametrize("name,img_size", SMALL)
+def test_registry_cases_cover_every_name():
+    assert {n for n, _ in CASES} == set(models.names())
+    assert {"vit", "vit_tiny", "swin", "cait", "swin_t", "cvt_13", "t2t_vit_14"} <= set(models.names())
+
+
+@pytest.mark.parametrize("name,img_size", CASES)
 def test_forward_backward_shapes_and_finite_grads(name, img_size):
-    m = _make(name, img_size, drop_path=0.1)
+    m = _make(name, img_size)
     x = _images(2, 3, img_size)
     pooled, grid = m.forward_features(x)
     assert pooled.shape == (2, m.num_features)
     assert grid.shape == (2, *models.grid_shape(name, img_size))
-    assert grid.shape[-1] == m.grid_dims[-1]
+    assert grid.shape[-1] == m.grid_dims[-1] and m.grid_shape == models.grid_shape(name, img_size)
     logits = m.forward_head(pooled)
     assert logits.shape == (2, 10)
+    torch.testing.assert_close(m(x), logits)
     (logits.square().mean() + grid.mean()).backward()
     for n, p in m.named_parameters():
         assert p.grad is not None, n
         assert torch.isfinite(p.grad).all(), n
-    # every parameter actually receives signal (no dead branch)
-    assert all(p.grad.abs().sum() > 0 for p in m.parameters())
+        assert p.grad.abs().sum() > 0, n  # every parameter receives signal: no dead branch
 
 
-@pytest.mark.parametrize("name,img_size", SMALL)
-def test_state_dict_round_trip(name, img_size):
+# the heavy models share their code (and state-dict layout) with the tiny variants tested here
+@pytest.mark.parametrize("name", [n for n in models.names() if n not in HEAVY])
+def test_state_dict_round_trip(name):
+    img_size = 32
     m = _make(name, img_size, seed=1).eval()
     buf = io.BytesIO()
     torch.save(m.state_dict(), buf)
     other = _make(name, img_size, seed=2).eval()
-    x = _images(2, 3, img_size)
+    x = _images(1, 3, 32)  # every arch takes 32 px; the state dict does not depend on the input size
     assert not torch.equal(m(x), other(x))  # different seeds really differ
     buf.seek(0)
     other.load_state_dict(torch.load(buf, weights_only=True))
     assert torch.equal(m(x), other(x))
+
+
+@pytest.mark.parametrize("name", [n for n in models.names() if n not in HEAVY])
+def test_drop_path_is_active_in_training_only(name):
+    m = _make(name, 32, drop_path=0.5)
+    x = _images(4, 3, 32)
+    m.train()
+    torch.manual_seed(0)
+    a = m.forward_features(x)[1]  # the grid: CaiT's logits barely see the blocks (LayerScale 1e-5)
+    torch.manual_seed(1)
+    assert not torch.equal(a, m.forward_features(x)[1])  # different drop masks
+    m.eval()
+    torch.testing.assert_close(m(x), m(x), rtol=0, atol=0)
 
 
 def test_vit_matches_float64_reference_forward():
