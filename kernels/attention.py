@@ -326,11 +326,11 @@ def _prune(configs, named_args, program_block, accumulators, **kwargs):
 @functools.cache
 def _tuned_kernels():
     """Autotuned wrappers, built on first CUDA use (the autotuner needs a driver)."""
-    configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-               for bm, bn, w, s in _GPU_CANDIDATES]
     key = ["N_Q", "N_K", "HEAD_DIM", "HAS_BIAS", "PER_HEAD_SCALE"]
 
     def tune(kernel, program_block, accumulators, extra_key=()):
+        configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+                   for bm, bn, w, s in _GPU_CANDIDATES]
         prune = functools.partial(_prune, program_block=program_block, accumulators=accumulators)
         tuner = triton.autotune(configs, key=key + list(extra_key), prune_configs_by={"early_config_prune": prune})
         return tuner(kernel)
