@@ -107,7 +107,7 @@ def _worker(errors, *args) -> None:
     try:
         worker_job_indexed_dataset(*args)
     except Exception as e:  # any failure must reach the parent, which turns it into one line
-        errors.put(str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}")
+        errors.put((isinstance(e, UserError), str(e) or type(e).__name__))
         raise SystemExit(1) from None
 
 
@@ -115,7 +115,7 @@ def _write_ffcv(path: Path, fields: dict, samples: _Samples, num_workers: int, p
     """FFCV's DatasetWriter, minus its flaws here: a crashed worker stops the write (FFCV waits
     forever) with its error as a UserError, and the progress bar is optional."""
     import ctypes
-    import multiprocessing as mp
+    import multiprocessing
 
     from tqdm import tqdm
 
@@ -125,6 +125,8 @@ def _write_ffcv(path: Path, fields: dict, samples: _Samples, num_workers: int, p
     n = len(samples)
     writer.num_samples = n
     writer.prepare()  # header + field descriptors; allocates the shared metadata block
+    # fork: workers inherit the in-memory dataset instead of receiving a pickled copy
+    mp = multiprocessing.get_context("fork")
     errors, todo, allocations = mp.Queue(), mp.Queue(), mp.Queue()
     chunk = 256
     for start in range(0, n, chunk):
@@ -148,10 +150,10 @@ def _write_ffcv(path: Path, fields: dict, samples: _Samples, num_workers: int, p
             failed = [c for c in codes if c not in (None, 0)]
             if failed or (seen < n and all(c == 0 for c in codes)):
                 try:
-                    message = errors.get(timeout=2)
+                    names_file, message = errors.get(timeout=2)
                 except queue.Empty:
-                    message = f"{path.name}: a writer process died (exit code {failed[0] if failed else 0})"
-                raise UserError(message)
+                    names_file, message = False, f"a writer process died (exit code {failed[0] if failed else 0})"
+                raise UserError(message if names_file else f"{path.name.split('.tmp')[0]}: {message}")
             time.sleep(0.02)
         bar.close()
         allocation_list = []
