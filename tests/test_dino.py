@@ -345,6 +345,20 @@ def test_teacher_gets_no_gradient_and_follows_the_ema_exactly():
         assert torch.equal(t, s), name
 
 
+def test_ema_update_is_exact_at_momentum_one_and_zero():
+    torch.manual_seed(17)
+    student = nn.Sequential(nn.Linear(6, 5), nn.LayerNorm(5))
+    teacher = make_teacher(student)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.mul_(3.0).add_(0.25)
+    before = [p.clone() for p in teacher.parameters()]
+    ema_update_(teacher, student, 1.0)  # the end of the cosine schedule: the teacher is frozen
+    assert all(torch.equal(t, b) for t, b in zip(teacher.parameters(), before, strict=True))
+    ema_update_(teacher, student, 0.0)
+    assert all(torch.equal(t, s) for t, s in zip(teacher.parameters(), student.parameters(), strict=True))
+
+
 def test_ema_update_rejects_a_different_architecture():
     a = nn.Sequential(nn.Linear(2, 2))
     b = nn.Sequential(nn.Identity(), nn.Linear(2, 2))

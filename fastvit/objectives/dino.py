@@ -257,9 +257,12 @@ def make_teacher(student: nn.Module) -> nn.Module:
 def ema_update_(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     """teacher ← momentum · teacher + (1 − momentum) · student for every parameter, in place.
 
-    One fused multi-tensor call per operation. Buffers (BatchNorm statistics, constant masks and
-    indices) are copied from the student: an exact copy keeps constant buffers bit-identical, where
-    averaging could drift them by rounding. Both modules must have the same parameter names.
+    One fused multi-tensor call: ``_foreach_lerp_`` computes teacher + (1 − m)(student − teacher),
+    the value of ``_foreach_mul_`` then ``_foreach_add_`` in one pass over memory instead of two
+    (several times faster on CPU for ViT's 3.4M parameters), exact at m = 1 and m = 0.
+    Buffers (BatchNorm statistics, constant masks and indices) are copied from the student: an
+    exact copy keeps constant buffers bit-identical, where averaging could drift them by rounding.
+    Both modules must have the same parameter names.
     """
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"EMA momentum must be in [0, 1], got {momentum}")
@@ -269,8 +272,7 @@ def ema_update_(teacher: nn.Module, student: nn.Module, momentum: float) -> None
         raise ValueError("teacher and student must have the same parameter names (use make_teacher)")
     teacher_params = [p for _, p in teacher_named]
     student_params = [p.detach() for _, p in student_named]
-    torch._foreach_mul_(teacher_params, momentum)
-    torch._foreach_add_(teacher_params, student_params, alpha=1.0 - momentum)
+    torch._foreach_lerp_(teacher_params, student_params, 1.0 - momentum)
     teacher_buffers = list(teacher.buffers())
     if teacher_buffers:
         torch._foreach_copy_(teacher_buffers, list(student.buffers()))
