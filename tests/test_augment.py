@@ -663,3 +663,119 @@ def test_random_solarize_probability_and_threshold():
     hit = (y != x).flatten(1).any(1)
     assert abs(float(hit.double().mean()) - 0.2) < 0.03
     assert torch.equal(y[hit], O.solarize(x[hit], 128))
+
+
+# ---------------------------------------------------------------------------------------------------
+# erasing, mixing
+
+
+def _box_of(mask):
+    """Bounding box (h, w) of a 2-D bool mask and whether the mask fills it."""
+    rows, cols = mask.any(1).nonzero().view(-1), mask.any(0).nonzero().view(-1)
+    h, w = int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+    return h, w, int(mask.sum()) == h * w
+
+
+def test_random_erasing_mean_fill_probability_area_and_aspect():
+    b = 3000
+    x = torch.ones(b, 3, 16, 16)
+    y = A.random_erasing(x, p=0.25, max_area=0.4, min_aspect=0.3, mode="mean", generator=gen(1))
+    zero = y == 0
+    erased = zero.flatten(1).any(1)
+    assert abs(float(erased.double().mean()) - 0.25) < 0.03
+    assert bool((zero[:, 0] == zero[:, 1]).all() & (zero[:, 0] == zero[:, 2]).all())
+    areas, aspects = [], []
+    for i in erased.nonzero().view(-1).tolist():
+        h, w, full = _box_of(zero[i, 0])
+        assert full
+        areas.append(h * w / 256)
+        aspects.append(h / w)
+    # whole-pixel rounding moves the limits by up to about one pixel row/column
+    assert 0.02 - 0.02 < min(areas) and max(areas) <= 0.4 + 0.06
+    assert min(aspects) >= 0.3 * 0.75 and max(aspects) <= (1 / 0.3) / 0.75
+    assert torch.equal(A.random_erasing(x, p=0.0, generator=gen()), x)
+
+
+def test_random_erasing_pixel_fill_is_standard_normal():
+    x = torch.full((400, 3, 16, 16), 1000.0)
+    y = A.random_erasing(x, p=1.0, mode="pixel", generator=gen(2))
+    noise = y[y != 1000.0].double()
+    assert noise.numel() > 10000
+    assert abs(float(noise.mean())) < 0.03 and abs(float(noise.std()) - 1.0) < 0.03
+    with pytest.raises(UserError, match="unknown erase mode 'zeros'; choose one of: mean, pixel"):
+        A.random_erasing(x, mode="zeros", generator=gen())
+
+
+@pytest.mark.parametrize("alpha", [0.2, 0.8, 1.0, 2.0])
+def test_sample_beta_matches_scipy(alpha):
+    from scipy import stats
+
+    s = A.sample_beta(alpha, 20000, generator=gen(int(alpha * 10))).double().numpy()
+    assert s.min() >= 0 and s.max() <= 1
+    # float32 rounds a visible share of small-alpha draws near 1 to exactly 1.0, so test the lower
+    # half (where float32 is fine) against the conditional law, and the symmetry
+    low = s[s < 0.5]
+    assert abs(low.size / s.size - 0.5) < 0.015
+    ks = stats.kstest(low, lambda v: 2 * stats.beta(alpha, alpha).cdf(v))
+    assert ks.statistic < 1.63 / np.sqrt(low.size)  # p = 0.01
+
+
+def _two_class_batch(b, size=8):
+    x = torch.rand(b, 3, size, size, generator=gen(9)) * 4 - 2
+    labels = (torch.arange(b) >= b // 2).long()  # every sample's partner (B-1-i) has the other label
+    return x, labels
+
+
+def test_mixup_mixes_images_and_targets_with_beta_lambda():
+    from scipy import stats
+
+    b = 2000
+    x, labels = _two_class_batch(b)
+    y, t = A.mixup_cutmix(x, labels, num_classes=2, mixup_alpha=0.8, cutmix_alpha=0.0, prob=1.0,
+                          generator=gen(3))
+    lam = t[torch.arange(b), labels]
+    ref = lam.view(b, 1, 1, 1) * x + (1 - lam.view(b, 1, 1, 1)) * x.flip(0)
+    assert (y - ref).abs().max() < 1e-5
+    assert torch.allclose(t.sum(1), torch.ones(b))
+    assert stats.kstest(lam.double().numpy(), stats.beta(0.8, 0.8).cdf).statistic < 1.63 / np.sqrt(b)
+
+
+def test_cutmix_pastes_a_box_and_corrects_lambda():
+    b = 1000
+    x, labels = _two_class_batch(b)
+    y, t = A.mixup_cutmix(x, labels, num_classes=2, mixup_alpha=0.0, cutmix_alpha=1.0, prob=1.0,
+                          label_smoothing=0.0, generator=gen(4))
+    own = (y == x).all(1)
+    other = (y == x.flip(0)).all(1)
+    assert bool((own | other).all())
+    lam = t[torch.arange(b), labels]
+    assert torch.allclose(1 - other.flatten(1).double().mean(1), lam.double(), atol=1e-6)
+    for i in torch.nonzero(other.flatten(1).any(1)).view(-1)[:50].tolist():
+        assert _box_of(other[i])[2], "the pasted region is one rectangle"
+    # lam ~ U(0, 1) before the box is clipped at the border, so the mean kept area is above 1/2
+    assert 0.5 < float(lam.mean()) < 0.85
+
+
+def test_mix_probability_switch_and_smoothing():
+    b = 4000
+    x, labels = _two_class_batch(b, size=16)
+    y, t = A.mixup_cutmix(x, labels, num_classes=2, mixup_alpha=1.0, cutmix_alpha=1.0, prob=0.5,
+                          switch_prob=0.5, label_smoothing=0.1, generator=gen(5))
+    untouched = (y == x).flatten(1).all(1)
+    pasted = ((y == x) | (y == x.flip(0))).flatten(1).all(1) & ~untouched
+    assert abs(float(untouched.double().mean()) - 0.5) < 0.04  # (a few cutmix boxes clip to nothing)
+    mixed = ~untouched
+    assert abs(float((pasted & mixed).double().sum() / mixed.double().sum()) - 0.5) < 0.04
+    # smoothing: 1 - 0.1 + 0.05 on the label, 0.05 elsewhere, before mixing
+    assert torch.allclose(t[untouched], A.smooth_one_hot(labels[untouched], 2, 0.1))
+    assert torch.allclose(t.sum(1), torch.ones(b)) and float(t.min()) >= 0.05 - 1e-6
+
+
+def test_mixing_disabled_returns_smoothed_one_hot_and_same_images():
+    x, labels = _two_class_batch(8)
+    y, t = A.mixup_cutmix(x, labels, num_classes=5, mixup_alpha=0, cutmix_alpha=0, label_smoothing=0.2,
+                          generator=gen())
+    assert torch.equal(y, x)
+    expect = torch.full((8, 5), 0.04)
+    expect[torch.arange(8), labels] = 0.84
+    assert torch.allclose(t, expect)
