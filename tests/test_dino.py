@@ -462,3 +462,30 @@ def test_compiled_dino_matches_eager_and_compiles_a_bounded_number_of_times():
             model.update_teacher(momentum_schedule(step, 4))
     # a static first graph, then the epoch becomes dynamic: one graph per side of the τ_t warm-up
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 3
+
+
+@pytest.mark.parametrize("arch", ["vit_tiny", "swin_tiny", "cait_tiny"])
+def test_dino_pretrains_a_registered_model_with_half_size_local_crops(arch):
+    from fastvit import models
+
+    torch.manual_seed(18)
+    model = models.create(arch, img_size=32, num_classes=10, drop_path=0.1)
+    dino = DINO(model, total_epochs=2, n_local=2, out_dim=64, hidden_dim=32, bottleneck_dim=16).train()
+    views = make_views(2, 2, torch.Generator().manual_seed(18), global_size=32, local_size=16)
+    loss = dino(views, epoch=0.5)
+    assert torch.isfinite(loss) and 0 < loss.item() < 2 * math.log(64)
+    loss.backward()
+    grads = [p.grad for p in dino.student.backbone.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    with torch.no_grad():
+        for p in dino.student.parameters():
+            p.add_(0.01)
+    dino.update_teacher(0.5)
+
+    # fine-tuning: the teacher backbone loads by name; only the fresh classifier is missing
+    fresh = models.create(arch, img_size=32, num_classes=10)
+    result = fresh.load_state_dict(dino.teacher_backbone_state_dict(), strict=False)
+    assert sorted(result.missing_keys) == ["head.bias", "head.weight"] and result.unexpected_keys == []
+    loaded = fresh.state_dict()
+    for name, tensor in dino.teacher_backbone_state_dict().items():
+        assert torch.equal(loaded[name], tensor), name
