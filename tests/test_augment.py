@@ -779,3 +779,119 @@ def test_mixing_disabled_returns_smoothed_one_hot_and_same_images():
     expect = torch.full((8, 5), 0.04)
     expect[torch.arange(8), labels] = 0.84
     assert torch.allclose(t, expect)
+
+
+# ---------------------------------------------------------------------------------------------------
+# recipes and MultiCrop
+
+
+def test_gani22_finetune_recipe_outputs_and_overrides():
+    x, y = images(b=64, c=1, h=28, w=28), torch.randint(0, 10, (64,), generator=gen())
+    t = A.build_train_transform("gani22-finetune", img_size=32, mean=(0.286,), std=(0.353,), num_classes=10)
+    out, target = t(x, y, gen(1))
+    assert out.shape == (64, 1, 32, 32) and out.dtype == torch.float32 and bool(torch.isfinite(out).all())
+    assert target.shape == (64, 10) and target.dtype == torch.float32
+    assert torch.allclose(target.sum(1), torch.ones(64)) and float(target.min()) >= 0.01 - 1e-6
+    again, _ = t(x, y, gen(1))
+    other, _ = t(x, y, gen(2))
+    assert torch.equal(out, again) and not torch.equal(out, other)
+    plain = A.build_train_transform("gani22-finetune", img_size=32, mean=(0.286,), std=(0.353,),
+                                    num_classes=10, mixup_alpha=0, cutmix_alpha=0, label_smoothing=0)
+    assert torch.equal(plain(x, y, gen(1))[1], y)
+
+
+def test_gani22_finetune_with_its_random_ops_off_is_the_basic_recipe():
+    x, y = images(b=16), torch.zeros(16, dtype=torch.long)
+    off = A.build_train_transform("gani22-finetune", img_size=32, mean=MEAN, std=STD, num_classes=10, policy=None,
+                                  erase_p=0, mixup_alpha=0, cutmix_alpha=0, label_smoothing=0)
+    basic = A.build_train_transform("basic", img_size=32, mean=MEAN, std=STD, num_classes=10)
+    assert torch.equal(off(x, y, gen(3))[0], basic(x, y, gen(3))[0])
+
+
+def test_gani22_finetune_composes_crop_autoaugment_and_erasing_in_order():
+    x, y = images(b=16), torch.zeros(16, dtype=torch.long)
+    t = A.build_train_transform("gani22-finetune", img_size=32, mean=MEAN, std=STD, num_classes=10,
+                                policy="svhn", mixup_alpha=0, cutmix_alpha=0, label_smoothing=0, erase_p=0.5)
+    out, _ = t(x, y, gen(4))
+    g = gen(4)
+    ref = A.random_crop(x, 32, padding=4, flip_p=0.5, generator=g).float()
+    ref = P.autoaugment_(ref, "svhn", generator=g)
+    ref = A.random_erasing_(A.Normalize(MEAN, STD)(ref), p=0.5, max_area=0.4, min_aspect=0.3, generator=g)
+    assert (out - ref).abs().max() < 1e-5
+
+
+def test_drloc21_recipe_upsamples_and_mixes():
+    x, y = images(b=16), torch.randint(0, 100, (16,), generator=gen())
+    t = A.build_train_transform("drloc21", img_size=64, mean=MEAN, std=STD, num_classes=100)
+    out, target = t(x, y, gen(5))
+    assert out.shape == (16, 3, 64, 64) and target.shape == (16, 100)
+    assert torch.allclose(target.sum(1), torch.ones(16))
+    off = A.build_train_transform("drloc21", img_size=64, mean=MEAN, std=STD, num_classes=100, color_jitter=0,
+                                  rand_magnitude=None, erase_p=0, mixup_alpha=0, cutmix_alpha=0,
+                                  label_smoothing=0)
+    out, target = off(x, y, gen(6))
+    g = gen(6)
+    ref = A.Normalize(MEAN, STD)(A.random_resized_crop(x, 64, flip_p=0.5, generator=g))
+    assert torch.equal(target, y) and (out - ref).abs().max() < 1e-5
+
+
+def test_recipe_parameter_errors():
+    kw = dict(img_size=32, mean=MEAN, std=STD, num_classes=10)
+    with pytest.raises(UserError, match="augmentation policy='foo' is invalid; choose one of: None, cifar10"):
+        A.build_train_transform("gani22-finetune", policy="foo", **kw)
+    with pytest.raises(UserError, match="augmentation flip_p must be in \\[0, 1\\], got 2"):
+        A.build_train_transform("basic", flip_p=2, **kw)
+    with pytest.raises(UserError, match="augmentation crop='center' is invalid; choose one of: pad, resized"):
+        A.build_train_transform("basic", crop="center", **kw)
+    with pytest.raises(UserError, match="rand_magnitude must be in \\[0, 10\\]"):
+        A.build_train_transform("drloc21", rand_magnitude=12, **kw)
+
+
+def test_multicrop_views_shapes_and_seeding():
+    mc = A.MultiCrop(32, 16, n_local=3, mean=MEAN, std=STD)
+    x = images(b=8)
+    views = mc(x, gen(1))
+    assert [tuple(v.shape) for v in views] == [(8, 3, 32, 32)] * 2 + [(8, 3, 16, 16)] * 3
+    assert all(v.dtype == torch.float32 and bool(torch.isfinite(v).all()) for v in views)
+    again, other = mc(x, gen(1)), mc(x, gen(2))
+    assert all(torch.equal(a, b) for a, b in zip(views, again, strict=True))
+    assert not torch.equal(views[0], other[0])
+    gray = A.MultiCrop(28, 12, n_local=2, mean=(0.5,), std=(0.5,))(images(b=4, c=1, h=28, w=28), gen())
+    assert [tuple(v.shape) for v in gray] == [(4, 1, 28, 28)] * 2 + [(4, 1, 12, 12)] * 2
+
+
+def test_multicrop_routes_solarize_to_global_two_and_blur_to_global_one():
+    x = torch.full((64, 3, 32, 32), 230, dtype=torch.uint8)
+    x[:, :, :, :16] = 20  # a bright and a dark half
+    solar = A.MultiCrop(32, 16, n_local=2, mean=(0.0,) * 3, std=(1.0,) * 3, jitter_p=0.0, gray_p=0.0,
+                        blur_p=(0.0, 0.0, 0.0), solarize_p=1.0)(x, gen(1))
+    top = [float(v.max()) * 255 for v in solar]
+    assert top[1] < 128 and top[0] > 200 and top[2] > 200 and top[3] > 200
+    blur = A.MultiCrop(32, 16, n_local=2, mean=(0.0,) * 3, std=(1.0,) * 3, jitter_p=0.0, gray_p=0.0,
+                       blur_p=(1.0, 0.0, 0.0), solarize_p=0.0, sigma=(1.5, 2.0))(x, gen(2))
+    steps = [float(v.diff(dim=3).abs().amax(dim=(1, 2, 3)).mean()) * 255 for v in blur]
+    assert steps[0] < 0.5 * steps[1] and steps[1] > 150  # global 2 keeps the sharp 20 -> 230 edge
+
+
+@pytest.mark.parametrize("name", ["random_crop", "random_hflip", "random_resized_crop", "color_jitter",
+                                  "random_grayscale", "random_gaussian_blur", "random_solarize",
+                                  "random_erasing", "mixup_cutmix", "autoaugment", "randaugment"])
+def test_same_seed_same_batch_different_seed_different_batch(name):
+    x = images(b=32, h=16, w=16)
+    labels = torch.arange(32) % 10
+    calls = {
+        "random_crop": lambda g: A.random_crop(x, 16, padding=4, flip_p=0.5, generator=g),
+        "random_hflip": lambda g: A.random_hflip(x, generator=g),
+        "random_resized_crop": lambda g: A.random_resized_crop(x, 16, generator=g),
+        "color_jitter": lambda g: A.color_jitter(x, 0.4, 0.4, 0.4, 0.1, generator=g),
+        "random_grayscale": lambda g: A.random_grayscale(x, p=0.5, generator=g),
+        "random_gaussian_blur": lambda g: A.random_gaussian_blur(x, generator=g),
+        "random_solarize": lambda g: A.random_solarize(x, p=0.5, generator=g),
+        "random_erasing": lambda g: A.random_erasing(x.float(), p=0.5, generator=g),
+        "mixup_cutmix": lambda g: A.mixup_cutmix(x.float(), labels, num_classes=10, generator=g)[0],
+        "autoaugment": lambda g: P.autoaugment(x, "imagenet", generator=g),
+        "randaugment": lambda g: P.randaugment(x, generator=g),
+    }
+    a, b, c = calls[name](gen(1)), calls[name](gen(1)), calls[name](gen(2))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
