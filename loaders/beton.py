@@ -191,6 +191,8 @@ def write_split(
     the previous valid pair or no valid pair, never a file that passes `is_valid`.
     """
     path = Path(path)
+    if len(split) == 0:
+        raise UserError(f"{path}: nothing to write (the {split_name} split is empty)")
     if not 1 <= jpeg_quality <= 100:
         raise UserError(f"jpeg quality {jpeg_quality} is out of range (expected 1..100)")
     ffcv = _import_ffcv()
@@ -244,17 +246,21 @@ def write_split(
 
 def _describe(tmp: Path, split: Split, storage: str, shape: tuple[int, ...] | None, progress: bool) -> dict:
     """Sizes and pixel statistics of what was stored (read back from the file unless in memory)."""
+    from tqdm import tqdm
+
     channels = shape[2] if shape else 3
     stats = PixelStats(channels)
-    if split.images is not None:
-        for start in range(0, len(split), READ_BATCH):
-            stats.update(split.images[start : start + READ_BATCH])
+    if storage == "raw":
+        if split.images is not None:
+            batches = (split.images[i : i + READ_BATCH] for i in range(0, len(split), READ_BATCH))
+        else:  # decoded by the writer processes: read what they stored
+            batches = (images for images, _ in iter_batches(tmp))
+        for images in batches:
+            stats.update(images)
         height, width = shape[:2]
         variable = False
     else:
         heights, widths = [], []
-        from tqdm import tqdm
-
         stored = iter_images(tmp)
         for image, _ in tqdm(stored, total=len(split), disable=not progress, desc="pixel statistics", unit="img"):
             stats.update(image)
