@@ -32,8 +32,11 @@ def _cifar_batch(path: Path, images: np.ndarray, labels, key: str, protocol: int
     batch = {"batch_label": "test batch", key: list(map(int, labels)), "data": planes}
     if bytes_keys:  # what the original Python 2 files look like from Python 3
         batch = {k.encode(): v for k, v in batch.items()}
-    with open(path, "wb") as f:
-        pickle.dump(batch, f, protocol=protocol)
+    blob = pickle.dumps(batch, protocol=protocol)
+    if protocol == 2:  # the original files name numpy 1's module (GLOBAL is newline-terminated text)
+        assert b"numpy._core.multiarray\n" in blob
+        blob = blob.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
+    path.write_bytes(blob)
 
 
 def write_cifar10(root: Path, rng, n=6):
