@@ -72,19 +72,26 @@ def prepare(
     short_side: int = 256,
     progress: bool = True,
     num_workers: int | None = None,
+    checksums: dict[str, str] | None = None,
 ) -> list[Path]:
     """Write `out/DATASET-train.beton` and `out/DATASET-test.beton` (+ `.json` sidecars).
 
     src: the directory holding the standard files (or, with `download`, where to put them;
     default `out/downloads/DATASET`). Images up to 64 px are stored raw, larger ones as JPEG of
-    `jpeg_quality` with the shorter side scaled down to `short_side`. Returns the written paths.
+    `jpeg_quality` with the shorter side scaled down to `short_side`. `checksums` {filename: md5 or
+    sha256 hex} verifies downloads that have no published checksum in the code (see download.py).
+    `num_workers`: FFCV writer processes (default: 1 for in-memory arrays, all cores for image files).
+    Returns the written paths.
     """
     entry = _entry(dataset)
     out = Path(out).expanduser()
     if download:
         from .download import download as fetch
 
-        src = fetch(dataset, Path(src) if src is not None else out / "downloads" / dataset, progress=progress)
+        target = Path(src) if src is not None else out / "downloads" / dataset
+        src = fetch(dataset, target, checksums=checksums, progress=progress)
+    if short_side < 1:
+        raise UserError(f"short side {short_side} must be a positive number of pixels")
     if src is None:
         if entry.default_dir is not None and entry.default_dir.is_dir():
             src = entry.default_dir
