@@ -15,6 +15,16 @@ from fastvit.errors import UserError
 CLASSES = ["a", "b", "c", "d", "e"]
 
 
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """Importing ffcv and building its Loader set torch's thread count to 1: undo for later tests."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def _random_split(rng, n, h, w, c):
     images = rng.integers(0, 256, size=(n, h, w, c), dtype=np.uint8)
     labels = rng.integers(0, len(CLASSES), size=n).astype(np.int64)
@@ -224,11 +234,9 @@ def test_interrupt_while_workers_write_leaves_no_file(tmp_path, monkeypatch):
 
 def test_ffcv_loader_decodes_our_files_to_the_same_arrays(tmp_path):
     """The FFCV pipeline (pipeline.py's loader) and load_arrays see identical pixels and labels."""
-    import torch
     from ffcv.fields.decoders import IntDecoder, NDArrayDecoder, SimpleRGBImageDecoder
     from ffcv.loader import Loader, OrderOption
 
-    threads = torch.get_num_threads()
     rng = np.random.default_rng(9)
     raw = _random_split(rng, 50, 8, 6, 3)
     yy, xx = np.mgrid[0:70, 0:90]
@@ -243,4 +251,3 @@ def test_ffcv_loader_decodes_our_files_to_the_same_arrays(tmp_path):
         want_images, want_labels = load_arrays(path)
         np.testing.assert_array_equal(np.asarray(images), want_images)
         np.testing.assert_array_equal(np.asarray(labels).reshape(-1), want_labels)
-    torch.set_num_threads(threads)
