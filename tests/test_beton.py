@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 import pytest
-from fastvit.loaders import beton, load_arrays, read_meta
+from fastvit.loaders import beton, info, load_arrays, read_meta
 from fastvit.loaders.sources.common import Split
 from PIL import Image
 
@@ -121,6 +121,8 @@ def test_jpeg_storage_for_large_variable_images(tmp_path):
         assert np.abs(image.astype(int) - original).mean() < 3.0
     with pytest.raises(UserError, match="different sizes"):
         load_arrays(path)
+    text = info(path)
+    assert "up to 120x100x3 (sizes vary)" in text and "jpeg (quality 95)" in text and "samples   3" in text
 
 
 def test_jpeg_short_side_resize_and_bottom_crop(tmp_path):

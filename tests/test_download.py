@@ -60,6 +60,8 @@ class _Server:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.timeout = 5
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.deadline = threading.Timer(120, self.httpd.shutdown)  # bounded even if a test hangs
+        self.deadline.daemon = True
 
     def url(self, name):
         return f"http://127.0.0.1:{self.httpd.server_address[1]}/{name}"
@@ -72,11 +74,13 @@ def server():
     def start(files):
         s = _Server(files)
         s.thread.start()
+        s.deadline.start()
         created.append(s)
         return s
 
     yield start
     for s in created:
+        s.deadline.cancel()
         s.httpd.shutdown()
         s.httpd.server_close()
         s.thread.join(timeout=5)
@@ -88,30 +92,30 @@ MD5 = hashlib.md5(PAYLOAD).hexdigest()
 
 def test_download_verifies_and_is_atomic(tmp_path, server):
     s = server({"data.bin": PAYLOAD})
-    out = dl.fetch(s.url("data.bin"), tmp_path / "data.bin", checksum=MD5, progress=False)
+    out = dl.fetch(s.url("data.bin"), tmp_path / "data.bin", checksum=MD5, progress=False, timeout=10)
     assert out.read_bytes() == PAYLOAD
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.bin"]
     # a second call reuses the verified file without a request
-    dl.fetch(s.url("data.bin"), tmp_path / "data.bin", checksum=MD5, progress=False)
+    dl.fetch(s.url("data.bin"), tmp_path / "data.bin", checksum=MD5, progress=False, timeout=10)
     assert len(s.log) == 1
 
 
 def test_checksum_mismatch_is_refused_and_nothing_kept(tmp_path, server):
     s = server({"data.bin": PAYLOAD})
     with pytest.raises(UserError, match=r"data.bin: checksum mismatch \(md5 [0-9a-f]{32}, expected 0{32}\)"):
-        dl.fetch(s.url("data.bin"), tmp_path / "data.bin", checksum="0" * 32, progress=False)
+        dl.fetch(s.url("data.bin"), tmp_path / "data.bin", checksum="0" * 32, progress=False, timeout=10)
     assert list(tmp_path.iterdir()) == []
     sha = hashlib.sha256(PAYLOAD).hexdigest()
     bad = sha[:-1] + ("0" if sha[-1] != "0" else "1")
     with pytest.raises(UserError, match="sha256"):
-        dl.fetch(s.url("data.bin"), tmp_path / "data.bin", checksum=bad, progress=False)
-    assert dl.fetch(s.url("data.bin"), tmp_path / "data.bin", checksum=sha, progress=False).is_file()
+        dl.fetch(s.url("data.bin"), tmp_path / "data.bin", checksum=bad, progress=False, timeout=10)
+    assert dl.fetch(s.url("data.bin"), tmp_path / "data.bin", checksum=sha, progress=False, timeout=10).is_file()
 
 
 def test_resume_after_truncated_partial_file(tmp_path, server):
     s = server({"data.bin": PAYLOAD})
     (tmp_path / "data.bin.part").write_bytes(PAYLOAD[:1_234_567])  # left by an earlier, cut-off run
-    dl.fetch(s.url("data.bin"), tmp_path / "data.bin", checksum=MD5, progress=False)
+    dl.fetch(s.url("data.bin"), tmp_path / "data.bin", checksum=MD5, progress=False, timeout=10)
     assert (tmp_path / "data.bin").read_bytes() == PAYLOAD
     assert s.log == [("data.bin", "bytes=1234567-")]
     assert not (tmp_path / "data.bin.part").exists()
@@ -124,7 +128,7 @@ def test_dropped_connection_keeps_part_then_resumes(tmp_path, server):
         dl.fetch(s.url("data.bin"), tmp_path / "data.bin", checksum=MD5, progress=False, timeout=5)
     assert not (tmp_path / "data.bin").exists()  # nothing that looks complete
     assert (tmp_path / "data.bin.part").stat().st_size == 1_000_000
-    dl.fetch(s.url("data.bin"), tmp_path / "data.bin", checksum=MD5, progress=False)
+    dl.fetch(s.url("data.bin"), tmp_path / "data.bin", checksum=MD5, progress=False, timeout=10)
     assert (tmp_path / "data.bin").read_bytes() == PAYLOAD
     assert s.log[-1] == ("data.bin", "bytes=1000000-")
 
@@ -133,27 +137,27 @@ def test_server_without_ranges_restarts_from_zero(tmp_path, server):
     s = server({"data.bin": PAYLOAD})
     s.ranges = False
     (tmp_path / "data.bin.part").write_bytes(b"stale bytes from another file")
-    dl.fetch(s.url("data.bin"), tmp_path / "data.bin", checksum=MD5, progress=False)
+    dl.fetch(s.url("data.bin"), tmp_path / "data.bin", checksum=MD5, progress=False, timeout=10)
     assert (tmp_path / "data.bin").read_bytes() == PAYLOAD
 
 
 def test_unknown_checksum_is_recorded_printed_and_enforced(tmp_path, server, capsys):
     s = server({"data.bin": PAYLOAD})
-    dl.fetch(s.url("data.bin"), tmp_path / "data.bin", progress=False)
+    dl.fetch(s.url("data.bin"), tmp_path / "data.bin", progress=False, timeout=10)
     sha = hashlib.sha256(PAYLOAD).hexdigest()
     assert sha in capsys.readouterr().err
     assert (tmp_path / "SHA256SUMS").read_text() == f"{sha}  data.bin\n"
     (tmp_path / "data.bin").write_bytes(PAYLOAD[:-1] + b"\0")  # later corruption is caught
     with pytest.raises(UserError, match="checksum mismatch"):
-        dl.fetch(s.url("data.bin"), tmp_path / "data.bin", progress=False)
+        dl.fetch(s.url("data.bin"), tmp_path / "data.bin", progress=False, timeout=10)
 
 
 def test_http_errors_and_schemes_are_one_line(tmp_path, server):
     s = server({})
     with pytest.raises(UserError, match="HTTP 404"):
-        dl.fetch(s.url("nope.bin"), tmp_path / "nope.bin", progress=False)
+        dl.fetch(s.url("nope.bin"), tmp_path / "nope.bin", progress=False, timeout=10)
     with pytest.raises(UserError, match="only http"):
-        dl.fetch("file:///etc/passwd", tmp_path / "passwd", progress=False)
+        dl.fetch("file:///etc/passwd", tmp_path / "passwd", progress=False, timeout=10)
     with pytest.raises(UserError, match="no download for cars"):
         dl.download("cars", tmp_path)
 
