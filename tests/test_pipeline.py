@@ -303,6 +303,8 @@ def ffcv_epoch(loader) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(images.clone(), labels.clone()) for images, labels in loader]
 
 
+# Loaders after the first use num_workers=1: numba then compiles FFCV's ops as serial loops, several
+# times faster than the parallel (prange) versions the first test covers.
 # numba's dispatcher finalizer trips over FFCV's recompiled closures at garbage collection: harmless.
 ignore_numba_finalizer = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
@@ -339,7 +341,7 @@ def test_ffcv_repeats_and_resume_mid_epoch(betons):
     from fastvit.loaders.pipeline import FFCVLoader
 
     path, source = betons["ndarray"]
-    loader = FFCVLoader(path, batch_size=6, seed=5, repeats=2)
+    loader = FFCVLoader(path, batch_size=6, seed=5, repeats=2, num_workers=1)
     assert len(loader) == 86 // 6
     loader.set_epoch(3)
     full = ffcv_epoch(loader)
@@ -355,7 +357,7 @@ def test_ffcv_repeats_and_resume_mid_epoch(betons):
     iterator.close()  # leave mid-epoch, as an interrupted run does
     state = loader.state_dict()
     assert (state["epoch"], state["batch"]) == (3, 5)
-    resumed = FFCVLoader(path, batch_size=6, seed=5, repeats=2)
+    resumed = FFCVLoader(path, batch_size=6, seed=5, repeats=2, num_workers=1)
     resumed.load_state_dict(state)
     rest = ffcv_epoch(resumed)
     assert len(rest) == len(full) - 5
@@ -365,29 +367,13 @@ def test_ffcv_repeats_and_resume_mid_epoch(betons):
 
 
 @ignore_numba_finalizer
-def test_ffcv_sequential_order_with_flip(betons):
-    from fastvit.loaders.pipeline import FFCVLoader
-
-    path, source = betons["ndarray"]
-    batches = ffcv_epoch(FFCVLoader(path, batch_size=8, shuffle=False, drop_last=True, flip=True))
-    assert len(batches) == 5
-    assert torch.cat([y for _, y in batches]).tolist() == list(range(40))
-    flipped = 0
-    for image, original in zip(torch.cat([x for x, _ in batches]), torch.from_numpy(source), strict=False):
-        original = original.permute(2, 0, 1)  # (C, H, W)
-        if torch.equal(image, original.flip(-1)):
-            flipped += 1
-        else:
-            assert torch.equal(image, original)
-    assert 4 <= flipped <= 36  # Binomial(40, 0.5) falls outside with probability < 1e-5
-
-
-@ignore_numba_finalizer
 def test_ffcv_random_resized_crop(betons):
     from fastvit.loaders.pipeline import FFCVLoader
 
     path, source = betons["rgb"]
-    loader = FFCVLoader(path, batch_size=8, img_size=4, random_resized_crop=True, rrc_scale=(0.3, 0.6))
+    loader = FFCVLoader(
+        path, batch_size=8, img_size=4, random_resized_crop=True, rrc_scale=(0.3, 0.6), num_workers=1
+    )
     images = torch.cat([x for x, _ in ffcv_epoch(loader)])
     assert images.shape == (40, 3, 4, 4) and images.dtype == torch.uint8
     # a resized crop of numbered images still has their pixel statistics, not zeros
@@ -395,15 +381,26 @@ def test_ffcv_random_resized_crop(betons):
 
 
 @ignore_numba_finalizer
-def test_ffcv_center_crop_of_the_whole_image_is_a_resize(betons):
+def test_ffcv_sequential_center_crop_and_flip(betons):
     from fastvit.loaders.pipeline import FFCVLoader
 
     path, source = betons["rgb"]
-    # a 5x5 center crop (ratio 1 of the short side) of a 6x5 image, "resized" to 5: the pixels themselves
-    batches = ffcv_epoch(FFCVLoader(path, batch_size=8, img_size=5, center_crop_ratio=1.0, shuffle=False))
-    images = torch.cat([x for x, _ in batches])
-    expected = torch.from_numpy(source[:40, :5]).permute(0, 3, 1, 2)  # rows 0..4: (6 - 5) // 2 = 0
-    assert torch.equal(images, expected)
+    # A 5x5 center crop (ratio 1 of the short side) of a 6x5 image resized to 5 is its rows 0..4
+    # ((6 - 5) // 2 = 0), so every output is exactly those pixels or their mirror image.
+    loader = FFCVLoader(
+        path, batch_size=8, img_size=5, center_crop_ratio=1.0, flip=True, shuffle=False, num_workers=1
+    )
+    batches = ffcv_epoch(loader)
+    assert len(batches) == len(loader) == 5  # drop_last: 40 of 43
+    assert torch.cat([y for _, y in batches]).tolist() == list(range(40))  # file order
+    crops = torch.from_numpy(source[:40, :5]).permute(0, 3, 1, 2)  # (40, C, 5, 5)
+    flipped = 0
+    for image, crop in zip(torch.cat([x for x, _ in batches]), crops, strict=True):
+        if torch.equal(image, crop.flip(-1)):
+            flipped += 1
+        else:
+            assert torch.equal(image, crop)
+    assert 4 <= flipped <= 36  # Binomial(40, 0.5) falls outside with probability < 1e-5
 
 
 @ignore_numba_finalizer
@@ -481,7 +478,7 @@ def test_make_loader_picks_ffcv_over_budget_or_for_ffcv_image_options(prepared):
     from fastvit.loaders.pipeline import FFCVLoader, make_loader
 
     path, source = prepared
-    over = make_loader("auto", path, batch_size=10, shuffle=False, memory_budget=50 * 98 - 1)
+    over = make_loader("auto", path, batch_size=10, shuffle=False, memory_budget=50 * 98 - 1, num_workers=1)
     assert isinstance(over, FFCVLoader)
     batches = ffcv_epoch(over)
     assert torch.equal(torch.cat([x for x, _ in batches]), torch.from_numpy(source).permute(0, 3, 1, 2))
