@@ -227,7 +227,10 @@ def test_tiny_imagenet_layout(tmp_path):
     (d / "words.txt").write_text("n01\tgoldfish, Carassius\nn02\tcat\nn03\tdog, hound\nn99\tunused\n")
     for w in wnids:
         for k in range(2):
-            _save(d / "train" / w / "images" / f"{w}_{k}.JPEG", _rgb(rng, 1, 64, 64)[0], format="JPEG")
+            image = _rgb(rng, 1, 64, 64)[0]
+            if (w, k) == ("n01", 1):  # Tiny-ImageNet has greyscale JPEGs: stored as RGB
+                image = image[..., :1]
+            _save(d / "train" / w / "images" / f"{w}_{k}.JPEG", image, format="JPEG")
     rows = []
     for k, w in enumerate(["n03", "n02", "n03", "n01"]):
         _save(d / "val" / "images" / f"val_{k}.JPEG", _rgb(rng, 1, 64, 64)[0], format="JPEG")
@@ -240,6 +243,11 @@ def test_tiny_imagenet_layout(tmp_path):
     images, labels = load_arrays(paths[1])
     assert read_meta(paths[1])["storage"] == "raw"
     np.testing.assert_array_equal(images, np.stack([_decoded(f) for f in source.test.files]))
+    train_images, train_labels = load_arrays(paths[0])
+    np.testing.assert_array_equal(train_images, np.stack([_decoded(f) for f in source.train.files]))
+    np.testing.assert_array_equal(train_labels, [0, 0, 1, 1, 2, 2])
+    grey = train_images[source.train.files.index(d / "train" / "n01" / "images" / "n01_1.JPEG")]
+    assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
     (d / "val" / "val_annotations.txt").write_text("val_0.JPEG\tn77\t0\t0\t1\t1\n")
     with pytest.raises(UserError, match=r"val_annotations.txt:1: unknown class id 'n77'"):
         read_source("tiny-imagenet", tmp_path)
