@@ -119,7 +119,7 @@ if triton is not None:
 
     @triton.jit
     def _attn_bwd_dq_kernel(
-        Q, K, V, Bias, Scale, Out, DOut, Lse, Delta, DQ, DS, DScaleRows,
+        Q, K, V, Bias, Scale, Out, DOut, Lse, Delta, DQ, DK, DV, DS, DScaleRows,
         stride_qb, stride_qh, stride_qm, stride_qd,  # Q: (B, H, N_Q, D)
         stride_kb, stride_kh, stride_kn, stride_kd,  # K: (B, H, N_K, D)
         stride_vb, stride_vh, stride_vn, stride_vd,  # V: (B, H, N_K, D)
@@ -127,12 +127,13 @@ if triton is not None:
         stride_ob, stride_oh, stride_om, stride_od,  # Out: (B, H, N_Q, D)
         stride_gb, stride_gh, stride_gm, stride_gd,  # DOut: (B, H, N_Q, D)
         stride_dqb, stride_dqh, stride_dqm, stride_dqd,  # DQ: (B, H, N_Q, D)
+        stride_dkb, stride_dkh, stride_dkn, stride_dkd,  # DK, DV: (B, H, N_K, D), same strides (FUSED_DKDV)
         # Lse, Delta, DScaleRows: (B, H, N_Q) contiguous fp32
         # DS: (cdiv(N_GROUPS, DS_GROUP), NB, H, N_Q, N_K) contiguous fp32, dS summed over DS_GROUP batches
         H, NB, N_GROUPS, N_Q, N_K, scale_value,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         HAS_BIAS: tl.constexpr, PER_HEAD_SCALE: tl.constexpr, STORE_DS: tl.constexpr, DS_GROUP: tl.constexpr,
-        STORE_DSCALE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+        STORE_DSCALE: tl.constexpr, FUSED_DKDV: tl.constexpr, DOT_PRECISION: tl.constexpr,
     ):
         tl.static_assert(BLOCK_D >= HEAD_DIM)
         tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16 and BLOCK_D >= 16)
@@ -140,6 +141,8 @@ if triton is not None:
         # (chunk, w, h); the program handles batches b = (chunk * DS_GROUP + g) * NB + w for g < DS_GROUP,
         # which all read bias[w], in a fixed order: their dS sum stays in registers (DS_GROUP > 1 requires
         # N_K <= BLOCK_N, one key block). With DS_GROUP = 1 axis 0 is simply b * H + h.
+        # FUSED_DKDV (N_Q <= BLOCK_M: one query block holds every query) also finishes dK and dV here, per
+        # key block, so the dK/dV kernel and its second pass over q, dO, lse, delta are skipped.
         pid = tl.program_id(0).to(tl.int64)
         pid_m = tl.program_id(1)
         h = pid % H
@@ -172,7 +175,8 @@ if triton is not None:
             o = tl.load(o_ptrs, mask=md_ok, other=0.0)  # (BLOCK_M, BLOCK_D)
             # delta_i = sum_d dO_id O_id = sum_j P_ij dP_ij (softmax Jacobian term); the dK/dV kernel reads it.
             delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)  # (BLOCK_M,)
-            tl.store(Delta + pid_bh * N_Q + offs_m, delta, mask=row_ok)
+            if not FUSED_DKDV:
+                tl.store(Delta + pid_bh * N_Q + offs_m, delta, mask=row_ok)
             lse = tl.load(Lse + pid_bh * N_Q + offs_m, mask=row_ok, other=0.0)
             k_base = K + b * stride_kb + h * stride_kh
             v_base = V + b * stride_vb + h * stride_vh
@@ -198,6 +202,14 @@ if triton is not None:
                 dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
                 ds = p * (dp - delta[:, None])
                 dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+                if FUSED_DKDV:  # padded query rows have dO = q = 0: no mask needed on p or dS
+                    dv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_D)
+                    dk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PRECISION) * scale
+                    dkv_offs = (b * stride_dkb + h * stride_dkh + cols[:, None] * stride_dkn
+                                + offs_d[None, :] * stride_dkd)
+                    dkv_ok = col_ok[:, None] & d_ok[None, :] & (group < N_GROUPS)
+                    tl.store(DK + dkv_offs, dk.to(DK.dtype.element_ty), mask=dkv_ok)
+                    tl.store(DV + dkv_offs, dv.to(DV.dtype.element_ty), mask=dkv_ok)
                 if STORE_DS:
                     if DS_GROUP == 1:
                         tl.store(DS + pid * N_Q * N_K + offs_m[:, None] * N_K + cols[None, :], ds,
@@ -314,13 +326,22 @@ def _prune(configs, named_args, program_block, accumulators, **kwargs):
     floor = {name: min(32, c) for name, c in cap.items()}
     if args.get("DS_GROUP", 1) > 1:
         floor["BLOCK_N"] = cap["BLOCK_N"]
+    fused = args.get("FUSED_DKDV", False)
+    if fused:
+        floor["BLOCK_M"] = cap["BLOCK_M"]
     kept = [
         c for c in configs
         if all(floor[name] <= c.kwargs[name] <= cap[name] for name in cap)
         and c.kwargs[program_block] * args["BLOCK_D"] * accumulators <= 64 * 32 * c.num_warps
+        # fused: S, P, dP, dS tiles and the dK/dV products live at once; keep them to ~32 regs/thread each
+        and (not fused or c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 32 * 32 * c.num_warps)
     ]
-    return kept or [triton.Config({"BLOCK_M": floor["BLOCK_M"], "BLOCK_N": floor["BLOCK_N"]}, num_warps=4,
-                                  num_stages=2)]
+    if kept:
+        return kept
+    # nothing fits the budget: the smallest legal tiles, with 8 warps if their accumulators are large
+    program_tile = floor[program_block] * args["BLOCK_D"] * accumulators
+    return [triton.Config({"BLOCK_M": floor["BLOCK_M"], "BLOCK_N": floor["BLOCK_N"]},
+                          num_warps=4 if program_tile <= 64 * 32 * 4 else 8, num_stages=2)]
 
 
 @functools.cache
@@ -337,7 +358,7 @@ def _tuned_kernels():
 
     return {
         "fwd": tune(_attn_fwd_kernel, "BLOCK_M", 1),
-        "dq": tune(_attn_bwd_dq_kernel, "BLOCK_M", 1, ("STORE_DS", "STORE_DSCALE", "DS_GROUP")),
+        "dq": tune(_attn_bwd_dq_kernel, "BLOCK_M", 1, ("STORE_DS", "STORE_DSCALE", "DS_GROUP", "FUSED_DKDV")),
         "dkdv": tune(_attn_bwd_dkdv_kernel, "BLOCK_N", 2),
     }
 
@@ -354,6 +375,12 @@ def _launch(name, raw_kernel, args, consts, programs, program_len, program_block
     else:
         blocks = _cpu_blocks(consts["N_Q"], consts["N_K"])
         raw_kernel[(programs, triton.cdiv(program_len, blocks[program_block]))](*args, **consts, **blocks)
+
+
+def _fused_dkdv(n_q, cuda):
+    """True if one query block covers N_Q, so the dQ program can also finish dK and dV (one backward
+    kernel, one read of q, k, v, O, dO). On CUDA up to 128 queries (ViT's 65 tokens included)."""
+    return _pow2_block(n_q) <= 128 if cuda else _cpu_blocks(n_q, 1)["BLOCK_M"] >= n_q
 
 
 def _ds_group(n_groups, n_k, cuda):
@@ -407,7 +434,8 @@ def attention_backward(do, q, k, v, out, lse, bias, scale, scale_value, bias_gra
     dq = _empty(q.shape, q.dtype, q.device)
     dk = _empty(k.shape, k.dtype, k.device)
     dv = _empty(v.shape, v.dtype, v.device)
-    delta = _empty((B, H, n_q), torch.float32, q.device)
+    fused = _fused_dkdv(n_q, q.is_cuda)
+    delta = _empty((B, H, n_q), torch.float32, q.device) if not fused else None
     ds = _empty((chunks, nb, H, n_q, n_k), torch.float32, q.device) if bias_grad else None
     dscale_rows = _empty((B, H, n_q), torch.float32, q.device) if scale_grad else None
     dummy = q
@@ -415,13 +443,15 @@ def attention_backward(do, q, k, v, out, lse, bias, scale, scale_value, bias_gra
     scale_ptr = scale if scale is not None else dummy
     consts = _common_consts(q, k, bias, scale, scale_value)
 
-    dq_args = (q, k, v, bias_ptr, scale_ptr, out, do, lse, delta, dq,
+    dq_args = (q, k, v, bias_ptr, scale_ptr, out, do, lse, delta if delta is not None else dummy, dq, dk, dv,
                ds if ds is not None else dummy, dscale_rows if dscale_rows is not None else dummy,
                *q.stride(), *k.stride(), *v.stride(), *_bias_strides(bias), *out.stride(), *do.stride(),
-               *dq.stride())
+               *dq.stride(), *dk.stride())
     dq_consts = {**consts, "N_GROUPS": B // nb, "STORE_DS": bias_grad, "DS_GROUP": group,
-                 "STORE_DSCALE": scale_grad}
+                 "STORE_DSCALE": scale_grad, "FUSED_DKDV": fused}
     _launch("dq", _attn_bwd_dq_kernel, dq_args, dq_consts, chunks * nb * H, n_q, "BLOCK_M")
+    if fused:
+        return dq, dk, dv, ds, dscale_rows
     # Stream order makes delta (written by the dq kernel) visible to the dk/dv kernel.
     dkdv_args = (q, k, v, bias_ptr, scale_ptr, do, lse, delta, dk, dv,
                  *q.stride(), *k.stride(), *v.stride(), *_bias_strides(bias), *do.stride(), *dk.stride())

@@ -192,12 +192,15 @@ def test_triton_cuda_matches_float64(B, H, n_q, n_k, D, bias_kind, scale_kind, d
 def test_gpu_autotune_candidates_fit_the_shape():
     """The H100 candidates left after pruning (CPU-checkable: building the autotuners needs no driver)."""
     tuned = attn._tuned_kernels()
-    kernels = (("fwd", "BLOCK_M", 1, 1), ("dq", "BLOCK_M", 1, 1), ("dq", "BLOCK_M", 1, 8), ("dkdv", "BLOCK_N", 2, 1))
     for n in (1, 16, 17, 49, 65, 197, 257):
+        grouped = attn._ds_group(10, n, cuda=True)  # what a windowed bias with 10 batches per window gets
+        kernels = (("fwd", "BLOCK_M", 1, 1), ("dq", "BLOCK_M", 1, 1), ("dq", "BLOCK_M", 1, grouped),
+                   ("dkdv", "BLOCK_N", 2, 1))
         for D in (16, 32, 48, 64, 128):
             block_d = attn._pow2_block(D)
+            fused = attn._fused_dkdv(n, cuda=True)
             for name, program_block, accumulators, group in kernels:
-                args = {"N_Q": n, "N_K": n, "BLOCK_D": block_d, "DS_GROUP": group}
+                args = {"N_Q": n, "N_K": n, "BLOCK_D": block_d, "DS_GROUP": group, "FUSED_DKDV": fused}
                 kept = tuned[name].early_config_prune(tuned[name].configs, args)
                 assert kept, (name, n, D)
                 for c in kept:
@@ -205,6 +208,9 @@ def test_gpu_autotune_candidates_fit_the_shape():
                     assert min(32, attn._pow2_block(n)) <= min(bm, bn) and max(bm, bn) <= attn._pow2_block(n)
                     assert c.kwargs[program_block] * block_d * accumulators <= 64 * 32 * c.num_warps
                     assert group == 1 or bn >= n  # the grouped dS sum needs every key in one block
+                    assert name != "dq" or not fused or bm >= n  # fused dK/dV: every query in one block
+    assert attn._fused_dkdv(65, cuda=True) and not attn._fused_dkdv(197, cuda=True)
+    assert attn._ds_group(10, 49, cuda=True) == 8 and attn._ds_group(10, 65, cuda=True) == 1
     small = tuned["fwd"].early_config_prune(tuned["fwd"].configs, {"N_Q": 16, "N_K": 16, "BLOCK_D": 32})
     assert {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in small} == {(16, 16)}
 
