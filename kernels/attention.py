@@ -3,7 +3,9 @@
 Layers, bottom up:
   1. `@triton.jit` kernels: `_attn_fwd_kernel` (online softmax, saves the log-sum-exp),
      `_attn_bwd_dq_kernel` (one program per query block: delta, dQ, and optionally dS and the
-     per-row dscale terms), `_attn_bwd_dkdv_kernel` (one program per key block: dK, dV).
+     per-row dscale terms), `_attn_bwd_dkdv_kernel` (one program per key block: dK, dV). When one
+     query block covers every query (N <= 128 on CUDA: Swin windows, ViT's 65 tokens) the dQ program
+     also finishes dK and dV and the backward is a single kernel.
      No atomics: every output element has exactly one writer; cross-program sums are written as
      partials (dscale per (b, h, row); dS per (b, h), or summed in registers over up to 8 batches that
      share a window's bias) and reduced by torch, so gradients are bitwise deterministic.
