@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from fastvit.errors import UserError
+
 H100_BF16_FLOPS = 989e12  # dense bf16 tensor-core peak, FLOP/s (SXM)
 H100_BYTES_PER_S = 3.35e12  # HBM3 bandwidth, bytes/s
 
@@ -147,7 +149,7 @@ def bench_cuda(shapes=SHAPES, dtype=torch.bfloat16):
         for name, fn in providers(shape).items():
             try:
                 fwd_ms, full_ms = time_provider(fn, q, k, v, table, mask, dout)
-            except RuntimeError as err:  # e.g. flash refuses a bias: record and move on
+            except (RuntimeError, UserError) as err:  # e.g. flash refuses a bias: record and move on
                 print(f"| {shape.label} | {name} | n/a: {str(err).splitlines()[0][:60]} | | | | | | |")
                 continue
             cells = []
