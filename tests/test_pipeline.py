@@ -485,3 +485,54 @@ def test_make_loader_picks_ffcv_over_budget_or_for_ffcv_image_options(prepared):
     assert isinstance(make_loader("auto", path, batch_size=10, memory_budget=50 * 98), ResidentLoader)
     # a flip at decode time is an FFCV option; the compiled pipeline is only built on iteration
     assert isinstance(make_loader("auto", path, batch_size=10, flip=True), FFCVLoader)
+
+
+DISTRIBUTED_RANK = """
+import json, sys
+import torch.distributed as dist
+from fastvit.errors import UserError
+from fastvit.loaders.pipeline import FFCVLoader
+
+path, rank, store = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+try:
+    FFCVLoader(path, batch_size=4, rank=1 - rank, world_size=2)
+    mismatch = None
+except UserError as error:
+    mismatch = str(error)
+loader = FFCVLoader(path, batch_size=4, rank=rank, world_size=2, drop_last=False, seed=3, num_workers=1)
+epochs = [[label for _, labels in loader for label in labels.tolist()] for _ in range(2)]
+print(json.dumps({"epochs": epochs, "batches": len(loader), "mismatch": mismatch}))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_ffcv_distributed_ranks_partition_the_epoch(betons, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    path, _ = betons["ndarray"]
+    store = tmp_path / "store"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", DISTRIBUTED_RANK, str(path), str(rank), str(store)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for rank in range(2)
+    ]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-2000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    for result in results:
+        assert "differ from the process group's" in result["mismatch"]
+        assert result["batches"] == 6  # 43 samples padded to 44, 22 per rank, batches of 4
+    for epoch in range(2):
+        shards = [result["epochs"][epoch] for result in results]
+        assert [len(s) for s in shards] == [22, 22]
+        counts = collections.Counter(shards[0] + shards[1])
+        assert set(counts) == set(range(43)) and sorted(counts.values()) == [1] * 42 + [2]
+    assert results[0]["epochs"][0] != results[0]["epochs"][1]
