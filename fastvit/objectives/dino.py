@@ -7,8 +7,8 @@ softmax on every (teacher view, student view) pair of different views.
 
 Typical use in a pretraining loop::
 
-    backbone = create_model("vit", num_classes=10, drop_path_rate=0.1)
-    dino = DINO(backbone, total_epochs=200)
+    backbone = fastvit.models.create("vit", img_size=32, num_classes=0, drop_path=0.1)
+    dino = DINO(backbone, total_epochs=200, n_local=8)
     lr_at = cosine_schedule(1e-4 * batch / 256, 1e-6, total_steps, warmup_steps=30 * steps_per_epoch)
     wd_at = cosine_schedule(0.04, 0.4, total_steps)
     for step, views in ...:                      # views: 2 global + 8 local image batches
