@@ -12,6 +12,7 @@ from scipy.stats import chisquare
 
 from fastvit.errors import UserError
 
+pytest.importorskip("triton")
 pytestmark = pytest.mark.skipif(
     os.environ.get("TRITON_INTERPRET") != "1", reason="the triton backend runs on CPU only in the interpreter"
 )
