@@ -169,9 +169,12 @@ def test_lambda_schedule_ramps_then_decays(epoch, expected):
     assert drloc_lambda(epoch, 0.5, 20, 100) == pytest.approx(expected)
 
 
-def test_lambda_schedule_without_warmup():
+def test_lambda_schedule_without_warmup_and_with_a_too_long_one():
     assert drloc_lambda(0, 0.1, 0, 50) == pytest.approx(0.1)
     assert drloc_lambda(25, 0.1, 0, 50) == pytest.approx(0.05)
+    # a warm-up longer than the run: the ramp, cut to 0 at the end
+    assert drloc_lambda(5, 0.5, 20, 10) == pytest.approx(0.125)
+    assert drloc_lambda(12, 0.5, 20, 10) == 0.0
 
 
 def test_user_errors():

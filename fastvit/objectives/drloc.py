@@ -42,10 +42,10 @@ def drloc_lambda(epoch: float, lam: float, warmup_epochs: float, total_epochs: f
             f"drloc_lambda needs lam >= 0, warmup_epochs >= 0 and total_epochs > 0, got lam={lam}, "
             f"warmup_epochs={warmup_epochs}, total_epochs={total_epochs}"
         )
-    if epoch < warmup_epochs:
-        return lam * max(epoch, 0.0) / warmup_epochs
     if epoch >= total_epochs:
         return 0.0
+    if epoch < warmup_epochs:
+        return lam * max(epoch, 0.0) / warmup_epochs
     return lam * (total_epochs - epoch) / (total_epochs - warmup_epochs)
 
 
