@@ -231,7 +231,9 @@ def extract(archive: Path, dest: Path) -> None:
                     _check_member(m.name, archive)
                     if not (m.isfile() or m.isdir()):
                         raise UserError(f"{archive}: refusing member {m.name!r} (links and devices are not allowed)")
-                t.extractall(staging, members=members, filter="data")
+                # the stdlib's own "data" filter too, where available (3.10.12+, 3.11.4+)
+                safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+                t.extractall(staging, members=members, **safe)
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
         shutil.rmtree(staging, ignore_errors=True)
         raise UserError(f"{archive}: damaged or truncated archive ({type(e).__name__}: {e})") from None
