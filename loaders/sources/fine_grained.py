@@ -58,7 +58,13 @@ def _struct_column(annotations: np.ndarray, field: str, path: Path) -> list:
     """One field of a MATLAB struct array, as a flat Python list."""
     if annotations.dtype.names is None or field not in annotations.dtype.names:
         raise UserError(f"{path}: annotations have no field {field!r} (fields: {annotations.dtype.names})")
-    return [np.asarray(v).reshape(-1)[0] if np.asarray(v).size else None for v in annotations[field].reshape(-1)]
+    values = []
+    for i, v in enumerate(annotations[field].reshape(-1)):
+        v = np.asarray(v).reshape(-1)
+        if v.size != 1:
+            raise UserError(f"{path}: annotation {i} has {v.size} values for {field!r}, expected 1")
+        values.append(v[0].item() if isinstance(v[0], np.generic) else v[0])
+    return values
 
 
 def _cars_split(annos: Path, images: Path, num_classes: int) -> Split:
