@@ -118,6 +118,7 @@ class Normalize:
         return self._cache[key]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 -> a new float32 batch; a float32 batch is normalized in place."""
         scale, shift = self.coefficients(x.shape[1], x.device)
         if x.dtype == torch.uint8:
             return torch.addcmul(shift, x.float(), scale)
@@ -226,13 +227,13 @@ def _cubic(t: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
 
 
 def resample_weights(start: torch.Tensor, length: torch.Tensor, in_size: torch.Tensor, out: int, *,
-                     mode: str, antialias: torch.Tensor) -> torch.Tensor:
+                     mode: str, antialias: torch.Tensor, reverse: torch.Tensor | None = None) -> torch.Tensor:
     """[n, out, max(in_size)] matrices resampling input[start : start+length] to `out` pixels, one per row.
 
     Exactly F.interpolate(crop, align_corners=False) semantics: without antialias, taps past the crop
     edge are clamped to it (and bicubic uses a = -0.75); with antialias (torch's / PIL's resize when
     shrinking) the kernel widens by the shrink factor, uses a = -0.5, and taps outside the crop are
-    dropped and the rest renormalized.
+    dropped and the rest renormalized. reverse[i]: output pixels in mirrored order (a flip for free).
     """
     n, dev = start.shape[0], start.device
     length = length.float().view(n, 1, 1)
@@ -241,7 +242,10 @@ def resample_weights(start: torch.Tensor, length: torch.Tensor, in_size: torch.T
     support = 2.0 if mode == "bicubic" else 1.0
     stretch = torch.where(aa, scale.clamp(min=1.0), 1.0)
     taps = 2 * math.ceil(support * float(stretch.max())) + 1
-    centre = (torch.arange(out, device=dev, dtype=torch.float32).view(1, out, 1) + 0.5) * scale
+    pos = torch.arange(out, device=dev, dtype=torch.float32).view(1, out, 1)
+    if reverse is not None:
+        pos = torch.where(reverse.view(n, 1, 1), out - 1 - pos, pos)  # (n, out, 1)
+    centre = (pos + 0.5) * scale
     j = torch.floor(centre - support * stretch + 0.5) + torch.arange(taps, device=dev).view(1, 1, taps)
     t = (j + 0.5 - centre) / stretch  # (n, out, taps)
     if mode == "bicubic":
@@ -269,15 +273,14 @@ def resample_boxes(x: torch.Tensor, top, left, h, w, size: int, *, interpolation
     dev = x.device
     aa = (h > size) | (w > size)
     sizes = torch.tensor([height, width], device=dev).repeat_interleave(n)
+    no_flip = torch.zeros(n, dtype=torch.bool, device=dev)
     weights = resample_weights(torch.cat([top, left]), torch.cat([h, w]), sizes, size, mode=interpolation,
-                               antialias=torch.cat([aa, aa]))
+                               antialias=torch.cat([aa, aa]),
+                               reverse=None if flip is None else torch.cat([no_flip, flip]))
     wy, wx = weights[:n, :, :height], weights[n:, :, :width]  # (n, size, H), (n, size, W)
-    if flip is not None:
-        wx = torch.where(flip.view(n, 1, 1), wx.flip(1), wx)
-    rows = torch.bmm(to_float(x).reshape(n, c * height, width), wx.transpose(1, 2))  # (n, C*H, size)
-    rows = rows.view(n, c, height, size).transpose(1, 2).reshape(n, height, c * size)  # (n, H, C*size)
-    out = torch.bmm(wy, rows).view(n, size, c, size).transpose(1, 2)  # (n, C, size, size)
-    out = out.contiguous()
+    # rows first with the (broadcast) row weights, then columns: no transposed copies
+    cols = torch.matmul(wy.unsqueeze(1), to_float(x))  # (n, C, size, W)
+    out = torch.bmm(cols.view(n, c * size, width), wx.transpose(1, 2)).view(n, c, size, size)
     return out.clamp_(0, 255) if interpolation == "bicubic" else out
 
 

@@ -155,28 +155,23 @@ def adjust_sharpness(x: torch.Tensor, factor) -> torch.Tensor:
 
 
 def adjust_hue(x: torch.Tensor, shift) -> torch.Tensor:
-    """torchvision's adjust_hue: rotate the HSV hue by `shift` turns (in [-0.5, 0.5]); 1 channel: identity."""
+    """torchvision's adjust_hue: rotate the HSV hue by `shift` turns (in [-0.5, 0.5]); 1 channel: identity.
+
+    Works in 0..255 directly: with v = max, v*s = max - min = delta, each channel is
+    v - delta * clamp(min(k, 4 - k), 0, 1) with k = (n + hue*6) mod 6, n = 5, 3, 1 for R, G, B.
+    """
     if x.shape[1] == 1:
         return x
-    rgb = x / 255.0
-    maxc, _ = rgb.max(dim=1, keepdim=True)
-    minc, _ = rgb.min(dim=1, keepdim=True)
-    delta = maxc - minc
-    safe = torch.where(delta > 0, delta, 1.0)
-    r, g, b = rgb.unbind(1)
-    r, g, b = r.unsqueeze(1), g.unsqueeze(1), b.unsqueeze(1)
-    hue = torch.where(maxc == r, (g - b) / safe,
-                      torch.where(maxc == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
-    hue = torch.where(delta > 0, hue, 0.0)
-    sat = torch.where(maxc > 0, delta / torch.where(maxc > 0, maxc, 1.0), 0.0)
-    # hue in sixths of a turn; shift it, then back to RGB with f(n) = v - v*s*clamp(min(k, 4-k), 0, 1)
-    hue6 = torch.remainder(hue + 6.0 * _col(shift, x), 6.0)
-    vs = maxc * sat
-    out = []
-    for n_ in (5.0, 3.0, 1.0):
-        k = torch.remainder(hue6 + n_, 6.0)
-        out.append(maxc - vs * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0))
-    return (torch.cat(out, dim=1) * 255.0).clamp_(0, 255)
+    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    maxc = x.amax(dim=1, keepdim=True)  # (n, 1, H, W)
+    delta = maxc - x.amin(dim=1, keepdim=True)
+    inv = delta.clamp(min=1e-6).reciprocal_()  # grey pixels: every difference below is 0
+    # hue in sixths of a turn, from whichever channel is the maximum
+    hue6 = torch.where(maxc == r, (g - b) * inv,
+                       torch.where(maxc == g, (b - r) * inv + 2.0, (r - g) * inv + 4.0))
+    hue6 = hue6 + 6.0 * _col(shift, x) + torch.tensor([5.0, 3.0, 1.0], device=x.device).view(1, 3, 1, 1)
+    k = hue6 - torch.floor(hue6 * (1.0 / 6.0)) * 6.0  # mod 6, (n, 3, H, W); faster than remainder
+    return maxc - delta * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
 
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:
