@@ -198,3 +198,14 @@ def test_compiles_with_the_torch_backend():
     grid = _grid((2, 3, 3, 8))
     compiled = torch.compile(drloc, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled([grid], seed=1, offset=2), drloc([grid], seed=1, offset=2))
+
+
+@pytest.mark.parametrize("path", ["gather", "project"])
+def test_autocast_bf16_loss_is_float32_and_close(path):
+    drloc = _seeded(Drloc([16], mode="ce", num_pairs=32, grid_sizes=[(5, 5)], path=path))
+    grid = _grid((2, 5, 5, 16)).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = drloc([grid], seed=3, offset=1)
+    loss.backward()
+    assert loss.dtype == torch.float32 and grid.grad.dtype == torch.float32
+    torch.testing.assert_close(loss, drloc([grid], seed=3, offset=1), rtol=2e-2, atol=0)
