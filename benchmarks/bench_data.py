@@ -16,7 +16,7 @@ the reference uses 2 worker processes plus the main process for Mixup/CutMix.
 
 import torch
 from fastvit.loaders.augment import MultiCrop, build_train_transform
-from fastvit.loaders.pipeline import ResidentLoader
+from fastvit.loaders.pipeline import FFCVLoader, ResidentLoader
 
 from benchmarks.conftest import CIFAR_MEAN, CIFAR_STD, record_rate, sync
 from benchmarks.reference_pipeline import finetune_loader, multicrop_loader
@@ -126,3 +126,28 @@ def test_resident_loader_alone(benchmark, cifar_like, rates, device):
     images, count = benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
     assert images.shape == (BATCH, 3, 32, 32) and images.dtype == torch.uint8 and count == len(loader) * BATCH
     record_rate(benchmark, rates, "resident_loader", len(loader) * BATCH)
+
+
+def test_ffcv_loader_alone(benchmark, cifar_like, rates, tmp_path_factory):
+    """FFCV's loader over the same data stored raw in a .beton (decode = copy; 2 numba threads), for
+    the choice between the loaders: the ffcv loader is for data that does not fit the device."""
+    from fastvit.loaders.beton import write_split
+    from fastvit.loaders.sources.common import Split
+
+    images, labels = cifar_like
+    path = tmp_path_factory.mktemp("bench") / "cifar-like-train.beton"
+    threads = torch.get_num_threads()
+    write_split(path, Split(labels=labels, images=images), dataset="cifar-like", split_name="train",
+                classes=[str(i) for i in range(10)], progress=False)
+    torch.set_num_threads(threads)
+    loader = FFCVLoader(path, batch_size=BATCH, num_workers=2, seed=0)
+
+    def run():
+        count = 0
+        for batch, _ in loader:
+            count += len(batch)
+        return batch, count
+
+    batch, count = benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
+    assert batch.shape == (BATCH, 3, 32, 32) and batch.dtype == torch.uint8 and count == len(loader) * BATCH
+    record_rate(benchmark, rates, "ffcv_loader", count, baseline="resident_loader")
