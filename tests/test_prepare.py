@@ -108,6 +108,10 @@ def test_real_fashion_mnist_default_location(tmp_path):
     assert images.shape == (60000, 28, 28, 1) and images.dtype == np.uint8
     assert labels.min() == 0 and labels.max() == 9
     assert np.bincount(labels).tolist() == [6000] * 10
+    # byte-exact against an independent decode of the IDX files
+    raw = gzip.decompress((REAL_FASHION / "train-images-idx3-ubyte.gz").read_bytes())
+    assert raw[:4] == b"\x00\x00\x08\x03"
+    np.testing.assert_array_equal(images.reshape(-1), np.frombuffer(raw, np.uint8, offset=16))
     test_images, test_labels = load_arrays(test)
     assert test_images.shape == (10000, 28, 28, 1) and np.bincount(test_labels).tolist() == [1000] * 10
     meta = read_meta(train)
