@@ -61,7 +61,8 @@ def _check_common(batch_size: int, seed: int, rank: int, world_size: int, repeat
 
 
 class _Position:
-    """The (epoch, next batch) bookkeeping both loaders share, with its checkpoint format.
+    """The (epoch, next batch) bookkeeping both loaders share, with its checkpoint format (subclasses
+    define `__len__`, the batches per epoch).
 
     `order_keys` are the settings that fix the sample order: a state saved under other values would
     point into a different order, so loading it is refused rather than silently resuming elsewhere.
@@ -101,9 +102,6 @@ class _Position:
         if not 0 <= state["batch"] <= len(self):
             raise UserError(f"loader state batch {state['batch']} is outside 0..{len(self)}")
         self.epoch, self.next_batch = int(state["epoch"]), int(state["batch"])
-
-    def __len__(self) -> int:
-        raise NotImplementedError
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -175,6 +173,8 @@ class ResidentLoader(_Position):
                 f"labels must be integer [N] with N = {images.shape[0]} images, "
                 f"got {labels.dtype} {list(labels.shape)}"
             )
+        if images.shape[0] == 0:
+            raise UserError("the dataset is empty (0 images)")
         self.device = torch.device(device)
         # Stored NCHW-contiguous once, so a batch is one contiguous gather with no per-step permute.
         self.images = images.permute(0, 3, 1, 2).contiguous().to(self.device)  # (N, C, H, W)
@@ -182,7 +182,7 @@ class ResidentLoader(_Position):
         self.num_samples = int(images.shape[0])
         # Gather whole rows as the widest integer words that tile them: a uint8 index_select moves one
         # byte per element and is ~6x slower on the CPU than the same bytes as int64.
-        row_bytes = self.images[0].numel()
+        row_bytes = math.prod(self.images.shape[1:])
         word = next(d for d in (torch.int64, torch.int32, torch.int16, torch.uint8) if row_bytes % d.itemsize == 0)
         self._rows = self.images.view(self.num_samples, row_bytes).view(word)  # (N, row_bytes / itemsize)
         self.batch_size, self.shuffle, self.drop_last = batch_size, bool(shuffle), bool(drop_last)

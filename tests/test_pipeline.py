@@ -248,6 +248,7 @@ def test_state_from_other_settings_is_refused():
         ({"rank": 2, "world_size": 2}, "rank must be in 0..1 for world_size 2"),
         ({"repeats": 0}, "repeats must be a positive integer"),
         ({"seed": -1}, "seed must be a non-negative integer"),
+        ({"images": np.zeros((0, 2, 2, 3), np.uint8), "labels": np.arange(0)}, "the dataset is empty"),
     ],
 )
 def test_bad_arguments_are_user_errors(kwargs, message):
