@@ -105,7 +105,7 @@ def test_one_by_one_grid():
 
 
 # --- forward with given positions ------------------------------------------------------------------
-SHAPES = [(2, 3, 5, 8), (1, 1, 1, 4), (2, 4, 4, 33), (3, 2, 7, 130)]
+SHAPES = [(2, 3, 5, 8), (1, 1, 1, 4), (2, 1, 6, 8), (2, 4, 4, 33), (3, 2, 7, 130)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -157,7 +157,7 @@ def test_targets_with_and_without_abs(backend):
     "dtype,tol",
     [(torch.float64, 1e-12), (torch.float32, 1e-6), (torch.float16, 2e-3), (torch.bfloat16, 2e-2)],
 )
-@pytest.mark.parametrize("shape", [(2, 3, 5, 8), (1, 1, 1, 4), (2, 2, 3, 33)])
+@pytest.mark.parametrize("shape", [(2, 3, 5, 8), (1, 1, 1, 4), (2, 5, 1, 8), (2, 2, 3, 33)])
 def test_grid_gradient_matches_float64_reference(shape, dtype, tol):
     B, Hg, Wg, C = shape
     m = 11
