@@ -402,3 +402,81 @@ def test_cait_layerscale_init_and_uniform_drop_path():
     assert torch.all(m.blocks[0].ls1.gamma == 1e-5)
     assert {b.drop_path.p for b in m.blocks} == {0.1}
     assert len(m.class_blocks) == 2 and m.class_blocks[0].mlp.fc1.out_features == 4 * 192
+
+
+# ---------------------------------------------------------------- attention backends
+
+TINY = ["vit_tiny", "swin_tiny", "cait_tiny", "cvt_tiny", "t2t_vit_tiny"]
+
+
+def _outputs_and_grads(m, x, backend, monkeypatch):
+    monkeypatch.setenv("FASTVIT_ATTN", backend)
+    m.zero_grad(set_to_none=True)
+    pooled, grid = m.forward_features(x)
+    logits = m.forward_head(pooled)
+    (logits.square().mean() + grid.square().mean()).backward()
+    return logits.detach(), grid.detach(), {n: p.grad.clone() for n, p in m.named_parameters()}
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "triton"])
+@pytest.mark.parametrize("name", TINY)
+def test_attention_backends_agree(name, backend, monkeypatch):
+    """Every model gives the same outputs and gradients with each backend as with `math` (fp32)."""
+    from fastvit.kernels.attention import BACKENDS
+
+    if backend not in BACKENDS:
+        pytest.skip(f"attention backend {backend!r} is not available in fastvit.kernels yet")
+    m = _make(name, 32).eval()  # eval: BatchNorm (CvT) uses running stats, so calls are repeatable
+    x = _images(2, 3, 32)
+    ref = _outputs_and_grads(m, x, "math", monkeypatch)
+    got = _outputs_and_grads(m, x, backend, monkeypatch)
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got[1], ref[1], rtol=1e-4, atol=1e-5)
+    for n, g in ref[2].items():
+        torch.testing.assert_close(got[2][n], g, rtol=1e-3, atol=1e-5, msg=lambda m, n=n: f"{n}: {m}")
+
+
+# ---------------------------------------------------------------- parameter counts (SPEC §1)
+
+SPEC_PARAMS = [
+    ("vit", 32, 10, 2.8e6),
+    ("swin", 32, 10, 7.1e6),
+    ("cait", 32, 10, 7.7e6),
+    ("swin_t", 224, 1000, 28.3e6),
+    ("cvt_13", 224, 1000, 20.0e6),
+    ("t2t_vit_14", 224, 1000, 21.5e6),
+]
+# vit and cait follow the configs SPEC (and paper A's code) spell out; those give 2.70M and 8.05M, not
+# the 2.8M / 7.7M of paper A's table. The exact counts are pinned by closed forms below.
+KNOWN_GAP = {"vit": "config gives 2.70M (-3.7%)", "cait": "config gives 8.05M (+4.6%)"}
+
+
+def _meta_params(name, img_size, num_classes):
+    with torch.device("meta"):  # shapes only: no memory, no init time
+        return _params(models.create(name, img_size=img_size, num_classes=num_classes))
+
+
+@pytest.mark.parametrize(
+    "name,img_size,num_classes,spec",
+    [
+        pytest.param(*p, marks=pytest.mark.xfail(strict=True, reason=KNOWN_GAP[p[0]]))
+        if p[0] in KNOWN_GAP
+        else p
+        for p in SPEC_PARAMS
+    ],
+)
+def test_param_counts_within_2_percent_of_spec(name, img_size, num_classes, spec):
+    n = _meta_params(name, img_size, num_classes)
+    print(f"{name} @ {img_size}px, {num_classes} classes: {n:,} params (SPEC {spec / 1e6:.1f}M, "
+          f"{100 * (n / spec - 1):+.1f}%)")
+    assert abs(n / spec - 1) <= 0.02
+
+
+def test_param_count_cait_closed_form():
+    n = _meta_params("cait", 32, 10)
+    D, hid, cls_hid = 192, 384, 768
+    attn = D * 3 * D + 3 * D + D * D + D + 2 * (4 * 4 + 4)  # qkv, proj, talking-heads proj_l / proj_w
+    block = attn + 2 * D * hid + hid + D + 4 * D + 2 * D  # + mlp, two norms, two LayerScales
+    class_block = 3 * (D * D + D) + D * D + D + 2 * D * cls_hid + cls_hid + D + 4 * D + 2 * D
+    embed = 3 * 16 * D + D + 64 * D + D  # patch conv, pos embed (patches only), cls token
+    assert n == 24 * block + 2 * class_block + embed + 2 * D + (D * 10 + 10)
