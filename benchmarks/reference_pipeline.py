@@ -9,7 +9,7 @@ keep it faithful, never tuned down.
 - `FinetuneTransform`: paper A's fine-tuning (SPEC section 4): RandomCrop(32, padding 4), flip,
   AutoAugment CIFAR10 policy (the DeepVoltaire PIL implementation the papers' repositories use),
   ToTensor, Normalize, RandomErasing (Zhong et al.: p .25, area 0.02-0.4, aspect >= 0.3, mean fill).
-- `mixup_cutmix`: timm's batch-mode Mixup/CutMix (alpha 1 / 1, prob .5, switch .5, smoothing .1).
+- `mixup_cutmix`: paper A's batch Mixup/CutMix (alpha 1 / 1, prob .5, switch .5, smoothing .1).
 - `MultiCropTransform`: DINO's multi-crop as paper A uses it (SPEC section 3).
 - `finetune_loader` / `multicrop_loader`: the DataLoaders around them.
 """
@@ -53,8 +53,9 @@ def _translate_y(img, m):
 
 
 def _rotate(img, m):
-    # Rotate on an RGBA copy and composite over gray, so the corners come out gray, not black.
-    rotated = img.convert("RGBA").rotate(m * _sign())
+    # Rotate on an RGBA copy and composite over gray, so the corners come out gray, not black. Always
+    # counter-clockwise: the papers' AutoAugment code draws no sign for rotate, unlike the others.
+    rotated = img.convert("RGBA").rotate(m)
     background = Image.new("RGBA", rotated.size, (*GRAY, 128))
     return Image.composite(rotated, background, rotated).convert(img.mode)
 
@@ -227,7 +228,7 @@ class FinetuneTransform:
         self.mean, self.std = torch.tensor(mean), torch.tensor(std)
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
-        img = random_hflip(random_crop_padded(img, self.size, padding=4))
+        img = random_crop_padded(random_hflip(img), self.size, padding=4)  # the papers' order
         img = cifar10_autoaugment(img)
         x = to_normalized_tensor(img, self.mean, self.std)
         return random_erasing_(x, self.erase_p, self.fill)
@@ -268,27 +269,29 @@ class MultiCropTransform:
 
 def mixup_cutmix(x: torch.Tensor, labels: torch.Tensor, *, num_classes: int, rng: np.random.Generator,
                  mixup_alpha=1.0, cutmix_alpha=1.0, prob=0.5, switch_prob=0.5, smoothing=0.1):
-    """timm's batch-mode Mixup/CutMix: with probability `prob` the whole batch is mixed with its
-    reverse, by CutMix (probability `switch_prob`) or Mixup; targets are mixed smoothed one-hots."""
+    """Paper A's training-loop mixing: with probability `prob` the batch is mixed with a random
+    permutation of itself, by CutMix (probability `switch_prob`, box area 1 - lam) or Mixup, lam ~
+    Beta(alpha, alpha). The paper mixes the two label-smoothed losses with weights lam, 1 - lam; the
+    same thing as one loss on these mixed smoothed one-hot targets."""
     off, on = smoothing / num_classes, 1 - smoothing + smoothing / num_classes
     one_hot = torch.full((len(labels), num_classes), off).scatter_(1, labels[:, None], on)
-    lam = 1.0
-    if rng.random() < prob:
-        use_cutmix = rng.random() < switch_prob
-        alpha = cutmix_alpha if use_cutmix else mixup_alpha
-        lam = float(rng.beta(alpha, alpha))
-        if use_cutmix:
-            height, width = x.shape[-2:]
-            cut_h, cut_w = int(height * math.sqrt(1 - lam)), int(width * math.sqrt(1 - lam))
-            cy, cx = rng.integers(height), rng.integers(width)
-            top, bottom = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, height)
-            left, right = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, width)
-            x[:, :, top:bottom, left:right] = x.flip(0)[:, :, top:bottom, left:right]
-            lam = 1 - (bottom - top) * (right - left) / (height * width)
-        else:
-            flipped = x.flip(0).mul_(1 - lam)
-            x.mul_(lam).add_(flipped)
-    return x, one_hot * lam + one_hot.flip(0) * (1 - lam)
+    if rng.random() >= prob:
+        return x, one_hot
+    permutation = torch.from_numpy(rng.permutation(len(labels)))
+    if rng.random() < switch_prob:
+        lam = rng.beta(cutmix_alpha, cutmix_alpha)
+        height, width = x.shape[-2:]
+        cut_h, cut_w = int(height * math.sqrt(1 - lam)), int(width * math.sqrt(1 - lam))
+        cy, cx = rng.integers(height), rng.integers(width)
+        top, bottom = np.clip(cy - cut_h // 2, 0, height), np.clip(cy + cut_h // 2, 0, height)
+        left, right = np.clip(cx - cut_w // 2, 0, width), np.clip(cx + cut_w // 2, 0, width)
+        x[:, :, top:bottom, left:right] = x[permutation, :, top:bottom, left:right]
+        lam = 1 - (bottom - top) * (right - left) / (height * width)
+    else:
+        lam = rng.beta(mixup_alpha, mixup_alpha)
+        x = lam * x + (1 - lam) * x[permutation]
+    lam = float(lam)
+    return x, one_hot * lam + one_hot[permutation] * (1 - lam)
 
 
 # ---------------------------------------------------------------------------------------------------
