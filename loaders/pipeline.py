@@ -257,14 +257,23 @@ def _resumable_loader_class():
         from ffcv.loader import Loader
         from ffcv.loader.epoch_iterator import EpochIterator
         from ffcv.pipeline.compiler import Compiler
+        from ffcv.traversal_order import QuasiRandom
 
     class ResumableLoader(Loader):
         skip_batches = 0
+        pristine_pages = None
 
         def __iter__(self):
-            # As Loader.__iter__, but the epoch's order starts `skip_batches` batches in. The order of
-            # an epoch depends only on (seed, epoch) for every FFCV traversal order, so this resumes.
+            # As Loader.__iter__, but the epoch's order starts `skip_batches` batches in; exact because
+            # the order of an epoch depends only on (seed, epoch) (see below for quasi-random).
             Compiler.set_num_threads(self.num_workers)
+            if isinstance(self.traversal_order, QuasiRandom):
+                # QuasiRandom shuffles its page table in place when it draws an order, so an epoch's
+                # order would depend on the epochs drawn before it: draw every epoch from the same table.
+                if self.pristine_pages is None:
+                    self.traversal_order.prepare_data_structures()
+                    self.pristine_pages = self.traversal_order.page_to_samples_array.copy()
+                self.traversal_order.page_to_samples_array = self.pristine_pages.copy()
             order = self.next_traversal_order()
             selected = order[: len(self) * self.batch_size][self.skip_batches * self.batch_size :]
             self.next_epoch += 1
