@@ -25,6 +25,13 @@ def _col(v, x: torch.Tensor) -> torch.Tensor | float:
     return float(v)
 
 
+def _factor(v, x: torch.Tensor) -> torch.Tensor:
+    """A per-sample factor as a tensor broadcastable over x: [n, 1, 1, 1], or 0-d for a number."""
+    if isinstance(v, torch.Tensor):
+        return v.to(device=x.device, dtype=x.dtype).reshape(-1, 1, 1, 1)
+    return torch.tensor(float(v), device=x.device, dtype=x.dtype)
+
+
 def _fill_column(fill, x: torch.Tensor) -> torch.Tensor:
     """A fill colour (number or per-channel sequence) as [1, C, 1, 1]."""
     t = torch.as_tensor(fill, dtype=x.dtype, device=x.device).flatten()
@@ -100,8 +107,8 @@ def autocontrast(x: torch.Tensor) -> torch.Tensor:
     hi = x.amax(dim=(2, 3), keepdim=True)
     flat = hi <= lo
     scale = torch.where(flat, 1.0, 255.0 / (hi - lo).clamp(min=1e-6))
-    lo = torch.where(flat, 0.0, lo)
-    return ((x - lo) * scale).clamp_(0, 255)
+    shift = torch.where(flat, 0.0, -lo * scale)
+    return torch.addcmul(shift, x, scale).clamp_(0, 255)  # (x - lo) * scale in one pass
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -116,11 +123,6 @@ def rgb_to_gray(x: torch.Tensor) -> torch.Tensor:
     return (r * _LUMA[0] + g * _LUMA[1] + b * _LUMA[2]).unsqueeze(1)
 
 
-def _blend(degenerate, x: torch.Tensor, factor) -> torch.Tensor:
-    return torch.lerp(degenerate, x, _col(factor, x)) if isinstance(factor, torch.Tensor) else \
-        torch.lerp(degenerate, x, float(factor))
-
-
 def adjust_brightness(x: torch.Tensor, factor) -> torch.Tensor:
     """ImageEnhance.Brightness: blend with black."""
     return (x * _col(factor, x)).clamp_(0, 255)
@@ -128,30 +130,41 @@ def adjust_brightness(x: torch.Tensor, factor) -> torch.Tensor:
 
 def adjust_contrast(x: torch.Tensor, factor) -> torch.Tensor:
     """ImageEnhance.Contrast: blend with the image's mean luma (PIL rounds that mean; this does not)."""
-    mean = rgb_to_gray(x).mean(dim=(1, 2, 3), keepdim=True)
-    return _blend(mean.expand_as(x), x, factor).clamp_(0, 255)
+    # the mean luma is the luma of the channel means: no full grey image needed
+    means = x.mean(dim=(2, 3))  # (n, C)
+    if x.shape[1] == 3:
+        means = means @ torch.tensor(_LUMA, device=x.device, dtype=x.dtype).view(3, 1)  # (n, 1)
+    f = _factor(factor, x)
+    # f * x + (1 - f) * mean, as one fused multiply-add
+    return torch.addcmul(means.view(-1, 1, 1, 1) * (1.0 - f), x, f).clamp_(0, 255)
 
 
 def adjust_saturation(x: torch.Tensor, factor) -> torch.Tensor:
     """ImageEnhance.Color: blend with the luma image; identity on 1-channel images."""
     if x.shape[1] == 1:
         return x
-    return _blend(rgb_to_gray(x).expand_as(x), x, factor).clamp_(0, 255)
+    f = _factor(factor, x)
+    base = rgb_to_gray(x).mul_(1.0 - f)  # (n, 1, H, W), broadcast over the channels below
+    return torch.addcmul(base, x, f).clamp_(0, 255)
 
 
 def adjust_sharpness(x: torch.Tensor, factor) -> torch.Tensor:
     """ImageEnhance.Sharpness: blend with ImageFilter.SMOOTH (3x3, centre 5, others 1, / 13).
 
-    As in PIL, the one-pixel border of the smoothed image is the original image.
+    As in PIL, the one-pixel border of the smoothed image is the original image, so the border of the
+    result is the input.
     """
     h, w = x.shape[-2:]
     if h < 3 or w < 3:
         return x.clone()
+    f = _factor(factor, x)
+    inner = x[:, :, 1:-1, 1:-1]
     # SMOOTH = (9 * box3x3 + 4 * centre) / 13; avg_pool is much faster than a depthwise conv on CPU
-    box = F.avg_pool2d(x, 3, stride=1)  # (n, C, H-2, W-2)
-    smooth = x.clone()
-    smooth[:, :, 1:-1, 1:-1] = box.mul_(9.0 / 13.0).add_(x[:, :, 1:-1, 1:-1], alpha=4.0 / 13.0)
-    return _blend(smooth, x, factor).clamp_(0, 255)
+    smooth = F.avg_pool2d(x, 3, stride=1).mul_(9.0 / 13.0).add_(inner, alpha=4.0 / 13.0)  # (n, C, H-2, W-2)
+    out = x.clone()
+    # f * x + (1 - f) * smooth on the interior
+    out[:, :, 1:-1, 1:-1] = torch.addcmul(smooth.mul_(1.0 - f), inner, f)
+    return out.clamp_(0, 255)
 
 
 def adjust_hue(x: torch.Tensor, shift) -> torch.Tensor:
