@@ -273,12 +273,15 @@ def _swin_attention_reference(block, x):
     ],
 )
 @pytest.mark.parametrize("backend", ["sdpa", "math"])
-def test_swin_window_attention_matches_float64_reference(H, W, window, shifted, backend, monkeypatch):
+@pytest.mark.parametrize("native", [True, False], ids=["native-grid", "other-grid"])
+def test_swin_window_attention_matches_float64_reference(H, W, window, shifted, backend, native, monkeypatch):
+    """Both the buffers built for the native grid and the per-call index/mask of other grids."""
     from fastvit.models.swin import SwinBlock
 
     monkeypatch.setenv("FASTVIT_ATTN", backend)
     torch.manual_seed(0)
-    block = SwinBlock(dim=16, num_heads=2, window=window, shifted=shifted, mlp_ratio=2.0, drop_path=0.0)
+    grid = (H, W) if native else (H + 4, W + 4)
+    block = SwinBlock(16, 2, window, shifted, mlp_ratio=2.0, drop_path=0.0, grid=grid)
     with torch.no_grad():  # a table with structure, so a wrong index shows
         block.relative_position_bias_table.normal_()
     x = torch.randn(2, H, W, 16, generator=torch.Generator().manual_seed(1))

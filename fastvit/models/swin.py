@@ -12,8 +12,6 @@ the window is zero-padded and the padded keys are masked out.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -35,22 +33,16 @@ from fastvit.models.vit import check_img_size
 MASKED = -100.0  # added to masked logits: exp(-100) underflows to 0 in fp32 and stays finite in fp16
 
 
-# cached tensors must be ordinary ones even when first built under inference_mode (eval), or training
-# could not save them for backward
-@functools.lru_cache(maxsize=64)
-@torch.inference_mode(False)
-def relative_index(wh: int, ww: int, window: int, device: torch.device) -> torch.Tensor:
+def relative_index(wh: int, ww: int, window: int, device: torch.device | None = None) -> torch.Tensor:
     """(N, N) indices into a ((2*window-1)^2, heads) table for a wh x ww window (wh, ww <= window)."""
-    rows, cols = torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")
+    rows, cols = torch.meshgrid(torch.arange(wh, device=device), torch.arange(ww, device=device), indexing="ij")
     coords = torch.stack([rows.flatten(), cols.flatten()])  # (2, N)
     rel = coords[:, :, None] - coords[:, None, :] + (window - 1)  # (2, N, N) in [0, 2*window-2]
-    return (rel[0] * (2 * window - 1) + rel[1]).to(device)
+    return rel[0] * (2 * window - 1) + rel[1]
 
 
-@functools.lru_cache(maxsize=64)
-@torch.inference_mode(False)
 def window_mask(
-    H: int, W: int, wh: int, ww: int, sh: int, sw: int, device: torch.device
+    H: int, W: int, wh: int, ww: int, sh: int, sw: int, device: torch.device | None = None
 ) -> torch.Tensor | None:
     """(nW, 1, N, N) additive mask for a (H, W) grid padded to window multiples and rolled by (-sh, -sw).
 
@@ -60,20 +52,20 @@ def window_mask(
     Hp, Wp = -(-H // wh) * wh, -(-W // ww) * ww
     if (sh, sw) == (0, 0) and (Hp, Wp) == (H, W):
         return None
-    labels = torch.zeros(Hp, Wp, dtype=torch.long)
+    labels = torch.zeros(Hp, Wp, dtype=torch.long, device=device)
     # after the roll, the last `window` rows/cols mix wrapped-around content: three bands per axis
     row_bands = (slice(0, Hp - wh), slice(Hp - wh, Hp - sh), slice(Hp - sh, Hp)) if sh else (slice(0, Hp),)
     col_bands = (slice(0, Wp - ww), slice(Wp - ww, Wp - sw), slice(Wp - sw, Wp)) if sw else (slice(0, Wp),)
     for i, rb in enumerate(row_bands):
         for j, cb in enumerate(col_bands):
             labels[rb, cb] = 3 * i + j
-    pad = torch.zeros(Hp, Wp, dtype=torch.bool)
+    pad = torch.zeros(Hp, Wp, dtype=torch.bool, device=device)
     pad[H:, :] = True
     pad[:, W:] = True
-    labels[pad.roll((-sh, -sw), dims=(0, 1))] = -1
+    labels = torch.where(pad.roll((-sh, -sw), dims=(0, 1)), -1, labels)
     win = labels.view(Hp // wh, wh, Wp // ww, ww).permute(0, 2, 1, 3).reshape(-1, wh * ww)  # (nW, N)
     mask = (win[:, :, None] != win[:, None, :]).float() * MASKED  # (nW, N, N)
-    return mask.unsqueeze(1).to(device)  # (nW, 1, N, N)
+    return mask.unsqueeze(1)  # (nW, 1, N, N)
 
 
 def window_geometry(H: int, W: int, window: int, shifted: bool) -> tuple[int, int, int, int]:
@@ -88,11 +80,25 @@ class SwinBlock(nn.Module):
     """(Shifted-)window attention block on a (B, H, W, C) grid."""
 
     def __init__(
-        self, dim: int, num_heads: int, window: int, shifted: bool, mlp_ratio: float, drop_path: float
+        self,
+        dim: int,
+        num_heads: int,
+        window: int,
+        shifted: bool,
+        mlp_ratio: float,
+        drop_path: float,
+        grid: tuple[int, int] | None = None,  # native (H, W): its index and mask are built once
     ):
         super().__init__()
         self.window = window
         self.shifted = shifted
+        self.grid = grid
+        if grid is not None:
+            # non-persistent buffers: follow .to(device), stay out of the state dict, and give
+            # torch.compile constants instead of per-step index/mask construction
+            wh, ww, sh, sw = window_geometry(*grid, window, shifted)
+            self.register_buffer("native_index", relative_index(wh, ww, window), persistent=False)
+            self.register_buffer("native_mask", window_mask(*grid, wh, ww, sh, sw), persistent=False)
         self.norm1 = nn.LayerNorm(dim)
         self.attn = Attention(dim, num_heads, qkv_bias=True)
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, num_heads))
@@ -111,9 +117,12 @@ class SwinBlock(nn.Module):
         nh, nw = Hp // wh, Wp // ww
         # window index must vary fastest within the batch: row b*nW + w reads bias[w]
         win = x.view(B, nh, wh, nw, ww, C).permute(0, 1, 3, 2, 4, 5).reshape(B * nh * nw, wh * ww, C)
-        idx = relative_index(wh, ww, self.window, x.device)
+        if (H, W) == self.grid:
+            idx, mask = self.native_index, self.native_mask
+        else:  # another input size (e.g. DINO local crops): build them for this grid
+            idx = relative_index(wh, ww, self.window, x.device)
+            mask = window_mask(H, W, wh, ww, sh, sw, x.device)
         bias = self.relative_position_bias_table[idx].permute(2, 0, 1).unsqueeze(0)  # (1, heads, N, N)
-        mask = window_mask(H, W, wh, ww, sh, sw, x.device)
         if mask is not None:
             bias = bias + mask.to(bias.dtype)  # (nW, heads, N, N)
         bias = bias.to(x.dtype)
@@ -151,10 +160,10 @@ class PatchMerging(nn.Module):
 class SwinStage(nn.Module):
     """Blocks alternating regular / shifted windows, then an optional patch merging."""
 
-    def __init__(self, dim, depth, num_heads, window, mlp_ratio, rates, downsample):
+    def __init__(self, dim, depth, num_heads, window, mlp_ratio, rates, downsample, grid):
         super().__init__()
         self.blocks = nn.ModuleList(
-            SwinBlock(dim, num_heads, window, i % 2 == 1, mlp_ratio, rates[i]) for i in range(depth)
+            SwinBlock(dim, num_heads, window, i % 2 == 1, mlp_ratio, rates[i], grid) for i in range(depth)
         )
         self.downsample = PatchMerging(dim) if downsample else nn.Identity()
 
@@ -207,10 +216,12 @@ class SwinTransformer(nn.Module):
         self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size, norm=True)
         rates = linear_rates(drop_path, sum(depths))
         starts = [sum(depths[:i]) for i in range(len(depths))]
+        side = img_size // patch_size  # stage i runs on a (side / 2^i)^2 grid
         self.stages = nn.ModuleList(
             SwinStage(
                 dims[i], depths[i], num_heads[i], window_size, mlp_ratio,
                 rates[starts[i] : starts[i] + depths[i]], downsample=i < len(depths) - 1,
+                grid=(side >> i, side >> i),
             )
             for i in range(len(depths))
         )
