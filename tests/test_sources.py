@@ -2,6 +2,7 @@
 scipy.io.savemat, PNG/JPEG trees, IDX gz), byte-exact against the arrays they were given; bad input
 gives one line naming the file; a crafted pickle executes nothing."""
 
+import codecs
 import gzip
 import os
 import pickle
@@ -84,14 +85,14 @@ def test_cifar100_fine_labels(tmp_path):
 
 
 class _Evil:
-    def __init__(self, call, arg):
-        self.call, self.arg = call, arg
+    def __init__(self, call, *args):
+        self.call, self.args = call, args
 
     def __reduce__(self):
-        return self.call, (self.arg,)
+        return self.call, self.args
 
 
-@pytest.mark.parametrize("how", ["os.system", "exec", "nested"])
+@pytest.mark.parametrize("how", ["os.system", "exec", "nested", "codec"])
 def test_malicious_cifar_pickle_is_refused_and_runs_nothing(tmp_path, how):
     write_cifar10(tmp_path / "src", np.random.default_rng(2))
     marker = tmp_path / "pwned"
@@ -99,11 +100,13 @@ def test_malicious_cifar_pickle_is_refused_and_runs_nothing(tmp_path, how):
         payload = _Evil(os.system, f"touch {marker}")
     elif how == "exec":
         payload = _Evil(exec, f"open({str(marker)!r}, 'w').close()")
-    else:  # hidden inside an otherwise valid batch
+    elif how == "nested":  # hidden inside an otherwise valid batch
         payload = {b"data": np.zeros((1, 3072), np.uint8), b"labels": [_Evil(os.system, f"touch {marker}")]}
+    else:  # the one allowed callable outside numpy, with an argument it must refuse
+        payload = {b"data": _Evil(codecs.encode, "x", "rot13")}
     target = tmp_path / "src" / "cifar-10-batches-py" / "data_batch_3"
     target.write_bytes(pickle.dumps(payload, protocol=2))
-    with pytest.raises(UserError, match=r"data_batch_3: unsafe pickle \(refusing to load"):
+    with pytest.raises(UserError, match=r"data_batch_3: unsafe pickle \((refusing to load|_codecs.encode with)"):
         prepare("cifar10", tmp_path / "src", tmp_path / "out", progress=False)
     assert not marker.exists()
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.beton"))
