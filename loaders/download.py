@@ -100,12 +100,12 @@ def _algorithm(hexdigest: str) -> str:
     return lengths[len(hexdigest)]
 
 
-def _verify(path: Path, expected: str, shown_name: str) -> None:
+def _verify(path: Path, expected: str, shown_name: str, consequence: str) -> None:
     got = file_digest(path, _algorithm(expected))
     if got != expected.lower():
         raise UserError(
             f"{shown_name}: checksum mismatch ({_algorithm(expected)} {got}, expected {expected.lower()}); "
-            "the file was not kept"
+            + consequence
         )
 
 
@@ -142,7 +142,7 @@ def fetch(url: str, dest: Path, *, checksum: str | None = None, progress: bool =
     expected = checksum or _recorded(dest.parent).get(dest.name)
     if dest.is_file():
         if expected:
-            _verify(dest, expected, str(dest))
+            _verify(dest, expected, str(dest), "delete it to download it again")
         return dest
     part = dest.with_name(dest.name + ".part")
     offset = part.stat().st_size if part.is_file() else 0
@@ -184,7 +184,7 @@ def fetch(url: str, dest: Path, *, checksum: str | None = None, progress: bool =
                 )
     if expected:
         try:
-            _verify(part, expected, url)
+            _verify(part, expected, url, "the download was not kept")
         except UserError:
             part.unlink()
             raise
