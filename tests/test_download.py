@@ -102,7 +102,7 @@ def test_download_verifies_and_is_atomic(tmp_path, server):
 
 def test_checksum_mismatch_is_refused_and_nothing_kept(tmp_path, server):
     s = server({"data.bin": PAYLOAD})
-    with pytest.raises(UserError, match=r"data.bin: checksum mismatch \(md5 [0-9a-f]{32}, expected 0{32}\)"):
+    with pytest.raises(UserError, match=r"data.bin: checksum mismatch \(md5 [0-9a-f]{32}, expected 0{32}\); the d"):
         dl.fetch(s.url("data.bin"), tmp_path / "data.bin", checksum="0" * 32, progress=False, timeout=10)
     assert list(tmp_path.iterdir()) == []
     sha = hashlib.sha256(PAYLOAD).hexdigest()
@@ -148,7 +148,7 @@ def test_unknown_checksum_is_recorded_printed_and_enforced(tmp_path, server, cap
     assert sha in capsys.readouterr().err
     assert (tmp_path / "SHA256SUMS").read_text() == f"{sha}  data.bin\n"
     (tmp_path / "data.bin").write_bytes(PAYLOAD[:-1] + b"\0")  # later corruption is caught
-    with pytest.raises(UserError, match="checksum mismatch"):
+    with pytest.raises(UserError, match="data.bin: checksum mismatch .*delete it to download it again"):
         dl.fetch(s.url("data.bin"), tmp_path / "data.bin", progress=False, timeout=10)
 
 
