@@ -383,7 +383,11 @@ def _ndarray_shape(arguments: np.ndarray, path: Path) -> tuple[int, ...]:
     type_length = int(arguments[32 * 8 : 33 * 8].view("<u8")[0])
     dtype_json = bytes(arguments[33 * 8 : 33 * 8 + type_length]).decode("ascii", "replace")
     shape = tuple(int(d) for d in dims[dims > 0])
-    if len(shape) != 3 or json.loads(dtype_json or "null") != [["", "|u1"]]:
+    try:
+        dtype = json.loads(dtype_json)
+    except ValueError:
+        dtype = None
+    if len(shape) != 3 or dtype != [["", "|u1"]]:
         raise UserError(f"{path}: image field is {dtype_json} {list(shape)}, expected uint8 [H, W, C]")
     return shape
 
