@@ -4,6 +4,10 @@ import os
 
 # Triton runs on CPU tensors only through its interpreter, and only if this is set before import.
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# OpenMP threads that spin while waiting for a descheduled sibling burn the cores they wait for: on a
+# busy machine that made the batched augmentation 15x slower with 2 threads (195 vs 3,460 images/s).
+# Passive waiting costs nothing measurable on an idle machine. Read when torch loads, so set it first.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
