@@ -273,3 +273,29 @@ def test_large_jpeg_reduced_decode_keeps_size_and_removes_banner(tmp_path):
     assert reduced.max() < 250  # no banner rows survive
     same_grid = np.asarray(Image.fromarray(reduced).resize(ref.shape[1::-1], Image.Resampling.BICUBIC))
     assert np.abs(same_grid[:64].astype(int) - ref[:64]).mean() < 4.0  # top half: rows map within 0.5 px
+
+
+def test_corrupted_headers_never_crash_differently(tmp_path):
+    """Random byte damage in the header, field descriptors and sample records: load_arrays either
+    raises a one-line UserError or returns arrays of the declared shape, never another exception."""
+    rng = np.random.default_rng(10)
+    good = tmp_path / "g.beton"
+    _write(good, _random_split(rng, 40, 5, 4, 3))
+    blob = good.read_bytes()
+    records_end = 24 + 2 * 1041 + 40 * 16  # header, 2 aligned descriptors, 40 (ptr, label) records
+    bad = tmp_path / "bad.beton"
+    outcomes = {"error": 0, "read": 0}
+    for _ in range(300):
+        damaged = bytearray(blob)
+        for pos in rng.integers(0, records_end, size=rng.integers(1, 4)):
+            damaged[pos] = int(rng.integers(0, 256))
+        bad.write_bytes(bytes(damaged))
+        try:
+            images, labels = load_arrays(bad)
+        except UserError as e:
+            assert "\n" not in str(e) and str(bad) in str(e)
+            outcomes["error"] += 1
+        else:
+            assert images.dtype == np.uint8 and labels.dtype == np.int64 and len(images) == len(labels)
+            outcomes["read"] += 1
+    assert outcomes["error"] > 0 and outcomes["read"] > 0
