@@ -262,8 +262,18 @@ def download(dataset: str, dest: Path, *, checksums: dict[str, str] | None = Non
     for resource in RESOURCES[dataset]:
         checksum = (checksums or {}).get(resource.filename, resource.md5)
         path = fetch(resource.url, dest / resource.filename, checksum=checksum, progress=progress)
-        marker = dest / f".{resource.filename}.extracted"
-        if resource.extract and not marker.is_file():
-            extract(path, dest)
-            marker.touch()
+        if resource.extract:
+            extract_once(path, dest)
     return dest
+
+
+def extract_once(archive: Path, dest: Path) -> Path:
+    """`extract` unless a marker in `dest` says this archive was already fully extracted; `dest`."""
+    archive = Path(archive)
+    if not (tarfile.is_tarfile(archive) or zipfile.is_zipfile(archive)):
+        raise UserError(f"{archive}: not a directory, nor a tar or zip archive of the dataset files")
+    marker = Path(dest) / f".{archive.name}.extracted"
+    if not marker.is_file():
+        extract(archive, dest)
+        marker.touch()
+    return Path(dest)

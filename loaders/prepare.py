@@ -76,8 +76,9 @@ def prepare(
 ) -> list[Path]:
     """Write `out/DATASET-train.beton` and `out/DATASET-test.beton` (+ `.json` sidecars).
 
-    src: the directory holding the standard files (or, with `download`, where to put them;
-    default `out/downloads/DATASET`). Images up to 64 px are stored raw, larger ones as JPEG of
+    src: the directory holding the standard files, or an archive of them (.tar[.gz], .tgz, .zip:
+    extracted safely into `out/downloads/DATASET`), or, with `download`, where to put them
+    (default `out/downloads/DATASET`). Images up to 64 px are stored raw, larger ones as JPEG of
     `jpeg_quality` with the shorter side scaled down to `short_side`. `checksums` {filename: md5 or
     sha256 hex} verifies downloads that have no published checksum in the code (see download.py).
     `num_workers`: FFCV writer processes (default: 1 for in-memory arrays, all cores for image files).
@@ -97,7 +98,12 @@ def prepare(
             src = entry.default_dir
         else:
             raise UserError(f"no source for {dataset}: pass --src DIR (its standard files) or --download")
-    source = read_source(dataset, Path(src))
+    src = Path(src).expanduser()
+    if src.is_file():
+        from .download import extract_once
+
+        src = extract_once(src, out / "downloads" / dataset)
+    source = read_source(dataset, src)
     written = []
     for path, (split_name, split) in zip(beton_paths(dataset, out), source.splits().items(), strict=True):
         beton.write_split(

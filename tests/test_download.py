@@ -217,9 +217,8 @@ def test_truncated_archive_is_one_line_and_leaves_nothing(tmp_path):
     assert list((tmp_path / "out").iterdir()) == []
 
 
-def test_prepare_download_end_to_end(tmp_path, server, monkeypatch):
-    """`prepare --download` for CIFAR-10 from a local server: fetch, verify, extract, read, write."""
-    rng = np.random.default_rng(1)
+def _cifar_archive(rng) -> bytes:
+    """cifar-10-python.tar.gz in miniature: 4 images per batch."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as t:
         for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
@@ -228,7 +227,25 @@ def test_prepare_download_end_to_end(tmp_path, server, monkeypatch):
             info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
             info.size = len(blob)
             t.addfile(info, io.BytesIO(blob))
-    archive = buf.getvalue()
+    return buf.getvalue()
+
+
+def test_prepare_from_an_archive_as_src(tmp_path):
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(_cifar_archive(np.random.default_rng(2)))
+    train, _ = prepare("cifar10", tmp_path / "cifar-10-python.tar.gz", tmp_path / "out", progress=False)
+    assert load_arrays(train)[0].shape == (20, 32, 32, 3)
+    extracted = tmp_path / "out" / "downloads" / "cifar10" / "cifar-10-batches-py"
+    stamp = extracted.stat().st_mtime_ns
+    prepare("cifar10", tmp_path / "cifar-10-python.tar.gz", tmp_path / "out", progress=False)
+    assert extracted.stat().st_mtime_ns == stamp  # extracted once
+    (tmp_path / "notes.txt").write_text("not an archive")
+    with pytest.raises(UserError, match="notes.txt: not a directory, nor a tar or zip archive"):
+        prepare("cifar10", tmp_path / "notes.txt", tmp_path / "out", progress=False)
+
+
+def test_prepare_download_end_to_end(tmp_path, server, monkeypatch):
+    """`prepare --download` for CIFAR-10 from a local server: fetch, verify, extract, read, write."""
+    archive = _cifar_archive(np.random.default_rng(1))
     s = server({"cifar-10-python.tar.gz": archive})
     resource = dl.Resource(s.url("cifar-10-python.tar.gz"), hashlib.md5(archive).hexdigest(), True)
     monkeypatch.setitem(dl.RESOURCES, "cifar10", (resource,))
