@@ -481,6 +481,8 @@ def test_make_loader_picks_resident_when_the_split_fits(prepared):
     path, _ = prepared
     need = decoded_bytes(read_meta(path))
     assert need == 50 * (6 * 5 * 3 + 8)
+    # JPEG splits of mixed sizes cannot be one resident tensor
+    assert decoded_bytes({**read_meta(path), "variable_size": True}) is None
     resident = make_loader("auto", path, batch_size=10, seed=1, num_workers=3, os_cache=False)
     assert isinstance(resident, ResidentLoader) and len(resident) == 5
     explicit = make_loader("resident", path, batch_size=10, seed=1)
