@@ -385,16 +385,17 @@ def random_erasing_(x: torch.Tensor, *, p: float = 0.25, min_area: float = 0.02,
     h, w = torch.where(erase, h, 0), torch.where(erase, w, 0)
     top = _randint_below(height - h + 1, generator)
     left = _randint_below(width - w + 1, generator)
-    mask = _box_mask(top, left, h, w, height, width)  # (B, 1, H, W)
-    if mode == "mean":
-        return x.mul_(~mask)  # a broadcast multiply is several times faster than masked_fill_ here
-    # noise only for the erased samples: drawing it for the whole batch costs more than the rest
+    # only the erased samples are touched (index_select / index_copy): most of the batch is not
     idx = erase.nonzero().view(-1)  # host sync
-    if idx.numel():
-        sub = x.index_select(0, idx)
-        noise = torch.randn(sub.shape, generator=generator, device=dev)
-        x.index_copy_(0, idx, torch.where(mask.index_select(0, idx), noise, sub))
-    return x
+    if idx.numel() == 0:
+        return x
+    sub = x.index_select(0, idx)
+    mask = _box_mask(top[idx], left[idx], h[idx], w[idx], height, width)  # (n, 1, H, W)
+    if mode == "mean":
+        sub.masked_fill_(mask, 0.0)
+    else:
+        sub = torch.where(mask, torch.randn(sub.shape, generator=generator, device=dev), sub)
+    return x.index_copy_(0, idx, sub)
 
 
 def random_erasing(x: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -469,7 +470,6 @@ def mixup_cutmix_(x: torch.Tensor, labels: torch.Tensor, *, num_classes: int, mi
     lam_mix = sample_beta(mixup_alpha, b, generator=generator, device=dev) if mixup_alpha > 0 else None
     lam_cut = sample_beta(cutmix_alpha, b, generator=generator, device=dev) if cutmix_alpha > 0 else None
     lam = lam_cut if lam_mix is None else lam_mix
-    weight = lam.view(b, 1, 1, 1).expand(b, 1, height, width)
     if lam_cut is not None:
         cut = torch.sqrt(1.0 - lam_cut)
         ch, cw = (cut * height).long(), (cut * width).long()
@@ -477,16 +477,26 @@ def mixup_cutmix_(x: torch.Tensor, labels: torch.Tensor, *, num_classes: int, mi
         cx = torch.randint(0, width, (b,), generator=generator, device=dev)
         y0, y1 = (cy - ch // 2).clamp(0, height), (cy + ch // 2).clamp(0, height)
         x0, x1 = (cx - cw // 2).clamp(0, width), (cx + cw // 2).clamp(0, width)
-        box = _box_mask(y0, x0, y1 - y0, x1 - x0, height, width)
         lam_box = 1.0 - ((y1 - y0) * (x1 - x0)).float() / (height * width)
-        weight = torch.where(use_cut.view(b, 1, 1, 1), (~box).float(), weight)
         lam = torch.where(use_cut, lam_box, lam)
     lam = torch.where(mixed, lam, 1.0)
-    weight = torch.where(mixed.view(b, 1, 1, 1), weight, 1.0)
-    partner = x.index_select(0, torch.arange(b - 1, -1, -1, device=dev))  # faster than flip(0) on CPU
-    torch.lerp(partner, x, weight, out=x)
-    lam = lam.view(b, 1)
-    return x, lam * y + (1.0 - lam) * y.flip(0)
+    targets = lam.view(b, 1) * y + (1.0 - lam.view(b, 1)) * y.flip(0)
+    # blend only the mixed samples; both sources are read before anything is written back
+    idx = mixed.nonzero().view(-1)  # host sync
+    if idx.numel() == 0:
+        return x, targets
+    own, partner = x.index_select(0, idx), x.index_select(0, b - 1 - idx)
+    n = idx.numel()
+    # weight of the sample's own pixels: lam everywhere (Mixup) or 0 inside the box and 1 outside (CutMix)
+    cut_i, lam_i = use_cut[idx].view(n, 1, 1, 1), lam_mix[idx].view(n, 1, 1, 1) if lam_mix is not None else 0.0
+    inside = torch.where(cut_i, 0.0, lam_i)
+    outside = torch.where(cut_i, 1.0, lam_i)
+    if lam_cut is not None:
+        box = _box_mask(y0[idx], x0[idx], (y1 - y0)[idx], (x1 - x0)[idx], height, width)  # (n, 1, H, W)
+        weight = torch.where(box, inside, outside)
+    else:
+        weight = outside
+    return x.index_copy_(0, idx, torch.lerp(partner, own, weight)), targets
 
 
 def mixup_cutmix(x: torch.Tensor, labels: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
