@@ -557,3 +557,34 @@ def test_ffcv_distributed_ranks_partition_the_epoch(betons, tmp_path):
         counts = collections.Counter(shards[0] + shards[1])
         assert set(counts) == set(range(43)) and sorted(counts.values()) == [1] * 42 + [2]
     assert results[0]["epochs"][0] != results[0]["epochs"][1]
+
+
+@ignore_numba_finalizer
+def test_ffcv_decodes_jpeg_splits_of_mixed_sizes(tmp_path):
+    """The ffcv loader's main use: a JPEG .beton (images > 64 px, sizes vary), center-cropped and
+    resized at decode time."""
+    from fastvit.loaders.beton import write_split
+    from fastvit.loaders.pipeline import FFCVLoader
+    from fastvit.loaders.sources.common import Split
+    from PIL import Image
+
+    colors = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (220, 220, 40)]
+    files = []
+    for i in range(12):
+        file = tmp_path / f"{i}.jpg"
+        Image.new("RGB", (70 + 3 * i, 90 - 2 * i), colors[i % 4]).save(file, quality=95)
+        files.append(file)
+    path = tmp_path / "photos-train.beton"
+    threads = torch.get_num_threads()
+    write_split(path, Split(labels=np.arange(12) % 4, files=files), dataset="photos", split_name="train",
+                classes=["r", "g", "b", "y"], progress=False, num_workers=1)
+    torch.set_num_threads(threads)
+
+    with pytest.raises(UserError, match="holds images of different sizes; pass img_size"):
+        FFCVLoader(path, batch_size=4)
+    loader = FFCVLoader(path, batch_size=4, img_size=16, shuffle=False, num_workers=1)
+    batches = ffcv_epoch(loader)
+    images, labels = torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
+    assert images.shape == (12, 3, 16, 16) and labels.tolist() == [i % 4 for i in range(12)]
+    expected = torch.tensor(colors, dtype=torch.float32)[labels][:, :, None, None]  # (12, 3, 1, 1)
+    assert (images.float() - expected).abs().max() <= 8  # JPEG's error on flat colours
