@@ -52,6 +52,8 @@ def record_rate(benchmark, rates: dict, key: str, images_per_round: int, baselin
     rates[key] = rate
     benchmark.extra_info["images_per_s"] = round(rate, 1)
     benchmark.extra_info["threads"] = torch.get_num_threads()
+    # other processes on the machine skew every figure here; record how busy it was
+    benchmark.extra_info["load_average_1min"] = round(os.getloadavg()[0], 2)
     if baseline is not None:
         benchmark.extra_info["baseline"] = baseline
         benchmark.extra_info["baseline_images_per_s"] = round(rates[baseline], 1) if baseline in rates else None
