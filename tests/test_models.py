@@ -483,3 +483,25 @@ def test_param_count_cait_closed_form():
     class_block = 3 * (D * D + D) + D * D + D + 2 * D * cls_hid + cls_hid + D + 4 * D + 2 * D
     embed = 3 * 16 * D + D + 64 * D + D  # patch conv, pos embed (patches only), cls token
     assert n == 24 * block + 2 * class_block + embed + 2 * D + (D * 10 + 10)
+
+
+# ---------------------------------------------------------------- README table helpers
+
+
+def test_summary_counts_flops_and_tokens_of_vit_tiny():
+    from fastvit.models.summary import describe
+
+    d = describe("vit_tiny", 32)
+    N, D, hid, heads, hd = 65, 96, 192, 3, 32
+    block = N * D * 3 * D + 2 * heads * N * N * hd + N * D * D + 2 * N * D * hid  # multiply-adds
+    macs = 64 * (3 * 16) * D + 6 * block + D * 10
+    assert d["gflops"] * 1e9 == 2 * macs
+    assert d["tokens"] == [64] and d["params"] == _params(_make("vit_tiny", 32))
+
+
+def test_summary_tokens_per_stage_swin_and_t2t():
+    from fastvit.models.summary import tokens_per_stage
+
+    assert tokens_per_stage(_make("swin_tiny", 32), 32) == [256, 64, 16]
+    assert tokens_per_stage(_make("t2t_vit_tiny", 64), 64) == [256, 64, 16]
+    assert tokens_per_stage(_make("cvt_tiny", 64), 64) == [256, 64, 16]
