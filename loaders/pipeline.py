@@ -373,7 +373,7 @@ class FFCVLoader(_Position):
 
             try:
                 reader = Reader(str(path))
-            except Exception as error:  # ffcv raises assorted errors on a file that is not a .beton
+            except (AssertionError, ValueError, KeyError, IndexError, OSError) as error:  # FFCV's, on junk
                 raise UserError(f"{path} is not a readable FFCV .beton file ({error})") from error
             self.num_samples = int(reader.num_samples)
             image_field, label_field = _find_fields(path, reader)
