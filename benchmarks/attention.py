@@ -12,6 +12,7 @@ once (bias read once per distinct element; LSE saved by the forward and read by 
 """
 
 import argparse
+import importlib
 import os
 from dataclasses import dataclass
 
@@ -187,10 +188,81 @@ def check_cpu():
     return worst < 2e-5
 
 
+# Kernel pointer arguments that are fp32 whatever the input dtype (statistics, partial sums, bias, scale).
+_FP32_POINTERS = {"Lse", "Delta", "DS", "DScaleRows", "Scale", "Bias"}
+
+
+def compile_sm90(kernel, dtype="bf16", num_warps=4, num_stages=3, **constexprs):
+    """Compile one kernel variant for H100 (sm_90) on a machine without a GPU and return ptxas' resource
+    use: {"registers", "spill_stores", "spill_loads", "shared"}. Needs TRITON_INTERPRET unset."""
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import get_ptxas
+    from triton.compiler import ASTSource
+
+    first_stride = next(i for i, name in enumerate(kernel.arg_names) if name.startswith("stride_"))
+    signature = {}
+    for i, name in enumerate(kernel.arg_names):
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif i < first_stride:  # pointers come first
+            signature[name] = "*fp32" if name in _FP32_POINTERS else f"*{dtype}"
+        else:
+            signature[name] = "fp32" if name == "scale_value" else "i32"
+    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": num_warps, "num_stages": num_stages})
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx") as ptx:
+        ptx.write(compiled.asm["ptx"])
+        ptx.flush()
+        report = subprocess.run([get_ptxas(90).path, "-v", "--gpu-name=sm_90a", ptx.name, "-o", os.devnull],
+                                capture_output=True, text=True, check=True).stderr
+    number = lambda pattern: int(m.group(1)) if (m := re.search(pattern, report)) else 0
+    return {"registers": number(r"Used (\d+) registers"), "spill_stores": number(r"(\d+) bytes spill stores"),
+            "spill_loads": number(r"(\d+) bytes spill loads"), "shared": compiled.metadata.shared}
+
+
+def sm90_report(head_dims=(16, 32, 64, 128), n=65):
+    """ptxas registers / spills of every pruned autotune candidate, per kernel and head dim (no GPU needed):
+    the static half of tuning for H100, to run before the first GPU session."""
+    attn = importlib.import_module("fastvit.kernels.attention")
+    tuned = attn._tuned_kernels()
+    print(f"| kernel | D | BLOCK_M | BLOCK_N | warps | stages | registers | spill stores B | shared B |  (N = {n})")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for d in head_dims:
+        common = {"HEAD_DIM": d, "BLOCK_D": attn._pow2_block(d), "HAS_BIAS": True, "PER_HEAD_SCALE": True,
+                  "DOT_PRECISION": "tf32"}
+        fused = attn._fused_dkdv(n, cuda=True)
+        variants = {"fwd": ("fwd", common),
+                    "dq" + ("+dkdv" if fused else ""): ("dq", {**common, "STORE_DS": True, "DS_GROUP": 1,
+                                                              "STORE_DSCALE": True, "FUSED_DKDV": fused})}
+        if not fused:
+            variants["dkdv"] = ("dkdv", common)
+        for label, (name, consts) in variants.items():
+            args = {"N_Q": n, "N_K": n, **consts}
+            for config in tuned[name].early_config_prune(tuned[name].configs, args):
+                use = compile_sm90(tuned[name].fn, num_warps=config.num_warps, num_stages=config.num_stages,
+                                   **consts, **config.kwargs)
+                print(f"| {label} | {d} | {config.kwargs['BLOCK_M']} | {config.kwargs['BLOCK_N']} | "
+                      f"{config.num_warps} | {config.num_stages} | {use['registers']} | {use['spill_stores']} | "
+                      f"{use['shared']} |")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check-only", action="store_true", help="skip timing even on a GPU")
+    parser.add_argument("--sm90-report", action="store_true",
+                        help="compile every pruned autotune candidate for H100 (no GPU needed) and print ptxas "
+                             "registers and spills")
     args = parser.parse_args(argv)
+    if args.sm90_report:
+        os.environ.pop("TRITON_INTERPRET", None)  # compiled kernels, not interpreted ones
+        sm90_report()
+        return 0
     print("H100 roofline (989 TFLOP/s dense bf16, 3.35 TB/s), bf16 q/k/v, fp32 bias and LSE:")
     print(roofline_table())
     print()

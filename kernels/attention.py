@@ -39,8 +39,10 @@ BACKENDS = ("triton", "xformers", "sdpa", "math")
 PRIORITY = BACKENDS  # auto-dispatch order; each backend also says on which devices auto may pick it
 MAX_HEAD_DIM = 128
 XFORMERS_MIN_VERSION = Version("0.0.35")
-_LOG2E = 1.4426950408889634  # scores are kept in base 2 inside the kernels: exp(x) = exp2(x * log2(e))
 _CPU_BLOCK = 64  # interpreter block size: large blocks mean fewer interpreted loop iterations
+# Backward modes (module knobs so benchmarks can A/B them on a GPU; see `attention_backward`):
+FUSED_BWD_MAX_N = 64  # one backward kernel when N_Q <= this (ptxas: N_Q = 65 -> 128-row tiles spill on sm_90)
+DS_GROUP_MAX = 8  # batches sharing a window's bias whose dS one program sums in registers (1 = off)
 
 
 def _empty(shape, dtype, device):
@@ -52,6 +54,7 @@ def _empty(shape, dtype, device):
 # Triton kernels
 # --------------------------------------------------------------------------------------------------
 if triton is not None:
+    _LOG2E = tl.constexpr(1.4426950408889634)  # scores are kept in base 2: exp(x) = exp2(x * log2(e))
 
     @triton.jit
     def _attn_fwd_kernel(
@@ -313,9 +316,10 @@ def _pow2_block(n):
 
 
 # H100 candidates (BLOCK_M, BLOCK_N, num_warps, num_stages); pruned per call by token count and head dim.
+# 8-warp variants of the 64x64 tile keep the fused / grouped backward from spilling (ptxas, sm_90).
 _GPU_CANDIDATES = (
-    (16, 16, 2, 2), (32, 32, 2, 2), (32, 64, 4, 2), (64, 32, 4, 2), (64, 64, 4, 2), (64, 64, 4, 3),
-    (128, 32, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3), (64, 128, 8, 2), (128, 128, 8, 2),
+    (16, 16, 2, 2), (16, 16, 4, 2), (32, 32, 2, 2), (32, 64, 4, 2), (64, 32, 4, 2), (64, 64, 4, 2),
+    (64, 64, 4, 3), (64, 64, 8, 2), (128, 32, 4, 3), (128, 64, 8, 3), (64, 128, 8, 2),
 )
 
 
@@ -335,8 +339,8 @@ def _prune(configs, named_args, program_block, accumulators, **kwargs):
         c for c in configs
         if all(floor[name] <= c.kwargs[name] <= cap[name] for name in cap)
         and c.kwargs[program_block] * args["BLOCK_D"] * accumulators <= 64 * 32 * c.num_warps
-        # fused: S, P, dP, dS tiles and the dK/dV products live at once; keep them to ~32 regs/thread each
-        and (not fused or c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 32 * 32 * c.num_warps)
+        # S, P (and dP, dS) tiles: past 32 fp32 per thread each, ptxas spills on sm_90
+        and c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 32 * 32 * c.num_warps
     ]
     if kept:
         return kept
@@ -380,9 +384,9 @@ def _launch(name, raw_kernel, args, consts, programs, program_len, program_block
 
 
 def _fused_dkdv(n_q, cuda):
-    """True if one query block covers N_Q, so the dQ program can also finish dK and dV (one backward
-    kernel, one read of q, k, v, O, dO). On CUDA up to 128 queries (ViT's 65 tokens included)."""
-    return _pow2_block(n_q) <= 128 if cuda else _cpu_blocks(n_q, 1)["BLOCK_M"] >= n_q
+    """True if one query block covers N_Q (<= FUSED_BWD_MAX_N), so the dQ program can also finish dK and
+    dV: one backward kernel, one read of q, k, v, O, dO (Swin windows of 16 and 49 tokens)."""
+    return n_q <= FUSED_BWD_MAX_N and (cuda or _cpu_blocks(n_q, 1)["BLOCK_M"] >= n_q)
 
 
 def _ds_group(n_groups, n_k, cuda):
@@ -391,7 +395,7 @@ def _ds_group(n_groups, n_k, cuda):
     key_block = _pow2_block(n_k) if cuda else _cpu_blocks(1, n_k)["BLOCK_N"]
     if key_block < n_k or key_block > 64:
         return 1
-    return min(8, n_groups)
+    return max(1, min(DS_GROUP_MAX, n_groups))
 
 
 def _common_consts(q, k, bias, scale, scale_value):
