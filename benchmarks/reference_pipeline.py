@@ -320,7 +320,7 @@ def _seed_worker(worker_id: int) -> None:
 def _loader(dataset, batch_size, num_workers, seed) -> DataLoader:
     return DataLoader(
         dataset, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=num_workers,
-        persistent_workers=num_workers > 0, worker_init_fn=_seed_worker,
+        persistent_workers=num_workers > 0, worker_init_fn=_seed_worker, pin_memory=torch.cuda.is_available(),
         generator=torch.Generator().manual_seed(seed),
     )
 
