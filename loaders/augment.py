@@ -8,9 +8,18 @@ work on float32 in the 0..255 range (no rounding between ops), and normalization
 multiply-add at the end.
 
 Public entry points used by the training loop:
-- ``build_train_transform(recipe, img_size=, mean=, std=, num_classes=, **params)``
-- ``build_eval_transform(img_size=, mean=, std=)``
+- ``build_train_transform(recipe, img_size=, mean=, std=, num_classes=, **params)``: recipes "basic",
+  "gani22-finetune" (paper A) and "drloc21" (paper B) -> callable(images, labels, generator)
+- ``build_eval_transform(img_size=, mean=, std=)`` -> callable(images)
+- ``MultiCrop(global_size, local_size, n_local, ..., mean=, std=)``: DINO views for paper A pretraining
 - ``fit_to_size(x, img_size)``
+
+Functional ops (module level, each with a ``generator`` keyword): random_crop, random_hflip,
+random_resized_crop, color_jitter, random_grayscale, random_gaussian_blur, random_solarize,
+random_erasing, mixup_cutmix (+ sample_beta, smooth_one_hot). Deterministic PIL-equivalent ops live in
+``augment_ops``; AutoAugment / RandAugment in ``augment_policies``. Ops that choose different
+operations per sample group the samples by op and run each op once on its group (no Python loop over
+samples); ops that touch few samples (erasing, mixing, probability-p ops) gather just those samples.
 """
 
 from __future__ import annotations
@@ -290,11 +299,12 @@ def resample_boxes(x: torch.Tensor, top, left, h, w, size: int, *, interpolation
 
 def _color_jitter_(x: torch.Tensor, brightness: float, contrast: float, saturation: float, hue: float,
                    *, p: float | torch.Tensor = 1.0, generator) -> torch.Tensor:
+    """In place `color_jitter` on a float 0..255 batch; p may be a per-sample [B] tensor."""
     b, dev = x.shape[0], x.device
     strength = [brightness, contrast, saturation, hue]
     if x.shape[1] == 1:
         strength[2] = strength[3] = 0.0  # saturation and hue do not exist on one channel
-    u = torch.rand(6, b, generator=generator, device=dev)
+    u = torch.rand(5, b, generator=generator, device=dev)
     factors = [u[i] * (2 * s) + (1 - s) for i, s in enumerate(strength[:3])]
     factors = [f.clamp_(min=0.0) for f in factors]
     shift = u[3] * (2 * strength[3]) - strength[3]

@@ -617,7 +617,7 @@ def test_color_jitter_order_is_random_per_sample():
     x = to_batch(natural_images(n=400, size=8))
     y = A.color_jitter(x, 0.8, 0.8, 0, 0, generator=gen(5))
     g = gen(5)
-    u = torch.rand(6, 400, generator=g)
+    u = torch.rand(5, 400, generator=g)
     fb, fc = u[0] * 1.6 + 0.2, u[1] * 1.6 + 0.2
     bc = O.adjust_contrast(O.adjust_brightness(x, fb), fc)
     cb = O.adjust_brightness(O.adjust_contrast(x, fc), fb)
