@@ -95,6 +95,14 @@ def make_inputs(shape, device, dtype, seed=0):
     return q, k, v, table, mask
 
 
+# Backward-mode A/B of the Triton kernel (module knobs of fastvit.kernels.attention, set while timing).
+TRITON_VARIANTS = {
+    "fastvit-triton": {},
+    "fastvit-triton two-kernel bwd": {"FUSED_BWD_MAX_N": 0},
+    "fastvit-triton no dS grouping": {"DS_GROUP_MAX": 1},
+}
+
+
 def providers(shape):
     """name -> callable(q, k, v, bias) for every attention implementation available here."""
     from fastvit.kernels import attention
@@ -108,7 +116,11 @@ def providers(shape):
                 return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         return run
 
-    found = {"fastvit-triton": lambda q, k, v, bias: attention(q, k, v, bias, backend="triton")}
+    found = {name: lambda q, k, v, bias: attention(q, k, v, bias, backend="triton") for name in TRITON_VARIANTS}
+    if shape.N > 64:  # neither knob changes anything there
+        found = {"fastvit-triton": found["fastvit-triton"]}
+    elif not shape.nb:
+        del found["fastvit-triton no dS grouping"]
     found["sdpa-flash"] = sdpa(SDPBackend.FLASH_ATTENTION)
     found["sdpa-efficient"] = sdpa(SDPBackend.EFFICIENT_ATTENTION)
     if hasattr(SDPBackend, "CUDNN_ATTENTION"):
@@ -140,6 +152,7 @@ def time_provider(fn, q, k, v, table, mask, dout):
 
 
 def bench_cuda(shapes=SHAPES, dtype=torch.bfloat16):
+    attn = importlib.import_module("fastvit.kernels.attention")  # the module, for the A/B knobs
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, dtype {dtype}")
     print("| shape | provider | fwd ms | fwd TFLOP/s | fwd GB/s | fwd+bwd ms | fwd+bwd TFLOP/s | fwd+bwd GB/s |"
           " roofline / fwd+bwd |")
@@ -148,11 +161,18 @@ def bench_cuda(shapes=SHAPES, dtype=torch.bfloat16):
         q, k, v, table, mask = make_inputs(shape, "cuda", dtype)
         dout = torch.randn_like(q)
         for name, fn in providers(shape).items():
+            knobs = TRITON_VARIANTS.get(name, {})
+            saved = {knob: getattr(attn, knob) for knob in knobs}
             try:
+                for knob, value in knobs.items():
+                    setattr(attn, knob, value)
                 fwd_ms, full_ms = time_provider(fn, q, k, v, table, mask, dout)
             except (RuntimeError, UserError) as err:  # e.g. flash refuses a bias: record and move on
                 print(f"| {shape.label} | {name} | n/a: {str(err).splitlines()[0][:60]} | | | | | | |")
                 continue
+            finally:
+                for knob, value in saved.items():
+                    setattr(attn, knob, value)
             cells = []
             for ms, backward in ((fwd_ms, False), (full_ms, True)):
                 cells += [f"{ms:.3f}", f"{shape.flops(backward) / ms / 1e9:.1f}",
