@@ -895,3 +895,16 @@ def test_same_seed_same_batch_different_seed_different_batch(name):
     a, b, c = calls[name](gen(1)), calls[name](gen(1)), calls[name](gen(2))
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("op", [
+    lambda x, g: A.random_grayscale(x, p=0.0, generator=g),
+    lambda x, g: A.random_solarize(x, p=0.0, generator=g),
+    lambda x, g: A.random_solarize(x, p=1.0, threshold=256, generator=g),
+    lambda x, g: A.random_gaussian_blur(x, p=0.0, generator=g),
+    lambda x, g: A.random_hflip(x.float(), p=0.0, generator=g),
+    lambda x, g: A.random_erasing(x.float(), p=0.0, generator=g),
+], ids=["grayscale", "solarize-p0", "solarize-256", "blur", "hflip", "erasing"])
+def test_random_ops_at_zero_strength_are_the_identity(op):
+    x = images(b=16)
+    assert torch.equal(op(x, gen()), x.float())
