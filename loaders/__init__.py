@@ -23,5 +23,8 @@ __all__ = list(_EXPORTS)
 
 def __getattr__(name):
     if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        # importing the submodule `prepare` rebinds this package's `prepare` to the module: pin the function
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'fastvit.loaders' has no attribute {name!r}")
