@@ -217,11 +217,13 @@ def affine(x: torch.Tensor, matrix: torch.Tensor, *, fill=0.0, mode: str = "near
         # PIL takes floor(u), grid_sample rounds u - 1/2 half-to-even: nudge exact ties upwards
         cc, ff = cc + 1e-4, ff + 1e-4
     # normalized coords (align_corners=False): X = (xn + 1) * w / 2 and u = (un + 1) * w / 2
-    theta = torch.stack([
-        torch.stack([a, b * h / w, a + b * h / w + 2.0 * cc / w - 1.0], dim=1),
-        torch.stack([d * w / h, e, d * w / h + e + 2.0 * ff / h - 1.0], dim=1),
-    ], dim=1)  # (n, 2, 3)
-    grid = F.affine_grid(theta, [n, c, h, w], align_corners=False)
+    # the grid by broadcasting: affine_grid's bmm with 3x2 matrices is slow on CPU
+    xo = (torch.arange(w, device=x.device, dtype=torch.float32) * 2.0 + 1.0) / w - 1.0  # (W,)
+    yo = (torch.arange(h, device=x.device, dtype=torch.float32) * 2.0 + 1.0) / h - 1.0  # (H,)
+    col = lambda v: v.view(n, 1, 1)  # (n, 1, 1) per-sample coefficient
+    gx = col(a) * xo.view(1, 1, w) + (col(b * h / w) * yo.view(1, h, 1) + col(a + b * h / w + 2.0 * cc / w - 1.0))
+    gy = col(d * w / h) * xo.view(1, 1, w) + (col(e) * yo.view(1, h, 1) + col(d * w / h + e + 2.0 * ff / h - 1.0))
+    grid = torch.stack([gx, gy], dim=3)  # (n, H, W, 2)
     fill_t = _fill_column(fill, x)
     # sampling x - fill with zero padding puts exactly `fill` outside the image
     out = F.grid_sample(x - fill_t, grid, mode=mode, padding_mode="zeros", align_corners=False)
