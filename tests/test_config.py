@@ -34,7 +34,7 @@ def test_drloc21_is_spec_section_2():
 
 
 @pytest.mark.parametrize("arch,lam", [("swin", 0.5), ("swin_t", 0.5), ("t2t_vit_14", 0.1), ("cvt_13", 0.1),
-                                      ("vit", 0.5)])
+                                      ("vit", 0.1), ("cait", 0.1)])
 def test_drloc_lambda_per_arch(arch, lam):
     assert config.build({"arch": arch}).drloc_weight() == lam
     assert config.build({"arch": arch, "drloc_lambda": 0.3}).drloc_weight() == 0.3
