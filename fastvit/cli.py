@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--out", type=Path, required=True, help="output folder")
     prep.add_argument("--download", action="store_true", help="fetch from the official URLs first")
     prep.add_argument("--jpeg-quality", type=int, default=90, help="for datasets stored as JPEG (> 64 px)")
+    prep.add_argument("--short-side", type=int, default=256, help="JPEG-stored images: shorter side scaled to this")
+    prep.add_argument("--workers", type=int, help="writer processes (default: all cores)")
+    prep.add_argument("--checksum", action="append", default=[], metavar="FILE=HEX",
+                      help="expected md5/sha256 of a downloaded file (repeatable)")
     info = dsub.add_parser("info", help="print what a .beton file holds")
     info.add_argument("file", type=Path)
 
@@ -156,8 +160,15 @@ def cmd_data(args) -> int:
         raise UserError("give --src DIR (the dataset's standard files) or --download")
     if not 1 <= args.jpeg_quality <= 100:
         raise UserError(f"--jpeg-quality must be in 1..100, got {args.jpeg_quality}")
+    if args.short_side <= 0 or (args.workers is not None and args.workers <= 0):
+        raise UserError("--short-side and --workers must be positive")
+    bad = [c for c in args.checksum if "=" not in c]
+    if bad:
+        raise UserError(f"--checksum takes FILE=HEX, got {bad[0]!r}")
+    checksums = dict(c.split("=", 1) for c in args.checksum) or None
     for path in loaders.prepare(args.dataset, args.src, args.out, download=args.download,
-                                jpeg_quality=args.jpeg_quality):
+                                jpeg_quality=args.jpeg_quality, short_side=args.short_side,
+                                num_workers=args.workers, checksums=checksums):
         print(path)
     return 0
 

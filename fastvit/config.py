@@ -74,6 +74,8 @@ class Config:
     # ---- self-supervised pretraining (Gani et al. 2022, DINO)
     dino_out_dim: int = _f(1024, "DINO projection output dim", positive=True)
     n_local: int = _f(8, "local crops per image", positive=True)
+    local_size: int | None = _f(None, "local crop size in px (default: half the input; 96 at 224 px, as DINO)",
+                                positive=True)
     global_scale: tuple[float, float] = _f((0.7, 1.0), "RandomResizedCrop scale of the global views")
     local_scale: tuple[float, float] = _f((0.2, 0.5), "RandomResizedCrop scale of the local views")
     teacher_momentum: float = _f(0.996, "EMA momentum of the teacher (cosine to 1)")

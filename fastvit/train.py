@@ -173,7 +173,8 @@ def run(cfg: Config) -> dict:
         from fastvit.loaders.augment import MultiCrop
         from fastvit.objectives.dino import DINO, cancel_last_layer_grads, momentum_schedule
 
-        views_tf = MultiCrop(global_size=img_size, local_size=img_size // 2, n_local=cfg.n_local,
+        local_size = cfg.local_size or (96 if img_size >= 224 else img_size // 2)
+        views_tf = MultiCrop(global_size=img_size, local_size=local_size, n_local=cfg.n_local,
                              global_scale=tuple(cfg.global_scale), local_scale=tuple(cfg.local_scale),
                              mean=mean, std=std)
         objective = DINO(model, out_dim=cfg.dino_out_dim, n_local=cfg.n_local, total_epochs=cfg.epochs,
