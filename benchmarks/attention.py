@@ -105,8 +105,9 @@ TRITON_VARIANTS = {
 
 def providers(shape):
     """name -> callable(q, k, v, bias) for every attention implementation available here."""
-    from fastvit.kernels import attention
     from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from fastvit.kernels import attention
 
     def sdpa(backend):
         def run(q, k, v, bias):
@@ -210,11 +211,24 @@ def check_cpu():
 
 # Kernel pointer arguments that are fp32 whatever the input dtype (statistics, partial sums, bias, scale).
 _FP32_POINTERS = {"Lse", "Delta", "DS", "DScaleRows", "Scale", "Bias"}
+_BIAS_STRIDES = ("stride_bb", "stride_bh", "stride_bm", "stride_bn")
 
 
-def compile_sm90(kernel, dtype="bf16", num_warps=4, num_stages=3, **constexprs):
-    """Compile one kernel variant for H100 (sm_90) on a machine without a GPU and return ptxas' resource
-    use: {"registers", "spill_stores", "spill_loads", "shared"}. Needs TRITON_INTERPRET unset."""
+def launch_ints(shape):
+    """The integer kernel arguments a launch on `shape` passes: contiguous (B, H, N, D) tensors and, when
+    windowed, a contiguous (nb, H, N, N) bias. Their values decide Triton's specialization."""
+    B, H, N, D = shape.B, shape.H, shape.N, shape.D
+    tensor = {"b": H * N * D, "h": N * D, "m": D, "n": D, "d": 1}
+    bias = dict(zip(_BIAS_STRIDES, (H * N * N, N * N, N, 1), strict=True))
+    ints = {"H": H, "NB": max(shape.nb, 1), "N_GROUPS": B // max(shape.nb, 1), "N_Q": N, "N_K": N}
+    return ints, lambda name: bias[name] if name in bias else tensor[name[-1]]
+
+
+def compile_sm90(kernel, shape, dtype="bf16", num_warps=4, num_stages=3, **constexprs):
+    """Compile one kernel variant for H100 (sm_90) on a machine without a GPU, specialized as a launch on
+    `shape` would be (ints equal to 1 become constants, multiples of 16 and 16-byte aligned pointers
+    carry divisibility hints, which is what lets loads vectorize), and return ptxas' resource use:
+    {"registers", "spill_stores", "spill_loads", "shared"}. Needs TRITON_INTERPRET unset."""
     import re
     import subprocess
     import tempfile
@@ -224,16 +238,26 @@ def compile_sm90(kernel, dtype="bf16", num_warps=4, num_stages=3, **constexprs):
     from triton.backends.nvidia.compiler import get_ptxas
     from triton.compiler import ASTSource
 
+    ints, stride = launch_ints(shape)
     first_stride = next(i for i, name in enumerate(kernel.arg_names) if name.startswith("stride_"))
-    signature = {}
+    signature, constants, attrs = {}, dict(constexprs), {}
     for i, name in enumerate(kernel.arg_names):
         if name in constexprs:
             signature[name] = "constexpr"
-        elif i < first_stride:  # pointers come first
+        elif i < first_stride:  # pointers come first; torch allocations are 16-byte aligned
             signature[name] = "*fp32" if name in _FP32_POINTERS else f"*{dtype}"
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif name == "scale_value":
+            signature[name] = "fp32"
         else:
-            signature[name] = "fp32" if name == "scale_value" else "i32"
-    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+            value = stride(name) if name.startswith("stride_") else ints[name]
+            if value == 1:
+                signature[name], constants[name] = "constexpr", 1
+            else:
+                signature[name] = "i32"
+                if value % 16 == 0:
+                    attrs[(i,)] = [["tt.divisibility", 16]]
+    source = ASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=attrs)
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
                               options={"num_warps": num_warps, "num_stages": num_stages})
     with tempfile.NamedTemporaryFile("w", suffix=".ptx") as ptx:
@@ -246,30 +270,30 @@ def compile_sm90(kernel, dtype="bf16", num_warps=4, num_stages=3, **constexprs):
             "spill_loads": number(r"(\d+) bytes spill loads"), "shared": compiled.metadata.shared}
 
 
-def sm90_report(head_dims=(16, 32, 64, 128), n=65):
-    """ptxas registers / spills of every pruned autotune candidate, per kernel and head dim (no GPU needed):
-    the static half of tuning for H100, to run before the first GPU session."""
+def sm90_report(shapes=SHAPES):
+    """ptxas registers / spills of every pruned autotune candidate of each kernel launch of fwd+bwd on
+    `shapes` (bias gradient on for windowed shapes): the static half of tuning for H100, no GPU needed."""
     attn = importlib.import_module("fastvit.kernels.attention")
     tuned = attn._tuned_kernels()
-    print(f"| kernel | D | BLOCK_M | BLOCK_N | warps | stages | registers | spill stores B | shared B |  (N = {n})")
+    print("| shape | kernel | BLOCK_M | BLOCK_N | warps | stages | registers | spill stores B | shared B |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for d in head_dims:
-        common = {"HEAD_DIM": d, "BLOCK_D": attn._pow2_block(d), "HAS_BIAS": True, "PER_HEAD_SCALE": True,
-                  "DOT_PRECISION": "tf32"}
-        fused = attn._fused_dkdv(n, cuda=True)
-        variants = {"fwd": ("fwd", common),
-                    "dq" + ("+dkdv" if fused else ""): ("dq", {**common, "STORE_DS": True, "DS_GROUP": 1,
-                                                              "STORE_DSCALE": True, "FUSED_DKDV": fused})}
+    for shape in shapes:
+        common = {"HEAD_DIM": shape.D, "BLOCK_D": attn._pow2_block(shape.D), "HAS_BIAS": bool(shape.nb),
+                  "PER_HEAD_SCALE": False, "DOT_PRECISION": "tf32"}
+        fused = attn._fused_dkdv(shape.N, cuda=True)
+        group = attn._ds_group(shape.B // max(shape.nb, 1), shape.N, cuda=True) if shape.nb else 1
+        dq = {**common, "STORE_DS": bool(shape.nb), "DS_GROUP": group, "STORE_DSCALE": False, "FUSED_DKDV": fused}
+        variants = {"fwd": ("fwd", common), "dq+dkdv" if fused else "dq": ("dq", dq)}
         if not fused:
             variants["dkdv"] = ("dkdv", common)
         for label, (name, consts) in variants.items():
-            args = {"N_Q": n, "N_K": n, **consts}
+            args = {"N_Q": shape.N, "N_K": shape.N, **consts}
             for config in tuned[name].early_config_prune(tuned[name].configs, args):
-                use = compile_sm90(tuned[name].fn, num_warps=config.num_warps, num_stages=config.num_stages,
-                                   **consts, **config.kwargs)
-                print(f"| {label} | {d} | {config.kwargs['BLOCK_M']} | {config.kwargs['BLOCK_N']} | "
+                use = compile_sm90(tuned[name].fn, shape, num_warps=config.num_warps,
+                                   num_stages=config.num_stages, **consts, **config.kwargs)
+                print(f"| {shape.label} | {label} | {config.kwargs['BLOCK_M']} | {config.kwargs['BLOCK_N']} | "
                       f"{config.num_warps} | {config.num_stages} | {use['registers']} | {use['spill_stores']} | "
-                      f"{use['shared']} |")
+                      f"{use['shared']} |", flush=True)
 
 
 def main(argv=None):

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from fastvit.kernels import reference
 from packaging.version import Version
 
 from fastvit.errors import UserError
+from fastvit.kernels import reference
 
 # numpy warnings inside the interpreter mean NaN/inf arithmetic or reads of garbage (out-of-bounds) memory
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
@@ -220,8 +220,9 @@ def test_gpu_autotune_candidates_fit_the_shape():
 
 COMPILE_SCRIPT = """
 import importlib
-from benchmarks.attention import compile_sm90
+from benchmarks.attention import Shape, compile_sm90
 attn = importlib.import_module("fastvit.kernels.attention")
+shape = Shape("swin window", B=64, H=3, N=17, D=24, nb=4)
 base = dict(HEAD_DIM=24, BLOCK_D=32, BLOCK_M=16, BLOCK_N=16, HAS_BIAS=True, PER_HEAD_SCALE=True, DOT_PRECISION="tf32")
 dq = dict(STORE_DS=True, STORE_DSCALE=True)
 variants = [("bf16", attn._attn_fwd_kernel, {}), ("fp32", attn._attn_fwd_kernel, dict(DOT_PRECISION="ieee")),
@@ -229,7 +230,7 @@ variants = [("bf16", attn._attn_fwd_kernel, {}), ("fp32", attn._attn_fwd_kernel,
             ("fp16", attn._attn_bwd_dq_kernel, dict(dq, DS_GROUP=1, FUSED_DKDV=False)),
             ("bf16", attn._attn_bwd_dq_kernel, dict(dq, DS_GROUP=4, FUSED_DKDV=True))]
 for dtype, kernel, extra in variants:
-    use = compile_sm90(kernel, dtype, num_warps=2, num_stages=1, **{**base, **extra})
+    use = compile_sm90(kernel, shape, dtype, num_warps=2, num_stages=1, **{**base, **extra})
     assert use["registers"] > 0 and use["spill_stores"] == 0, use
 print("compiled", len(variants))
 """
