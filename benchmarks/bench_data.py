@@ -15,11 +15,11 @@ the reference uses 2 worker processes plus the main process for Mixup/CutMix.
 """
 
 import torch
-from fastvit.loaders.augment import MultiCrop, build_train_transform
-from fastvit.loaders.pipeline import FFCVLoader, ResidentLoader
 
 from benchmarks.conftest import CIFAR_MEAN, CIFAR_STD, record_rate, sync
 from benchmarks.reference_pipeline import finetune_loader, multicrop_loader
+from fastvit.loaders.augment import MultiCrop, build_train_transform
+from fastvit.loaders.pipeline import FFCVLoader, ResidentLoader
 
 BATCH = 256
 # Batches per timed round. A round spans at least the DataLoader's prefetch depth (2 workers x 2

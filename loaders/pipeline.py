@@ -300,7 +300,8 @@ class FFCVLoader(_Position):
         img_size: output side in pixels; None keeps the stored size (all images must share it).
         random_resized_crop: RandomResizedCrop to img_size with `rrc_scale` / `rrc_ratio` at decode
             time (torchvision's sampling rule); otherwise, with img_size, a center crop of
-            `center_crop_ratio` x the short side resized to img_size.
+            `center_crop_ratio` x the short side resized to img_size. JPEG images are resized by
+            FFCV's decoder (OpenCV); raw arrays bilinearly (pixel centres, no antialiasing).
         flip: random horizontal flip with probability 0.5.
         os_cache: let the OS page cache hold the file (shared between processes); False reads it
             into this process's memory.
@@ -474,13 +475,10 @@ def _image_pipeline(
 
     field = reader.handlers[name]
     if isinstance(field, NDArrayField):
-        height, width, _ = field.shape
-        if random_resized_crop or img_size not in (None, height):
-            raise UserError(
-                f"{reader.file_name} stores raw {height}x{width} arrays: the ffcv loader cannot crop "
-                f"or resize them; use the resident loader (crops run in the augmentation stage)"
-            )
         ops = [NDArrayDecoder()]
+        if random_resized_crop or img_size is not None:
+            crop = _raw_resized_crop_class()
+            ops.append(crop(img_size, random_resized_crop, rrc_scale, rrc_ratio, center_crop_ratio))
     else:
         if random_resized_crop:
             decoder = RandomResizedCropRGBImageDecoder((img_size, img_size), scale=rrc_scale, ratio=rrc_ratio)
@@ -501,6 +499,62 @@ def _image_pipeline(
     if device.type != "cpu":
         ops.append(ToDevice(device, non_blocking=True))
     return ops
+
+
+@functools.cache
+def _raw_resized_crop_class():
+    """An FFCV operation that crops raw uint8 [H, W, C] arrays (any C) and resizes the crop to a square
+    with bilinear interpolation: FFCV's own crop decoders only read RGBImageField. Built on first use
+    so that importing this module does not import ffcv."""
+    from dataclasses import replace
+
+    from ffcv.fields.rgb_image import get_center_crop, get_random_crop
+    from ffcv.pipeline.allocation_query import AllocationQuery
+    from ffcv.pipeline.compiler import Compiler
+    from ffcv.pipeline.operation import Operation
+
+    class RawResizedCrop(Operation):
+        def __init__(self, size: int, random: bool, scale, ratio, center_ratio: float):
+            super().__init__()
+            self.size, self.random = size, random
+            self.scale, self.ratio, self.center_ratio = np.array(scale), np.array(ratio), center_ratio
+
+        def declare_state_and_memory(self, previous_state):
+            out_shape = (self.size, self.size, previous_state.shape[2])
+            return (replace(previous_state, jit_mode=True, shape=out_shape),
+                    AllocationQuery(out_shape, previous_state.dtype))
+
+        def generate_code(self):
+            my_range = Compiler.get_iterator()
+            get_crop = Compiler.compile(get_random_crop if self.random else get_center_crop)
+            size = self.size
+            scale, ratio = (self.scale, self.ratio) if self.random else (None, self.center_ratio)
+
+            def resized_crop(images, dst):  # images (B, H, W, C) uint8 -> dst (B, size, size, C)
+                height, width, channels = images.shape[1], images.shape[2], images.shape[3]
+                for i in my_range(images.shape[0]):
+                    top, left, h, w = get_crop(height, width, scale, ratio)
+                    for y in range(size):
+                        # pixel centres: source = (dest + 0.5) * h / size - 0.5, clamped to the crop
+                        sy = min(max((y + 0.5) * h / size - 0.5, 0.0), h - 1.0)
+                        y0 = int(sy)
+                        y1, fy = min(y0 + 1, h - 1), sy - y0
+                        for x in range(size):
+                            sx = min(max((x + 0.5) * w / size - 0.5, 0.0), w - 1.0)
+                            x0 = int(sx)
+                            x1, fx = min(x0 + 1, w - 1), sx - x0
+                            for c in range(channels):
+                                top_row = (images[i, top + y0, left + x0, c] * (1 - fx)
+                                           + images[i, top + y0, left + x1, c] * fx)
+                                bottom_row = (images[i, top + y1, left + x0, c] * (1 - fx)
+                                              + images[i, top + y1, left + x1, c] * fx)
+                                dst[i, y, x, c] = np.uint8(top_row * (1 - fy) + bottom_row * fy + 0.5)
+                return dst
+
+            resized_crop.is_parallel = True
+            return resized_crop
+
+    return RawResizedCrop
 
 
 def _label_pipeline(device) -> list:

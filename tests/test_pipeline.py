@@ -6,9 +6,9 @@ import collections
 import numpy as np
 import pytest
 import torch
-from fastvit.loaders.pipeline import ResidentLoader
 
 from fastvit.errors import UserError
+from fastvit.loaders.pipeline import ResidentLoader
 
 
 def numbered_images(n: int, height: int = 3, width: int = 2) -> np.ndarray:
@@ -423,6 +423,20 @@ def test_ffcv_sequential_center_crop_and_flip(betons):
 
 
 @ignore_numba_finalizer
+def test_ffcv_crop_of_raw_arrays_is_bilinear(betons):
+    from fastvit.loaders.pipeline import FFCVLoader
+
+    path, source = betons["ndarray"]
+    # the 5x5 center crop (rows 0..4) of each 6x5 array, resized to 3x3 (a 5/3 scale)
+    loader = FFCVLoader(path, batch_size=8, img_size=3, center_crop_ratio=1.0, shuffle=False, num_workers=1)
+    images = torch.cat([x for x, _ in ffcv_epoch(loader)])
+    crops = torch.from_numpy(source[:40, :5]).permute(0, 3, 1, 2).double()  # (40, C, 5, 5)
+    expected = torch.nn.functional.interpolate(crops, size=(3, 3), mode="bilinear", align_corners=False)
+    assert images.shape == (40, 3, 3, 3)
+    assert (images.double() - expected).abs().max() <= 0.5 + 1e-6  # rounded to the nearest integer
+
+
+@ignore_numba_finalizer
 def test_ffcv_loader_user_errors(betons, tmp_path):
     from fastvit.loaders.pipeline import FFCVLoader
 
@@ -436,8 +450,6 @@ def test_ffcv_loader_user_errors(betons, tmp_path):
         FFCVLoader(path, batch_size=4, order="shuffled")
     with pytest.raises(UserError, match="quasi_random' works on a single process without repeats"):
         FFCVLoader(path, batch_size=4, order="quasi_random", repeats=3)
-    with pytest.raises(UserError, match="cannot crop or resize them; use the resident loader"):
-        FFCVLoader(path, batch_size=4, img_size=4, random_resized_crop=True)
     with pytest.raises(UserError, match="world_size=2 needs torch.distributed initialized"):
         FFCVLoader(path, batch_size=4, rank=1, world_size=2)
     with pytest.raises(UserError, match="random_resized_crop needs img_size"):
@@ -563,10 +575,11 @@ def test_ffcv_distributed_ranks_partition_the_epoch(betons, tmp_path):
 def test_ffcv_decodes_jpeg_splits_of_mixed_sizes(tmp_path):
     """The ffcv loader's main use: a JPEG .beton (images > 64 px, sizes vary), center-cropped and
     resized at decode time."""
+    from PIL import Image
+
     from fastvit.loaders.beton import write_split
     from fastvit.loaders.pipeline import FFCVLoader
     from fastvit.loaders.sources.common import Split
-    from PIL import Image
 
     colors = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (220, 220, 40)]
     files = []
