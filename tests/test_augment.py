@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
+from fastvit.errors import UserError
 from fastvit.loaders import augment as A
 from fastvit.loaders import augment_ops as O
 from fastvit.loaders import augment_policies as P
-
-from fastvit.errors import UserError
 
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
