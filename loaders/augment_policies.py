@@ -66,11 +66,11 @@ def apply_op_slot(x: torch.Tensor, op: torch.Tensor, value: torch.Tensor, names:
 
     matrix = None
     if group_names:
-        # only the geometric ops this slot uses are evaluated (a few [B]-sized ops each)
+        # every geometric op's matrix for every sample: a few [B]-sized ops, cheaper than a host sync
         matrix = _IDENTITY.to(x.device).expand(b, 2, 3)
-        for i in torch.unique(op).tolist():
-            if i >= 0 and names[i] in GEOMETRIC_OPS:
-                matrix = torch.where((op == i).view(b, 1, 1), GEOMETRIC_OPS[names[i]](value, h, w), matrix)
+        for i, n in enumerate(names):
+            if n in GEOMETRIC_OPS:
+                matrix = torch.where((op == i).view(b, 1, 1), GEOMETRIC_OPS[n](value, h, w), matrix)
 
     def pixel_fn(name):
         return lambda xs, idx: PIXEL_OPS[name](xs, value[idx])
