@@ -1,7 +1,8 @@
 """Deterministic per-sample image ops on batches, PIL-equivalent, for the batched augmentations.
 
 Every op takes a float32 batch ``x [n, C, H, W]`` with values in 0..255 (C = 1 or 3) and per-sample
-parameters (a Python number, or a tensor ``[n]``), and returns a new float32 batch; nothing is
+parameters (a Python number, or a tensor ``[n]``), and returns a float32 batch without modifying
+its input (ops that are identities for 1-channel images return the input itself); nothing is
 rounded between ops. Each op mirrors a PIL operation (named in its docstring) up to that rounding:
 PIL works on uint8 and rounds or truncates after every op, these do not.
 """
