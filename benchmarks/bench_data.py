@@ -69,7 +69,7 @@ def test_fastvit_finetune_resident_batched(benchmark, cifar_like, rates, device)
         sync(device)
         return x, targets
 
-    x, targets = benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
+    x, targets = benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
     assert x.shape == (BATCH, 3, 32, 32) and targets.shape == (BATCH, 10)
     record_rate(benchmark, rates, "fastvit_finetune", ROUND_BATCHES * BATCH, baseline="reference_finetune")
 
@@ -105,7 +105,7 @@ def test_fastvit_multicrop_resident_batched(benchmark, cifar_like, rates, device
         sync(device)
         return views
 
-    views = benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
+    views = benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
     assert [v.shape[-1] for v in views] == [32, 32] + [16] * 8
     record_rate(benchmark, rates, "fastvit_multicrop", BATCH, baseline="reference_multicrop")
 
