@@ -159,14 +159,28 @@ def test_vit_last_attention_is_a_distribution():
     torch.testing.assert_close(a.sum(-1), torch.ones(2, 12, 65))
 
 
-def test_reset_classifier_zero_returns_pooled_features():
-    m = _make("vit_tiny", 32).eval()
-    x = _images(2, 3, 32)
+@pytest.mark.parametrize("name", [n for n in models.names() if n not in HEAVY])
+def test_reset_classifier_zero_returns_pooled_features(name):
+    m = _make(name, 32).eval().double()
+    x = _images(2, 3, 32).double()
     pooled, _ = m.forward_features(x)
     m.reset_classifier(0)
     torch.testing.assert_close(m(x), pooled)
     m.reset_classifier(7)
-    assert m(x).shape == (2, 7)
+    assert m(x).shape == (2, 7) and m(x).dtype == torch.float64  # new head follows the model's dtype
+    with pytest.raises(UserError, match="num_classes must be >= 0"):
+        m.reset_classifier(-1)
+
+
+@pytest.mark.parametrize("name", [n for n in models.names() if n not in HEAVY])
+def test_no_weight_decay_covers_norms_biases_and_embeddings(name):
+    m = _make(name, 32)
+    params = dict(m.named_parameters())
+    nwd = m.no_weight_decay()
+    assert nwd <= set(params)
+    assert all(params[n].ndim <= 1 for n in nwd if not n.endswith(("pos_embed", "cls_token", "bias_table")))
+    assert all(params[n].ndim >= 2 for n in set(params) - nwd)  # only matrices / kernels decay
+    assert all(n in nwd for n in params if n.endswith(("pos_embed", "cls_token", "relative_position_bias_table")))
 
 
 def test_no_weight_decay_names():
@@ -505,3 +519,40 @@ def test_summary_tokens_per_stage_swin_and_t2t():
     assert tokens_per_stage(_make("swin_tiny", 32), 32) == [256, 64, 16]
     assert tokens_per_stage(_make("t2t_vit_tiny", 64), 64) == [256, 64, 16]
     assert tokens_per_stage(_make("cvt_tiny", 64), 64) == [256, 64, 16]
+
+
+# ---------------------------------------------------------------- T2T / CvT
+
+
+def test_t2t_token_performer_matches_float64_formula():
+    """y = v + proj(sum_j phi(q_i).phi(k_j) v_j / sum_j phi(q_i).phi(k_j)), phi(x) = exp(Wx - |x|^2/2)/sqrt(m)."""
+    from fastvit.models.t2t import TokenPerformer
+
+    torch.manual_seed(0)
+    tp = TokenPerformer(dim=12, emb=8).double()
+    x = torch.randn(2, 5, 12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    k, q, v = tp.kqv(tp.norm1(x)).split(8, dim=-1)
+
+    def phi(t):
+        return torch.exp(t @ tp.w.T - (t * t).sum(-1, keepdim=True) / 2) / 2.0  # m = 4
+
+    kern = torch.einsum("bim,bjm->bij", phi(q), phi(k))  # (B, T, T)
+    att = torch.einsum("bij,bjd->bid", kern, v) / (kern.sum(-1, keepdim=True) + 1e-8)  # eps as T2T
+    y = v + tp.proj(att)
+    torch.testing.assert_close(tp(x), y + tp.mlp(tp.norm2(y)), rtol=1e-9, atol=1e-9)
+    assert "w" in tp.state_dict() and all(n != "w" for n, _ in tp.named_parameters())  # fixed, saved
+
+
+def test_cvt_keys_are_strided_and_grid_is_pooled():
+    m = _make("cvt_tiny", 64).eval()
+    seen = []
+    attn = m.stages[0].blocks[0].attn
+    hook = attn.k.register_forward_hook(lambda mod, i, o: seen.append(o.shape))
+    pooled, grid = m.forward_features(_images(2, 3, 64))
+    hook.remove()
+    assert seen == [(2, 64, 16)]  # 16x16 queries, 8x8 keys (stride 2)
+    last = m.stages[-1](m.stages[1](m.stages[0](_images(2, 3, 64)).permute(0, 3, 1, 2)).permute(0, 3, 1, 2))
+    assert last.shape == (2, 4, 4, 64) and grid.shape == (2, 2, 2, 64)
+    ref = torch.nn.functional.avg_pool2d(last.permute(0, 3, 1, 2), 3, 2, 1, count_include_pad=False)
+    torch.testing.assert_close(grid, ref.permute(0, 2, 3, 1))
+    torch.testing.assert_close(pooled, m.norm(last).mean((1, 2)))

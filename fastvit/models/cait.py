@@ -184,7 +184,7 @@ class CaiT(nn.Module):
         return no_decay_names(self, ("pos_embed", "cls_token"))
 
     def reset_classifier(self, num_classes: int) -> None:
-        self.head = make_head(self.num_features, num_classes).to(self.pos_embed.device)
+        self.head = make_head(self.num_features, num_classes).to(self.pos_embed)
 
     def _patch_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         check_image(x, self.in_chans, self.patch_size, self.arch)

@@ -147,7 +147,7 @@ class CvT(nn.Module):
         return no_decay_names(self)
 
     def reset_classifier(self, num_classes: int) -> None:
-        self.head = make_head(self.num_features, num_classes).to(self.norm.weight.device)
+        self.head = make_head(self.num_features, num_classes).to(self.norm.weight)
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         check_image(x, self.in_chans, self.multiple, self.arch)

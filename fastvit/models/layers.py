@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fastvit.errors import UserError
 from fastvit.kernels import attention
 
 
@@ -175,7 +176,7 @@ def resize_pos_embed(pos: torch.Tensor, grid: tuple[int, int], size: tuple[int, 
 def make_head(dim: int, num_classes: int) -> nn.Module:
     """Linear classifier, or identity when num_classes == 0 (forward then returns pooled features)."""
     if num_classes < 0:
-        raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+        raise UserError(f"num_classes must be >= 0 (0: no classifier), got {num_classes}")
     if num_classes == 0:
         return nn.Identity()
     head = nn.Linear(dim, num_classes)

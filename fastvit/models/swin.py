@@ -237,7 +237,7 @@ class SwinTransformer(nn.Module):
         return no_decay_names(self, ("relative_position_bias_table",))
 
     def reset_classifier(self, num_classes: int) -> None:
-        self.head = make_head(self.num_features, num_classes).to(self.norm.weight.device)
+        self.head = make_head(self.num_features, num_classes).to(self.norm.weight)
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Per-stage grids (B, H_i, W_i, grid_dims[i]), each after its stage's patch merging."""

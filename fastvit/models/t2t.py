@@ -59,15 +59,16 @@ class TokenPerformer(nn.Module):
         self.register_buffer("w", nn.init.orthogonal_(torch.empty(m, emb)) * math.sqrt(m))
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
-        # (B, T, emb) -> (B, T, m), computed in fp32: the exp overflows easily in half precision
-        x = x.float()
-        return torch.exp(x @ self.w.T - x.square().sum(-1, keepdim=True) / 2) / math.sqrt(self.w.shape[0])
+        # (B, T, emb) -> (B, T, m), at least fp32: the exp overflows easily in half precision
+        x = x.to(torch.promote_types(x.dtype, torch.float32))
+        w = self.w.to(x.dtype)
+        return torch.exp(x @ w.T - x.square().sum(-1, keepdim=True) / 2) / math.sqrt(w.shape[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k, q, v = self.kqv(self.norm1(x)).split(self.emb, dim=-1)  # 3 x (B, T, emb)
         kp, qp = self._features(k), self._features(q)  # (B, T, m)
         norm = qp @ kp.sum(dim=1).unsqueeze(-1)  # (B, T, 1): sum_j phi(q_i) . phi(k_j)
-        y = (qp @ (kp.transpose(1, 2) @ v.float())) / (norm + 1e-8)  # (B, T, emb)
+        y = (qp @ (kp.transpose(1, 2) @ v.to(kp.dtype))) / (norm + 1e-8)  # (B, T, emb)
         y = v + self.proj(y.to(v.dtype))  # v as the skip connection: the width changes dim -> emb
         return y + self.mlp(self.norm2(y))
 
@@ -140,7 +141,7 @@ class T2TViT(nn.Module):
         return no_decay_names(self, ("cls_token",))
 
     def reset_classifier(self, num_classes: int) -> None:
-        self.head = make_head(self.num_features, num_classes).to(self.cls_token.device)
+        self.head = make_head(self.num_features, num_classes).to(self.cls_token)
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         check_image(x, self.in_chans, 16, self.arch)
