@@ -150,6 +150,8 @@ def test_build_train_transform_rejects_unknown_recipe_and_params():
         A.build_train_transform("basic", img_size=32, mean=MEAN, std=STD, num_classes=10, mixup_alfa=1)
     with pytest.raises(UserError, match="images must be uint8"):
         A.build_eval_transform(img_size=32, mean=MEAN, std=STD)(images().float())
+    with pytest.raises(UserError, match="images must be a \\[B, C, H, W\\] batch with C = 1 or 3, got shape"):
+        A.build_eval_transform(img_size=32, mean=MEAN, std=STD)(images(c=2))
 
 
 def test_pipeline_numpy_free_reference_of_basic_recipe():
@@ -808,16 +810,19 @@ def test_gani22_finetune_with_its_random_ops_off_is_the_basic_recipe():
     assert torch.equal(off(x, y, gen(3))[0], basic(x, y, gen(3))[0])
 
 
-def test_gani22_finetune_composes_crop_autoaugment_and_erasing_in_order():
-    x, y = images(b=16), torch.zeros(16, dtype=torch.long)
+def test_gani22_finetune_composes_crop_autoaugment_erasing_and_mixing_in_order():
+    x, y = images(b=16), torch.arange(16) % 10
     t = A.build_train_transform("gani22-finetune", img_size=32, mean=MEAN, std=STD, num_classes=10,
-                                policy="svhn", mixup_alpha=0, cutmix_alpha=0, label_smoothing=0, erase_p=0.5)
-    out, _ = t(x, y, gen(4))
+                                policy="svhn", erase_p=0.5)
+    out, target = t(x, y, gen(4))
     g = gen(4)
     ref = A.random_crop(x, 32, padding=4, flip_p=0.5, generator=g).float()
     ref = P.autoaugment_(ref, "svhn", generator=g)
     ref = A.random_erasing_(A.Normalize(MEAN, STD)(ref), p=0.5, max_area=0.4, min_aspect=0.3, generator=g)
+    ref, ref_target = A.mixup_cutmix_(ref, y, num_classes=10, mixup_alpha=1.0, cutmix_alpha=1.0, prob=0.5,
+                                      switch_prob=0.5, label_smoothing=0.1, generator=g)
     assert (out - ref).abs().max() < 1e-5
+    assert torch.allclose(target, ref_target)
 
 
 def test_drloc21_recipe_upsamples_and_mixes():
@@ -833,6 +838,15 @@ def test_drloc21_recipe_upsamples_and_mixes():
     g = gen(6)
     ref = A.Normalize(MEAN, STD)(A.random_resized_crop(x, 64, flip_p=0.5, generator=g))
     assert torch.equal(target, y) and (out - ref).abs().max() < 1e-5
+    # RandAugment fills uncovered areas with the dataset mean colour, in 0..255
+    rand_only = A.build_train_transform("drloc21", img_size=64, mean=MEAN, std=STD, num_classes=100,
+                                        color_jitter=0, erase_p=0, mixup_alpha=0, cutmix_alpha=0,
+                                        label_smoothing=0)
+    out, _ = rand_only(x, y, gen(7))
+    g = gen(7)
+    ref = A.random_resized_crop(x, 64, flip_p=0.5, generator=g)
+    ref = A.Normalize(MEAN, STD)(P.randaugment_(ref, generator=g, fill=(125.0, 123.0, 114.0)))
+    assert (out - ref).abs().max() < 1e-5
 
 
 def test_recipe_parameter_errors():
@@ -858,6 +872,7 @@ def test_multicrop_views_shapes_and_seeding():
     assert not torch.equal(views[0], other[0])
     gray = A.MultiCrop(28, 12, n_local=2, mean=(0.5,), std=(0.5,))(images(b=4, c=1, h=28, w=28), gen())
     assert [tuple(v.shape) for v in gray] == [(4, 1, 28, 28)] * 2 + [(4, 1, 12, 12)] * 2
+    assert len(A.MultiCrop(32, 16, n_local=0, mean=MEAN, std=STD)(x, gen())) == 2
 
 
 def test_multicrop_routes_solarize_to_global_two_and_blur_to_global_one():
