@@ -123,19 +123,23 @@ class ResidentLoader(_Position):
         seed: the permutation of epoch e depends only on (seed, e): a fresh `torch.Generator` seeded
             from both, so any epoch can be replayed or resumed without replaying earlier ones.
         rank, world_size: this process's shard under `torchrun` (`torch.distributed` ranks).
-        repeats: repeated-augmentation factor r (DeiT's RASampler, paper A's x3): every sample appears
-            r times per epoch and the epoch is r times longer.
+        repeats: repeated-augmentation factor r (paper A's x3 epochs): every sample appears r times
+            per epoch and the epoch is r times longer.
 
-    Sample order of one epoch. Take the permutation P of 0..N-1 and repeat every entry r times in
-    place (P0 P0 P0 P1 P1 P1 ...); rank k takes every world_size-th entry starting at k, so the r
-    copies of one image land on r different ranks when world_size >= r (with one rank they share a
-    batch, as in RASampler). All ranks get the same number of batches:
-    - drop_last=True trims the tail of the repeated permutation to a multiple of world_size *
-      batch_size, so every rank yields only full batches and no sample appears more than r times;
-      the trimmed samples change every epoch with the permutation.
-    - drop_last=False pads the repeated permutation by wrapping around to its start until its length
-      is a multiple of world_size (as torch's DistributedSampler does), so up to world_size - 1
-      samples appear once more; the last batch of every rank may be short.
+    Sample order of one epoch, from one generator seeded by (seed, epoch):
+    - one rank: r independent permutations of 0..N-1 back to back, i.e. r shuffled passes, as paper
+      A's sampler does it (its RASampler with len_factor r, one repetition), so the copies of an image
+      fall in different batches;
+    - world_size ranks: the permutation P with every entry repeated r times in place (P0 P0 P0 P1 P1
+      P1 ...), of which rank k takes every world_size-th entry starting at k, as DeiT's RASampler: the
+      r copies of one image land on r different ranks when world_size >= r.
+    All ranks get the same number of batches:
+    - drop_last=True trims the tail of that order to a multiple of world_size * batch_size, so every
+      rank yields only full batches and no sample appears more than r times; the trimmed samples
+      change every epoch with the permutation.
+    - drop_last=False pads the order by wrapping around to its start until its length is a multiple
+      of world_size (as torch's DistributedSampler does), so up to world_size - 1 samples appear once
+      more; the last batch of every rank may be short.
     """
 
     order_keys = ("seed", "num_samples", "batch_size", "world_size", "repeats", "shuffle", "drop_last")
@@ -203,13 +207,15 @@ class ResidentLoader(_Position):
     def epoch_indices(self, epoch: int) -> torch.Tensor:
         """This rank's sample indices for `epoch` in yield order (int64 on the CPU), per the class
         docstring."""
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
-            order = torch.randperm(self.num_samples, generator=generator)
+        generator = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
+        n, r = self.num_samples, self.repeats
+        if self.world_size == 1:
+            passes = [torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n) for _ in range(r)]
+            order = torch.cat(passes)  # (r * N,)
         else:
-            order = torch.arange(self.num_samples)
-        # Copies of one sample are adjacent, so the strided rank split sends them to different ranks.
-        order = order.repeat_interleave(self.repeats)  # (N * r,)
+            order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
+            # Copies of one sample are adjacent, so the strided rank split sends them to different ranks.
+            order = order.repeat_interleave(r)  # (N * r,)
         total = order.numel()
         if self.drop_last:
             order = order[: total - total % (self.world_size * self.batch_size)]
@@ -310,7 +316,8 @@ class FFCVLoader(_Position):
             only) or "sequential"; None means "random" when shuffle else "sequential".
         num_workers: FFCV's decode threads.
         repeats: repeated-augmentation factor r, as for `ResidentLoader`: every sample appears r
-            times per epoch (the copies are shuffled independently, so they do not share a batch).
+            times per epoch (FFCV shuffles the r copies together, so ranks are not guaranteed to
+            differ per copy and a batch may hold two copies of an image).
 
     The sample order of an epoch depends only on (seed, epoch), so `state_dict` / `load_state_dict`
     resume mid-epoch exactly; the random crops and flips come from numba's global generator and are

@@ -140,8 +140,14 @@ def test_too_few_samples_for_one_batch_is_a_user_error():
 def test_repeats_show_every_sample_r_times_and_lengthen_the_epoch():
     plain, repeated = make(60, batch_size=6), make(60, batch_size=6, repeats=3)
     assert len(repeated) == 3 * len(plain)
-    counts = collections.Counter(epoch_ids(repeated))
+    ids = epoch_ids(repeated)
+    counts = collections.Counter(ids)
     assert set(counts) == set(range(60)) and set(counts.values()) == {3}
+    # on one rank: three independently shuffled passes, as paper A's sampler
+    passes = [ids[:60], ids[60:120], ids[120:]]
+    assert all(sorted(p) == list(range(60)) for p in passes)
+    assert passes[0] != passes[1] != passes[2] != passes[0]
+    assert epoch_ids(make(60, batch_size=6, repeats=3, shuffle=False)) == list(range(60)) * 3
 
 
 @pytest.mark.parametrize("world_size", [3, 4])
