@@ -1,10 +1,11 @@
-"""Attention microbenchmark: `python -m benchmarks.attention [--check-only]`.
+"""Attention microbenchmark: `python -m benchmarks.attention [--check-only | --sm90-report]`.
 
 On CUDA: median time (triton.testing.do_bench) of forward and forward+backward for the fastvit Triton
 kernel against SDPA (flash, efficient, cuDNN where present) and xformers (when installed), as ms,
 TFLOP/s and GB/s, for the ViT regime (N 16-257, head dim 16-64, B*H >= 1024), next to the H100
 roofline of each shape. On CPU: checks the kernel (Triton interpreter) against the float64
-reference on small shapes and says that no GPU timing was taken.
+reference on small shapes and says that no GPU timing was taken. `--sm90-report` compiles every
+autotune candidate of every kernel launch for H100 without a GPU and prints ptxas registers / spills.
 
 FLOPs count the algorithmic matmuls: forward 4*B*H*N_Q*N_K*D (QK^T and PV), backward 2.5x that
 (recomputed QK^T, dP, dV, dQ, dK). Minimum bytes: every input read once and every output written
