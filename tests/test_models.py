@@ -19,7 +19,7 @@ def _one_thread():
 
 
 # The full 224-px models (paper B) are heavy on this CPU: their default size only (batch 2, one thread).
-HEAVY = {"swin_t", "swin_t_p2_w4", "cvt_13", "t2t_vit_14"}
+HEAVY = {"swin_t", "swin_t_p2_w4", "cvt_13", "t2t_vit_14", "resnet50"}
 # Paper A's full models: the sizes paper A trains at; the tiny variants: every size (cheap).
 PAPER_A = {"vit", "swin", "cait"}
 
@@ -423,7 +423,7 @@ def test_cait_layerscale_init_and_uniform_drop_path():
 
 # ---------------------------------------------------------------- attention backends
 
-TINY = ["vit_tiny", "swin_tiny", "cait_tiny", "cvt_tiny", "t2t_vit_tiny"]
+TINY = ["vit_tiny", "swin_tiny", "cait_tiny", "cvt_tiny", "t2t_vit_tiny"]  # the archs with attention
 
 
 def _outputs_and_grads(m, x, backend, monkeypatch):
@@ -489,6 +489,10 @@ def test_param_counts_within_2_percent_of_spec(name, img_size, num_classes, spec
     assert abs(n / spec - 1) <= 0.02
 
 
+def test_param_count_resnet50_matches_the_canonical_network():
+    assert _meta_params("resnet50", 224, 1000) == 25_557_032  # torchvision's / the paper's ResNet-50
+
+
 def test_param_count_cait_closed_form():
     n = _meta_params("cait", 32, 10)
     D, hid, cls_hid = 192, 384, 768
@@ -519,6 +523,7 @@ def test_summary_tokens_per_stage_swin_and_t2t():
     assert tokens_per_stage(_make("swin_tiny", 32), 32) == [256, 64, 16]
     assert tokens_per_stage(_make("t2t_vit_tiny", 64), 64) == [256, 64, 16]
     assert tokens_per_stage(_make("cvt_tiny", 64), 64) == [256, 64, 16]
+    assert tokens_per_stage(_make("resnet_tiny", 64), 64) == [256, 64, 16, 4]
 
 
 # ---------------------------------------------------------------- T2T / CvT

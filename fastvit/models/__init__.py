@@ -10,7 +10,7 @@ Every model has
 ViT and CaiT add `last_attention(x)`; Swin adds `forward_stages(x)`.
 """
 
-from fastvit.models import cait, cvt, swin, t2t, vit  # noqa: F401  (registers their variants)
+from fastvit.models import cait, cvt, resnet, swin, t2t, vit  # noqa: F401  (registers their variants)
 from fastvit.models.registry import create, default_img_size, grid_shape, names
 
 __all__ = ["create", "default_img_size", "grid_shape", "names"]

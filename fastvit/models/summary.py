@@ -21,12 +21,13 @@ from torch.utils.flop_counter import FlopCounterMode
 from fastvit import models
 from fastvit.models.cait import CaiT
 from fastvit.models.cvt import CvT
+from fastvit.models.resnet import ResNet
 from fastvit.models.swin import SwinTransformer
 from fastvit.models.t2t import T2TViT
 from fastvit.models.vit import VisionTransformer
 
 PAPER_MODELS = [("vit", 32), ("swin", 32), ("cait", 32), ("vit", 64), ("swin", 64), ("cait", 64),
-                ("swin_t", 224), ("cvt_13", 224), ("t2t_vit_14", 224)]
+                ("swin_t", 224), ("cvt_13", 224), ("t2t_vit_14", 224), ("resnet50", 224)]
 
 
 def _stage_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -35,6 +36,8 @@ def _stage_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
         return [model.patch_embed]
     if isinstance(model, (SwinTransformer, CvT)):
         return list(model.stages) if isinstance(model, CvT) else [model.patch_embed, *model.stages[:-1]]
+    if isinstance(model, ResNet):
+        return list(model.layers)
     if isinstance(model, T2TViT):
         t2t = model.tokens_to_token
         return [t2t.attention1, t2t.attention2, t2t.project]
@@ -45,9 +48,14 @@ def tokens_per_stage(model: torch.nn.Module, img_size: int, in_chans: int = 3) -
     """Token count entering each stage's attention for one img_size input (CLS tokens not counted)."""
     counts = []
 
+    channels_first = isinstance(model, ResNet)
+
     def hook(_module, _inputs, out):
-        # (B, H, W, C) grids or (B, N, C) sequences
-        counts.append(out.shape[1] * out.shape[2] if out.dim() == 4 else out.shape[1])
+        # (B, H, W, C) grids, (B, C, H, W) feature maps (ResNet) or (B, N, C) sequences
+        if out.dim() == 4:
+            counts.append(out.shape[2] * out.shape[3] if channels_first else out.shape[1] * out.shape[2])
+        else:
+            counts.append(out.shape[1])
 
     handles = [m.register_forward_hook(hook) for m in _stage_modules(model)]
     try:
