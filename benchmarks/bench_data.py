@@ -11,7 +11,10 @@ Each pair measures images/s on 32x32x3 uint8 data (CIFAR-10's shape) with batche
   PIL multi-crop DataLoader.
 Each benchmark writes `images_per_s` to extra_info; the fastvit ones also `ratio` (to the reference
 measured just before them; the references run first in file order). Torch uses 2 threads (conftest);
-the reference uses 2 worker processes plus the main process for Mixup/CutMix.
+the reference uses 2 worker processes plus the main process for Mixup/CutMix. Each reference's
+DataLoader lives only inside its own test: idle workers refill their prefetch queue, which would steal
+the cores from whatever is timed next. (Interleaving the two sides round by round fails for the same
+reason, so on a shared machine compare figures from one run and look at `load_average_1min`.)
 """
 
 import torch
