@@ -15,6 +15,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 DRLOC_MODES = ("l1", "ce", "cbr")
 AUGMENTS = ("none", "basic", "gani22-finetune", "drloc21")
 LOADERS = ("auto", "resident", "ffcv")
+AUTOAUGMENT_POLICY = {"svhn": "svhn", "tiny-imagenet": "imagenet", "cinic10": "imagenet"}  # else cifar10
 # Paper B's per-arch lambda (SPEC §2.6). It gives none for plain ViT/CaiT: we use T2T-ViT's 0.1, the
 # closest arch it tuned (a single-scale ViT-style token grid); Swin-like archs take Swin's 0.5.
 DRLOC_LAMBDA = {"swin": 0.5, "swin_t": 0.5, "swin_tiny": 0.5, "t2t_vit_14": 0.1, "cvt_13": 0.1}
@@ -45,7 +46,7 @@ class Config:
     label_smoothing: float = _f(0.1, "label smoothing of the supervised loss")
     mixup_alpha: float | None = _f(None, "Mixup alpha (default: the augment recipe's)")
     cutmix_alpha: float | None = _f(None, "CutMix alpha (default: the augment recipe's)")
-    mix_prob: float | None = _f(None, "probability of Mixup/CutMix per batch (default: the recipe's)")
+    mix_prob: float | None = _f(None, "probability that a sample is mixed (Mixup/CutMix; default: the recipe's)")
     erasing_prob: float | None = _f(None, "RandomErasing probability (default: the recipe's)")
     # ---- optimisation (per-iteration schedules)
     epochs: int = _f(10, "training epochs", positive=True)
@@ -119,6 +120,8 @@ class Config:
                  "erasing_prob": "erase_p", "policy": "policy"}  # config field -> augment parameter
         out = {names[k]: getattr(self, k) for k in names if getattr(self, k) is not None}
         out["label_smoothing"] = self.label_smoothing
+        if self.augment == "gani22-finetune" and self.policy is None:  # SPEC §4: the policy by dataset
+            out["policy"] = AUTOAUGMENT_POLICY.get(self.dataset, "cifar10")
         return out
 
     def to_dict(self) -> dict:

@@ -261,54 +261,54 @@ def run(cfg: Config) -> dict:
         loader.set_epoch(epoch)  # keeps a resumed mid-epoch position
         sums = (start["epoch_sums"] if resumed_mid_epoch else torch.zeros(3, dtype=torch.float64)).to(device)
         t0, images_seen = time.perf_counter(), 0
-        bar = tqdm(total=steps_per_epoch, initial=loader.next_batch, disable=not d.is_main,
-                   desc=f"epoch {epoch + 1}/{cfg.epochs}", mininterval=1.0, dynamic_ncols=True)
-        for images, labels in loader:
-            lr_now = cosine_with_warmup(step, total_steps, warmup_steps, lr, cfg.warmup_lr, cfg.min_lr)
-            wd_now = cfg.weight_decay if cfg.weight_decay_end is None else cosine_with_warmup(
-                step, total_steps, 0, cfg.weight_decay, cfg.weight_decay, cfg.weight_decay_end)
-            for group in opt.param_groups:
-                group["lr"] = lr_now
-                if group["decay"]:
-                    group["weight_decay"] = wd_now
-            epoch_f = step / steps_per_epoch
-            with autocast(device, cfg.precision):
+        # a context manager, so the bar is closed before an error message is printed
+        with tqdm(total=steps_per_epoch, initial=loader.next_batch, disable=not d.is_main,
+                  desc=f"epoch {epoch + 1}/{cfg.epochs}", mininterval=1.0, dynamic_ncols=True) as bar:
+            for images, labels in loader:
+                lr_now = cosine_with_warmup(step, total_steps, warmup_steps, lr, cfg.warmup_lr, cfg.min_lr)
+                wd_now = cfg.weight_decay if cfg.weight_decay_end is None else cosine_with_warmup(
+                    step, total_steps, 0, cfg.weight_decay, cfg.weight_decay, cfg.weight_decay_end)
+                for group in opt.param_groups:
+                    group["lr"] = lr_now
+                    if group["decay"]:
+                        group["weight_decay"] = wd_now
+                epoch_f = step / steps_per_epoch
+                with autocast(device, cfg.precision):
+                    if pretrain:
+                        loss = step_module(views_tf(images, gen), epoch_f)
+                        aux = loss.new_zeros(())
+                    else:
+                        x, targets = train_tf(images, labels, gen)
+                        lam = drloc_lambda(cfg, epoch_f) if cfg.drloc else 0.0
+                        loss, aux = step_module(x, targets, lam, cfg.seed, step)
+                scaler.scale(loss).backward()
+                if cfg.grad_clip or pretrain:
+                    scaler.unscale_(opt)
                 if pretrain:
-                    loss = step_module(views_tf(images, gen), epoch_f)
-                    aux = loss.new_zeros(())
-                else:
-                    x, targets = train_tf(images, labels, gen)
-                    lam = drloc_lambda(cfg, epoch_f) if cfg.drloc else 0.0
-                    loss, aux = step_module(x, targets, lam, cfg.seed, step)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip or pretrain:
-                scaler.unscale_(opt)
-            if pretrain:
-                cancel_last_layer_grads(objective.student.head, epoch, cfg.freeze_last_layer)
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(objective.parameters(), cfg.grad_clip, foreach=True)
-            scaler.step(opt)
-            scaler.update()
-            opt.zero_grad(set_to_none=True)
-            if pretrain:
-                objective.update_teacher(momentum_schedule(step, total_steps, base=cfg.teacher_momentum))
-            if ema is not None:
-                ema.update(model)
-            loss = loss.detach()
-            nonfinite_at = torch.where((nonfinite_at < 0) & ~torch.isfinite(loss), step, nonfinite_at)
-            sums += torch.stack([loss.double(), aux.double(), torch.ones((), dtype=torch.float64, device=device)])
-            step += 1
-            images_seen += len(images) * d.world_size
-            bar.update(1)
-            if step % cfg.log_every == 0:  # a host sync: only on logging steps
-                check_finite(nonfinite_at, run_dir)
-                rate = images_seen / (time.perf_counter() - t0)
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr_now:.2e}", img_s=f"{rate:.0f}")
-                log.scalars(step, {"train/loss": loss.item(), "train/lr": lr_now, "train/images_per_s": rate})
-            if cfg.save_every and step % cfg.save_every == 0:
-                check_finite(nonfinite_at, run_dir)
-                save("last.pt", epoch, step, best_acc1, sums.cpu())
-        bar.close()
+                    cancel_last_layer_grads(objective.student.head, epoch, cfg.freeze_last_layer)
+                if cfg.grad_clip:
+                    nn.utils.clip_grad_norm_(objective.parameters(), cfg.grad_clip, foreach=True)
+                scaler.step(opt)
+                scaler.update()
+                opt.zero_grad(set_to_none=True)
+                if pretrain:
+                    objective.update_teacher(momentum_schedule(step, total_steps, base=cfg.teacher_momentum))
+                if ema is not None:
+                    ema.update(model)
+                loss = loss.detach()
+                nonfinite_at = torch.where((nonfinite_at < 0) & ~torch.isfinite(loss), step, nonfinite_at)
+                sums += torch.stack([loss.double(), aux.double(), torch.ones((), dtype=torch.float64, device=device)])
+                step += 1
+                images_seen += len(images) * d.world_size
+                bar.update(1)
+                if step % cfg.log_every == 0:  # a host sync: only on logging steps
+                    check_finite(nonfinite_at, run_dir)
+                    rate = images_seen / (time.perf_counter() - t0)
+                    bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr_now:.2e}", img_s=f"{rate:.0f}")
+                    log.scalars(step, {"train/loss": loss.item(), "train/lr": lr_now, "train/images_per_s": rate})
+                if cfg.save_every and step % cfg.save_every == 0:
+                    check_finite(nonfinite_at, run_dir)
+                    save("last.pt", epoch, step, best_acc1, sums.cpu())
         check_finite(nonfinite_at, run_dir)
         if device.type == "cuda":
             torch.cuda.synchronize()

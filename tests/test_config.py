@@ -50,6 +50,13 @@ def test_augment_overrides_use_the_augment_parameter_names():
     assert c.augment_overrides() == {"erase_p": 0.0, "mixup_alpha": 0.2, "label_smoothing": 0.0}
 
 
+@pytest.mark.parametrize("dataset,policy", [("svhn", "svhn"), ("tiny-imagenet", "imagenet"), ("cinic10", "imagenet"),
+                                            ("cifar100", "cifar10")])
+def test_finetune_autoaugment_policy_follows_the_dataset(dataset, policy):
+    assert config.build({"dataset": dataset}, recipe="gani22-finetune").augment_overrides()["policy"] == policy
+    assert "policy" not in config.build({"dataset": dataset}).augment_overrides()  # basic: no AutoAugment
+
+
 @pytest.mark.parametrize("values,needle", [({"epochs": 0}, "--epochs must be positive"),
                                            ({"drop_path": 1.5}, "--drop-path"),
                                            ({"precision": "fp64"}, "--precision"),

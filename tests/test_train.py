@@ -112,7 +112,7 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint
                 "--lr", "1e30", "--warmup-epochs", "1", "--warmup-lr", "0", "--save-every", "1", "--log-every", "1",
                 "--out", out)
     assert r.returncode == 1, r.stderr
-    message = r.stderr.strip().splitlines()[-1]
+    message = r.stderr.replace("\r", "\n").strip().splitlines()[-1]
     assert "NaN/Inf at step" in message and str(out / "last.pt") in message
     bad_step = int(message.split("at step ")[1].split(";")[0])
     state = checkpoint.load(out / "last.pt")
