@@ -600,6 +600,8 @@ class TritonBackend:
         if inp.device_type == "cpu":
             if not _interpreting():
                 reasons.append("CPU tensors need TRITON_INTERPRET=1 set before fastvit.kernels is imported")
+            if inp.dtype == torch.bfloat16:  # numpy has no bfloat16: the interpreter's results are garbage
+                reasons.append("the Triton CPU interpreter computes bfloat16 wrongly (use float32/float16 on CPU)")
         elif inp.device_type != "cuda":
             reasons.append(f"needs CUDA tensors (or CPU with TRITON_INTERPRET=1), got {inp.device_type}")
         if inp.dtype not in _FLOAT_DTYPES:

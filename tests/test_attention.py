@@ -349,6 +349,9 @@ def test_forced_triton_without_interpreter_or_with_unsupported_inputs(monkeypatc
         attn.select_backend(inputs(head_dim=256, value_dim=64), backend="triton")
     with pytest.raises(UserError, match=r"needs CUDA tensors \(or CPU with TRITON_INTERPRET=1\), got mps"):
         attn.select_backend(inputs("mps"), backend="triton")
+    with pytest.raises(UserError, match="the Triton CPU interpreter computes bfloat16 wrongly"):
+        attn.attention(*(torch.zeros(1, 1, 16, 16, dtype=torch.bfloat16),) * 3, backend="triton")
+    assert attn.select_backend(inputs("cuda", torch.bfloat16), backend="triton").name == "triton"
     monkeypatch.setattr(attn, "_interpreting", lambda: False)
     with pytest.raises(UserError, match="CPU tensors need TRITON_INTERPRET=1 set before fastvit.kernels is "
                                         "imported"):
