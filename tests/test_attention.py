@@ -8,6 +8,7 @@ import importlib
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -254,6 +255,38 @@ def test_kernels_compile_for_h100():
 ])
 def test_torch_backends_match_float64(backend, B, H, n_q, n_k, D, bias_kind, scale_kind):
     check_against_reference(backend, B, H, n_q, n_k, D, bias_kind, scale_kind, torch.float32, seed=B * n_k)
+
+
+def test_xformers_adapter_against_a_stand_in(monkeypatch):
+    """The xformers backend's own work (layout (B, N, H, D), 8-aligned windowed bias, folded per-head scale,
+    their gradients) checked with a stand-in for xformers.ops that computes in that layout."""
+    def memory_efficient_attention(q, k, v, attn_bias=None, scale=None):  # (B, N, H, D) tensors
+        assert attn_bias is None or (attn_bias.shape == (q.shape[0], q.shape[2], q.shape[1], k.shape[1])
+                                     and attn_bias.stride(-2) % 8 == 0)
+        return reference.attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias,
+                                   scale).transpose(1, 2)
+
+    ops = types.ModuleType("xformers.ops")
+    ops.memory_efficient_attention = memory_efficient_attention
+    package = types.ModuleType("xformers")
+    package.ops = ops
+    monkeypatch.setitem(sys.modules, "xformers", package)
+    monkeypatch.setitem(sys.modules, "xformers.ops", ops)
+    monkeypatch.setattr(attn.XformersBackend, "not_supported_reasons", lambda self, inputs: [])
+    check_against_reference("xformers", 4, 3, 49, 49, 32, "window", "heads", torch.float32, seed=3)
+    check_against_reference("xformers", 2, 2, 17, 17, 16, "keys", "float", torch.float32, seed=4)
+
+
+def test_single_element_scale_tensor_gets_the_summed_gradient():
+    g = torch.Generator().manual_seed(8)
+    q, k, v = (torch.randn(2, 3, 16, 16, generator=g) for _ in range(3))
+    grads = {}
+    for backend in ("triton", "math"):
+        scale = torch.tensor([0.3], requires_grad=True)  # one temperature shared by every head
+        attn.attention(q, k, v, scale=scale, backend=backend).square().sum().backward()
+        grads[backend] = scale.grad
+    assert grads["triton"].shape == (1,)
+    assert rel_err(grads["triton"], grads["math"].double()) < TOL_REDUCTION[torch.float32]
 
 
 # ----- torch.library op and torch.compile ------------------------------------------------------------
