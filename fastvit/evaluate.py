@@ -44,8 +44,8 @@ def evaluate_checkpoint(path, *, dataset=None, data_dir=None, cache_dir=None, de
     if meta["num_classes"] != state["num_classes"]:
         raise UserError(f"{dataset} has {meta['num_classes']} classes, the checkpoint's model "
                         f"{state['num_classes']}")
-    images, labels = train.load_split(test_path, None, dev)
-    images = images.permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
+    run_cfg = Config(batch_size=max(1, batch_size // 2), num_workers=2)
+    batches, dist = train.make_eval_batches(run_cfg, test_path, state["img_size"], dev, d)
     eval_tf = augment.build_eval_transform(img_size=state["img_size"], mean=state["mean"], std=state["std"])
-    result = train.evaluate(model.to(dev), images, labels, eval_tf, batch_size, d, precision)
-    return {"checkpoint": str(path), "dataset": dataset, "images": len(labels), **result}
+    result = train.evaluate(model.to(dev), batches(), eval_tf, precision, dist)
+    return {"checkpoint": str(path), "dataset": dataset, "images": meta["count"], **result}

@@ -98,6 +98,37 @@ def resolve_img_size(cfg: Config, data_size: int) -> int:
     return 64 if size == 32 and data_size == 64 else size
 
 
+def make_train_loader(cfg: Config, path: Path, meta: dict, img_size: int, device, d):
+    """Resident (whole uint8 split on the device) when it fits, else FFCV; --subset needs resident."""
+    common = dict(batch_size=cfg.batch_size, device=device, shuffle=True, drop_last=True, seed=cfg.seed,
+                  rank=d.rank, world_size=d.world_size, repeats=cfg.repeats)
+    if cfg.subset is not None:
+        if cfg.loader == "ffcv":
+            raise UserError("--subset works with the resident loader only (use --loader resident or auto)")
+        images, labels = load_split(path, cfg.subset, device)
+        return loaders.ResidentLoader(images, labels, **common)
+    if meta["storage"] == "jpeg" or meta.get("variable_size"):  # decoded to img_size by FFCV
+        if cfg.loader == "resident":
+            raise UserError(f"{path.name} holds JPEG images of varying size: use --loader ffcv or auto")
+        return loaders.make_loader("ffcv", path, img_size=img_size, num_workers=cfg.num_workers, **common)
+    ffcv_only = {} if cfg.loader == "resident" else {"num_workers": cfg.num_workers}
+    return loaders.make_loader(cfg.loader, path, **ffcv_only, **common)
+
+
+def make_eval_batches(cfg: Config, path: Path, img_size: int, device, d):
+    """(callable giving the test split's batches, the Dist to sum counts over, or None if each rank sees all)."""
+    meta = loaders.read_meta(path)
+    batch_size = 2 * cfg.batch_size
+    if meta["storage"] == "jpeg" or meta.get("variable_size"):
+        # FFCV's center crop (resize 256 -> crop 224 style); every rank evaluates the whole split
+        loader = loaders.FFCVLoader(path, batch_size=batch_size, device=device, shuffle=False, drop_last=False,
+                                    img_size=img_size, num_workers=cfg.num_workers)
+        return lambda: iter(loader), None
+    images, labels = load_split(path, None, device)
+    images = images.permute(0, 3, 1, 2).contiguous()  # (N, C, H, W), once
+    return lambda: resident_eval_batches(images, labels, batch_size, d), d
+
+
 def load_split(path: Path, subset: int | None, device: torch.device):
     """The split as uint8 NHWC + int64 labels on the device (the resident layout)."""
     images, labels = loaders.load_arrays(path)
@@ -106,21 +137,28 @@ def load_split(path: Path, subset: int | None, device: torch.device):
     return torch.as_tensor(images).to(device), torch.as_tensor(labels).to(device)
 
 
-@torch.no_grad()
-def evaluate(model, images, labels, eval_tf, batch_size, d, precision) -> dict:
-    """Top-1/top-5 over this rank's strided share of the test set, summed over ranks."""
-    model.eval()
-    counts = torch.zeros(3, device=images.device, dtype=torch.float64)  # correct@1, correct@5, n
+def resident_eval_batches(images, labels, batch_size, d):
+    """This rank's strided share of a resident test set, (uint8 NCHW, labels) batches."""
     mine = torch.arange(d.rank, len(images), d.world_size, device=images.device)
     for i in range(0, len(mine), batch_size):
         idx = mine[i : i + batch_size]
-        x = eval_tf(images[idx])  # uint8 NCHW -> normalized float
+        yield images[idx], labels[idx]
+
+
+@torch.no_grad()
+def evaluate(model, batches, eval_tf, precision, d=None) -> dict:
+    """Top-1/top-5 over (uint8 NCHW images, labels) batches; counts summed over ranks when d is given."""
+    model.eval()
+    counts = None  # correct@1, correct@5, n: kept on the device, read once at the end
+    for images, labels in batches:
+        x = eval_tf(images)
         with autocast(x.device, precision):
             logits = model(x).float()
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        hit = top == labels[idx, None]
-        counts += torch.stack([hit[:, 0].sum(), hit.any(1).sum(), torch.tensor(len(idx))]).to(counts)
-    distributed.all_reduce_sum(counts, d)
+        hit = logits.topk(min(5, logits.shape[1]), dim=1).indices == labels[:, None]
+        batch = torch.stack([hit[:, 0].sum(), hit.any(1).sum(), torch.tensor(len(labels), device=x.device)])
+        counts = batch.double() if counts is None else counts + batch
+    if d is not None:
+        distributed.all_reduce_sum(counts, d)
     model.train()
     c1, c5, n = counts.tolist()
     return {"test_acc1": 100 * c1 / n, "test_acc5": 100 * c5 / n}
@@ -160,12 +198,8 @@ def run(cfg: Config) -> dict:
     model = models.create(cfg.arch, img_size=img_size, num_classes=0 if pretrain else num_classes,
                           in_chans=in_chans, drop_path=cfg.drop_path).to(device)
     init_weights = pretrained_backbone(cfg.init) if cfg.init else None
-    train_images, train_labels = load_split(train_path, cfg.subset, device)
-    test_images, test_labels = load_split(test_path, None, device)
-    test_images = test_images.permute(0, 3, 1, 2).contiguous()  # (N, C, H, W), once
-    loader = loaders.ResidentLoader(train_images, train_labels, batch_size=cfg.batch_size, device=device,
-                                    shuffle=True, drop_last=True, seed=cfg.seed, rank=d.rank,
-                                    world_size=d.world_size, repeats=cfg.repeats)
+    loader = make_train_loader(cfg, train_path, meta, img_size, device, d)
+    eval_batches, eval_dist = make_eval_batches(cfg, test_path, img_size, device, d)
     steps_per_epoch = len(loader)
     eval_tf = augment.build_eval_transform(img_size=img_size, mean=mean, std=std)
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + d.rank)  # augmentation
@@ -194,8 +228,9 @@ def run(cfg: Config) -> dict:
     except OSError as e:
         raise UserError(f"cannot write the run directory: {e.strerror}: {e.filename}") from e
     log = Logger(run_dir, d, tensorboard=True)
-    log.info(f"fastvit {cfg.command}: {cfg.arch} @ {img_size}px on {cfg.dataset} ({len(train_images)} train "
-             f"images, {num_classes} classes), device {device}, {d.world_size} process(es), run dir {run_dir}")
+    log.info(f"fastvit {cfg.command}: {cfg.arch} @ {img_size}px on {cfg.dataset} ({loader.num_samples} train "
+             f"images, {num_classes} classes), {type(loader).__name__}, device {device}, {d.world_size} "
+             f"process(es), run dir {run_dir}")
     if init_weights is not None:
         load_backbone(model, init_weights, cfg.init, log)
 
@@ -320,8 +355,7 @@ def run(cfg: Config) -> dict:
             metrics["drloc_loss"] = aux_sum / max(n, 1)
         if not pretrain and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
             eval_model = ema.module if ema is not None else model
-            metrics.update(evaluate(eval_model, test_images, test_labels, eval_tf, 2 * cfg.batch_size, d,
-                                    cfg.precision))
+            metrics.update(evaluate(eval_model, eval_batches(), eval_tf, cfg.precision, eval_dist))
         log.epoch(metrics)
         save("last.pt", epoch + 1, step, max(best_acc1, metrics.get("test_acc1", 0.0)), None)
         if metrics.get("test_acc1", -1.0) > best_acc1:
