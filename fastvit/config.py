@@ -15,6 +15,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 DRLOC_MODES = ("l1", "ce", "cbr")
 AUGMENTS = ("none", "basic", "gani22-finetune", "drloc21")
 LOADERS = ("auto", "resident", "ffcv")
+ATTENTION = ("auto", "triton", "xformers", "sdpa", "math")  # fastvit.kernels.attention backends
 AUTOAUGMENT_POLICY = {"svhn": "svhn", "tiny-imagenet": "imagenet", "cinic10": "imagenet"}  # else cifar10
 # Paper B's per-arch lambda (SPEC §2.6). It gives none for plain ViT/CaiT: we use T2T-ViT's 0.1, the
 # closest arch it tuned (a single-scale ViT-style token grid); Swin-like archs take Swin's 0.5.
@@ -88,6 +89,8 @@ class Config:
     seed: int = _f(0, "seed of every random choice (data order, augmentation, init, L_drloc pairs)")
     device: str = _f("auto", "cpu | cuda | cuda:N | auto")
     precision: str = _f("fp32", "autocast precision", choices=PRECISIONS)
+    attn: str = _f("auto", "attention backend (auto: triton, then xformers on CUDA; sdpa elsewhere)",
+                   choices=ATTENTION)
     compile: bool = _f(False, "torch.compile the model and loss")
     cuda_graphs: bool = _f(False, "capture the step in CUDA graphs (compile mode reduce-overhead; CUDA only)")
     deterministic: bool = _f(False, "deterministic algorithms and fixed threads (bitwise reproducible)")

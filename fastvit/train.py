@@ -9,6 +9,7 @@ Hot-path rule: no host-device sync inside a step except on logging/checkpoint st
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -194,6 +195,8 @@ def run(cfg: Config) -> dict:
     # ---- model, data, objective: all built and checked before anything is written
     if cfg.cuda_graphs and device.type != "cuda":
         raise UserError("--cuda-graphs needs a CUDA device")
+    if cfg.attn != "auto":
+        os.environ["FASTVIT_ATTN"] = cfg.attn  # read by every attention call; a backend that cannot run says why
     torch.manual_seed(cfg.seed)  # identical init on every rank
     model = models.create(cfg.arch, img_size=img_size, num_classes=0 if pretrain else num_classes,
                           in_chans=in_chans, drop_path=cfg.drop_path).to(device)

@@ -8,6 +8,8 @@ import pytest
 
 # Triton runs on CPU tensors only through its interpreter, and only if this is set before import.
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# OpenMP threads that spin while waiting collapse throughput when test processes share the 2 cores.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
