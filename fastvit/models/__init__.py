@@ -7,7 +7,12 @@ Every model has
 - `no_weight_decay() -> set[str]` (parameter names without weight decay),
 - attributes `num_features`, `grid_dims` (per-stage channel dims; last = grid C), `grid_shape`
   ((Hg, Wg, C) at the construction size).
-ViT and CaiT add `last_attention(x)`; Swin adds `forward_stages(x)`.
+ViT, CaiT and Swin add `last_attention(x)` (ViT: (B, H, 1+N, 1+N); CaiT: the CLS row (B, H, 1, 1+N);
+Swin: last block's windows (B*nW, H, N, N)); Swin adds `forward_stages(x)`.
+
+The grid: ViT / CaiT: final-normed patch tokens; Swin: last-stage tokens before the final norm;
+CvT / T2T: last-stage grid (T2T: final-normed) average-pooled 3x3/2/1 (14x14 -> 7x7 at 224 px);
+ResNet: layer4. Variants named `*_tiny` are small test/demo configs (see their docstrings).
 """
 
 from fastvit.models import cait, cvt, resnet, swin, t2t, vit  # noqa: F401  (registers their variants)

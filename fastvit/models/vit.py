@@ -130,7 +130,7 @@ def _vit(arch: str, config: dict, overrides: dict, **common) -> nn.Module:
 
 @register(default_img_size=32)
 def vit(*, img_size: int, num_classes: int, in_chans: int = 3, drop_path: float = 0.0, **overrides):
-    """Paper A ViT: embed 192, depth 9, heads 12 (head dim 16), mlp ratio 2, patch 4 (8 at 64 px)."""
+    """Paper A ViT: embed 192, depth 9, heads 12 (head dim 16), mlp ratio 2, patch 4/8/16 (<=32/<=64/>64 px)."""
     config = dict(embed_dim=192, depth=9, num_heads=12, mlp_ratio=2.0)
     return _vit("vit", config, overrides, img_size=img_size, num_classes=num_classes,
                 in_chans=in_chans, drop_path=drop_path)
