@@ -561,3 +561,27 @@ def test_cvt_keys_are_strided_and_grid_is_pooled():
     ref = torch.nn.functional.avg_pool2d(last.permute(0, 3, 1, 2), 3, 2, 1, count_include_pad=False)
     torch.testing.assert_close(grid, ref.permute(0, 2, 3, 1))
     torch.testing.assert_close(pooled, m.norm(last).mean((1, 2)))
+
+
+@pytest.mark.parametrize("H,W,shifted", [(8, 8, True), (10, 6, True), (8, 8, False)])
+def test_swin_triton_backend_output_and_table_gradient(H, W, shifted, monkeypatch):
+    """The fused kernel receives the summed (nW, heads, N, N) bias and returns its gradient."""
+    from fastvit.kernels.attention import BACKENDS
+    from fastvit.models.swin import SwinBlock
+
+    if "triton" not in BACKENDS:
+        pytest.skip("attention backend 'triton' is not available in fastvit.kernels yet")
+    torch.manual_seed(0)
+    block = SwinBlock(32, 2, 4, shifted, mlp_ratio=2.0, drop_path=0.0, grid=(H, W))
+    with torch.no_grad():
+        block.relative_position_bias_table.normal_()
+    x = torch.randn(2, H, W, 32, generator=torch.Generator().manual_seed(1))
+    results = {}
+    for backend in ("math", "triton"):
+        monkeypatch.setenv("FASTVIT_ATTN", backend)
+        block.zero_grad(set_to_none=True)
+        out = block._windows(x)
+        out.square().sum().backward()
+        results[backend] = (out.detach(), block.relative_position_bias_table.grad.clone())
+    torch.testing.assert_close(results["triton"][0], results["math"][0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(results["triton"][1], results["math"][1], rtol=1e-3, atol=1e-4)
