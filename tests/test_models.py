@@ -585,3 +585,17 @@ def test_swin_triton_backend_output_and_table_gradient(H, W, shifted, monkeypatc
         results[backend] = (out.detach(), block.relative_position_bias_table.grad.clone())
     torch.testing.assert_close(results["triton"][0], results["math"][0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(results["triton"][1], results["math"][1], rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["vit", "swin", "cait"])
+def test_init_follows_the_papers(name):
+    """Linear weights N(0, 0.02) (timm's trunc_normal_, bounds +-2), zero biases, LayerNorm (1, 0)."""
+    m = _make(name, 32)
+    weights = torch.cat([mod.weight.flatten() for mod in m.modules() if isinstance(mod, torch.nn.Linear)
+                         and mod.out_features > 16])  # (talking-heads 4x4 mixers excluded: too few)
+    assert abs(weights.std().item() - 0.02) < 0.0005 and abs(weights.mean().item()) < 0.0005
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.Linear) and mod.bias is not None:
+            assert torch.all(mod.bias == 0)
+        if isinstance(mod, torch.nn.LayerNorm):
+            assert torch.all(mod.weight == 1) and torch.all(mod.bias == 0)

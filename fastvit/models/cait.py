@@ -172,8 +172,8 @@ class CaiT(nn.Module):
         )
         self.norm = nn.LayerNorm(embed_dim, eps=eps)
         self.apply(trunc_normal_init)
-        nn.init.trunc_normal_(self.pos_embed, std=0.02, a=-0.04, b=0.04)
-        nn.init.trunc_normal_(self.cls_token, std=0.02, a=-0.04, b=0.04)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
         self.head = make_head(embed_dim, num_classes)
 
     @property

@@ -16,9 +16,13 @@ from fastvit.kernels import attention
 
 
 def trunc_normal_init(module: nn.Module) -> None:
-    """ViT/Swin/CaiT init: Linear weights ~ truncated N(0, 0.02) in [-2σ, 2σ], zero bias; norms (1, 0)."""
+    """ViT/Swin/CaiT init: Linear weights ~ N(0, 0.02) truncated to [-2, 2], zero bias; norms (1, 0).
+
+    The bounds are absolute (+-100 sigma), exactly as the papers' code calls timm's trunc_normal_(std=.02):
+    in effect a plain normal. Tokens, position embeddings and rel-pos tables use the same draw.
+    """
     if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02, a=-0.04, b=0.04)
+        nn.init.trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, (nn.LayerNorm, nn.BatchNorm2d, nn.GroupNorm)):

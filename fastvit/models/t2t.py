@@ -130,7 +130,7 @@ class T2TViT(nn.Module):
         )
         self.norm = nn.LayerNorm(embed_dim)
         self.apply(trunc_normal_init)
-        nn.init.trunc_normal_(self.cls_token, std=0.02, a=-0.04, b=0.04)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
         self.head = make_head(embed_dim, num_classes)
 
     @property
