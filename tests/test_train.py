@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -54,6 +55,16 @@ def test_train_eval_plot_end_to_end(data_args, tmp_path):
     r = run_cli("plot", out)
     assert r.returncode == 0, r.stderr
     assert Path(r.stdout.strip()).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    from PIL import Image
+
+    Image.fromarray((np.arange(28 * 28) % 255).astype(np.uint8).reshape(28, 28)).save(tmp_path / "digit.png")
+    r = run_cli("attention-map", "--ckpt", out / "best.pt", "--image", tmp_path / "digit.png")
+    assert r.returncode == 0, r.stderr
+    with Image.open(r.stdout.strip()) as picture:
+        assert picture.format == "PNG" and picture.width > 200
+    r = run_cli("attention-map", "--ckpt", out / "best.pt", "--image", tmp_path / "missing.png")
+    assert r.returncode == 2 and "cannot read image" in r.stderr
 
 
 def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(data_args, tmp_path):
