@@ -20,8 +20,11 @@ test: setup
 	$(PY) -m pytest tests -q --benchmark-skip
 
 bench: setup
+	mkdir -p runs
 	$(PY) -m pytest benchmarks --benchmark-only --benchmark-json runs/bench.json
 	$(PY) -m benchmarks.report runs/bench.json
+	$(PY) -m benchmarks.attention
+	$(PY) -m benchmarks.drloc
 
 lint: setup
 	$(VENV)/bin/ruff check .

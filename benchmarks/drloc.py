@@ -14,9 +14,9 @@ import argparse
 import time
 
 import torch
+
 from fastvit.kernels import reference
 from fastvit.kernels.drloc_pairs import drloc_pair_sum, drloc_pairs, philox_positions
-
 from fastvit.objectives.drloc import HIDDEN, Drloc, DrlocHead
 
 # (name, Hg, Wg, C): final grids of Swin-T at 224 px, small-image Swin (last stage), 8x8 tokens of 192

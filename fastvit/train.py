@@ -8,7 +8,6 @@ Hot-path rule: no host-device sync inside a step except on logging/checkpoint st
 """
 
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from fastvit import checkpoint, distributed, loaders, models
 from fastvit.config import Config
 from fastvit.errors import UserError
 from fastvit.loaders import augment
+from fastvit.schedules import cosine_schedule
 
 
 class TrainingError(RuntimeError):
@@ -62,14 +62,7 @@ class Supervised(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# schedules: pure functions of the step, so resuming needs only the step counter
-
-
-def cosine_with_warmup(step, total_steps, warmup_steps, peak, start, final):
-    if step < warmup_steps:
-        return start + (peak - start) * step / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return final + 0.5 * (peak - final) * (1 + math.cos(math.pi * progress))
+# optimizer parameter groups
 
 
 def param_groups(module: nn.Module, no_decay_names: set[str]) -> list[dict]:
@@ -244,7 +237,10 @@ def run(cfg: Config) -> dict:
                             betas=(cfg.beta1, cfg.beta2), fused=fused or None)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     total_steps = cfg.epochs * steps_per_epoch
-    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
+    # schedules are pure functions of the step: resuming needs only the step counter
+    lr_at = cosine_schedule(lr, cfg.min_lr, total_steps, round(cfg.warmup_epochs * steps_per_epoch), cfg.warmup_lr)
+    wd_end = cfg.weight_decay if cfg.weight_decay_end is None else cfg.weight_decay_end
+    wd_at = cosine_schedule(cfg.weight_decay, wd_end, total_steps)
     ema = WeightEMA(model, cfg.ema) if cfg.ema else None
     step_module = objective
     if d.enabled:
@@ -303,9 +299,7 @@ def run(cfg: Config) -> dict:
         with tqdm(total=steps_per_epoch, initial=loader.next_batch, disable=not d.is_main,
                   desc=f"epoch {epoch + 1}/{cfg.epochs}", mininterval=1.0, dynamic_ncols=True) as bar:
             for images, labels in loader:
-                lr_now = cosine_with_warmup(step, total_steps, warmup_steps, lr, cfg.warmup_lr, cfg.min_lr)
-                wd_now = cfg.weight_decay if cfg.weight_decay_end is None else cosine_with_warmup(
-                    step, total_steps, 0, cfg.weight_decay, cfg.weight_decay, cfg.weight_decay_end)
+                lr_now, wd_now = lr_at(step), wd_at(step)
                 for group in opt.param_groups:
                     group["lr"] = lr_now
                     if group["decay"]:

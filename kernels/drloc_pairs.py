@@ -20,9 +20,9 @@ result is deterministic (no atomics) and repeated positions add up.
 import os
 
 import torch
-from fastvit.kernels import reference
 
 from fastvit.errors import UserError
+from fastvit.kernels import reference
 
 try:
     import triton

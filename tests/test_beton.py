@@ -6,11 +6,11 @@ import os
 
 import numpy as np
 import pytest
-from fastvit.loaders import beton, info, load_arrays, read_meta
-from fastvit.loaders.sources.common import Split
 from PIL import Image
 
 from fastvit.errors import UserError
+from fastvit.loaders import beton, info, load_arrays, read_meta
+from fastvit.loaders.sources.common import Split
 
 CLASSES = ["a", "b", "c", "d", "e"]
 

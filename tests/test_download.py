@@ -12,10 +12,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
-from fastvit.loaders import download as dl
-from fastvit.loaders import load_arrays, prepare
 
 from fastvit.errors import UserError
+from fastvit.loaders import download as dl
+from fastvit.loaders import load_arrays, prepare
 
 
 class _Server:

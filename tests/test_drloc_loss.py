@@ -5,10 +5,10 @@ import math
 
 import pytest
 import torch
-from fastvit.kernels import reference
-from fastvit.kernels.drloc_pairs import philox_positions
 
 from fastvit.errors import UserError
+from fastvit.kernels import reference
+from fastvit.kernels.drloc_pairs import philox_positions
 from fastvit.objectives.drloc import Drloc, DrlocHead, drloc_lambda, scale_seed
 
 

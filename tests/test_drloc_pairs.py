@@ -6,11 +6,11 @@ import sys
 
 import pytest
 import torch
-from fastvit.kernels import drloc_pairs, reference
-from fastvit.kernels.drloc_pairs import drloc_pair_sum, philox4x32, philox_positions
 from scipy.stats import chisquare
 
 from fastvit.errors import UserError
+from fastvit.kernels import drloc_pairs, reference
+from fastvit.kernels.drloc_pairs import drloc_pair_sum, philox4x32, philox_positions
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.skipif(

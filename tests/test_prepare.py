@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fastvit.loaders import DATASETS, ensure_prepared, info, load_arrays, prepare, read_meta
 
 from fastvit.errors import UserError
+from fastvit.loaders import DATASETS, ensure_prepared, info, load_arrays, prepare, read_meta
 
 REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
 

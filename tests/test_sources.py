@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
+from PIL import Image
+
+from fastvit.errors import UserError
 from fastvit.loaders import load_arrays, prepare, read_meta
 from fastvit.loaders.beton import iter_images
 from fastvit.loaders.prepare import read_source
 from fastvit.loaders.sources.cifar import load_pickle
 from fastvit.loaders.sources.idx import read_idx
-from PIL import Image
-
-from fastvit.errors import UserError
 
 
 def _rgb(rng, n, h, w):

@@ -5,7 +5,7 @@ architecture sees only the 2 global views, receives no gradient and follows the 
 exponential moving average (EMA). The student learns to match the teacher's centred, sharpened
 softmax on every (teacher view, student view) pair of different views.
 
-Typical use in a pretraining loop::
+Typical use in a pretraining loop (`cosine_schedule` from fastvit.schedules)::
 
     backbone = fastvit.models.create("vit", img_size=32, num_classes=0, drop_path=0.1)
     dino = DINO(backbone, total_epochs=200, n_local=8)
@@ -23,7 +23,7 @@ Typical use in a pretraining loop::
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -289,33 +289,6 @@ def momentum_schedule(step: int, total_steps: int, base: float = 0.996, final: f
 
 
 # ---------------------------------------------------------------- schedules used by pretraining
-
-
-def cosine_schedule(
-    base: float, final: float, total_steps: int, warmup_steps: int = 0, warmup_start: float = 0.0
-) -> Callable[[float], float]:
-    """A per-step value: linear warmup_start → base over warmup_steps, then cosine base → final.
-
-    Paper A: lr = cosine_schedule(1e-4·batch/256, 1e-6, total, warmup_steps=30 epochs of steps);
-    weight decay = cosine_schedule(0.04, 0.4, total) (a cosine that rises). The value is ``base``
-    exactly at ``warmup_steps`` and ``final`` at ``total_steps`` and beyond.
-    """
-    if warmup_steps < 0 or total_steps <= warmup_steps:
-        raise UserError(
-            f"schedule needs 0 <= warmup_steps < total_steps, got warmup_steps={warmup_steps}, "
-            f"total_steps={total_steps} (train for more epochs than the warm-up)"
-        )
-    decay_steps = total_steps - warmup_steps
-
-    def value_at(step: float) -> float:
-        if step < 0:
-            raise ValueError(f"step must be >= 0, got {step}")
-        if step < warmup_steps:
-            return warmup_start + (base - warmup_start) * step / warmup_steps
-        progress = min((step - warmup_steps) / decay_steps, 1.0)
-        return final + (base - final) * (1.0 + math.cos(math.pi * progress)) / 2.0
-
-    return value_at
 
 
 def cancel_last_layer_grads(head: DINOHead, epoch: float, freeze_epochs: float = 1) -> None:
