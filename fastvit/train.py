@@ -358,6 +358,9 @@ def run(cfg: Config) -> dict:
         if metrics.get("test_acc1", -1.0) > best_acc1:
             best_acc1 = metrics["test_acc1"]
             save("best.pt", epoch + 1, step, best_acc1, None)
+    if "test_acc1" in metrics:
+        log.info(f"done: test top-1 {metrics['test_acc1']:.2f}% after {metrics['epoch']} epochs (best "
+                 f"{best_acc1:.2f}%); checkpoints in {run_dir}")
     log.close()
     distributed.barrier(d)
     return metrics
