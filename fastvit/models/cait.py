@@ -27,7 +27,7 @@ from fastvit.models.layers import (
     trunc_normal_init,
 )
 from fastvit.models.registry import build_with, register
-from fastvit.models.vit import check_img_size, small_image_patch
+from fastvit.models.vit import resolve_patch
 
 
 class TalkingHeadAttention(nn.Module):
@@ -147,13 +147,7 @@ class CaiT(nn.Module):
         arch: str = "cait",
     ):
         super().__init__()
-        patch = patch_size or small_image_patch(img_size, 4)
-        rule = (
-            f"multiples of {patch_size}"
-            if patch_size
-            else "multiples of 4 up to 32, of 8 up to 64, of 16 above (or set patch_size)"
-        )
-        check_img_size(arch, img_size, patch, rule)
+        patch = resolve_patch(arch, img_size, patch_size)
         self.arch = arch
         self.in_chans = in_chans
         self.patch_size = patch

@@ -36,6 +36,15 @@ def check_img_size(arch: str, img_size: int, multiple: int, rule: str) -> None:
         raise UserError(f"{arch}: img_size {img_size} does not work; sizes that work: {rule}")
 
 
+def resolve_patch(arch: str, img_size: int, patch_size: int | None) -> int:
+    """The patch size (given, or paper A's 4 / 8 / 16 by image size), checked against img_size."""
+    patch = patch_size or small_image_patch(img_size, 4)
+    rule = (f"multiples of {patch_size}" if patch_size
+            else "multiples of 4 up to 32, of 8 up to 64, of 16 above (or set patch_size)")
+    check_img_size(arch, img_size, patch, rule)
+    return patch
+
+
 class VisionTransformer(nn.Module):
     """ViT with CLS token; `forward_features` returns (CLS feature, patch-token grid after the final norm)."""
 
@@ -56,13 +65,7 @@ class VisionTransformer(nn.Module):
         arch: str = "vit",
     ):
         super().__init__()
-        patch = patch_size or small_image_patch(img_size, 4)
-        rule = (
-            f"multiples of {patch_size}"
-            if patch_size
-            else "multiples of 4 up to 32, of 8 up to 64, of 16 above (or set patch_size)"
-        )
-        check_img_size(arch, img_size, patch, rule)
+        patch = resolve_patch(arch, img_size, patch_size)
         self.arch = arch
         self.in_chans = in_chans
         self.patch_size = patch
