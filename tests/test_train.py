@@ -172,3 +172,32 @@ def test_pretrain_then_finetune_loads_every_backbone_key(data_args, tmp_path):
     tuned = checkpoint.load(ft / "last.pt")["model"]
     for name, value in teacher.items():  # lr ~ 0: every backbone tensor still equals the teacher's
         torch.testing.assert_close(tuned[name], value, rtol=0, atol=1e-6, msg=name)
+
+
+def test_jpeg_imagefolder_trains_through_the_ffcv_loader(tmp_path):
+    """Images > 64 px of varying size are stored as JPEG, decoded and resized by FFCV for training and eval."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 64), ("test", 32)):
+        for c in range(2):
+            folder = tmp_path / "src" / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(n // 2):
+                h, w = (int(v) for v in rng.integers(80, 120, size=2))
+                pixels = np.clip(60 + 120 * c + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.jpg", quality=90)
+    out = tmp_path / "run"
+    common = ["--dataset", "imagefolder", "--data-dir", tmp_path / "src", "--cache-dir", tmp_path / "cache"]
+    r = run_cli("train", "--arch", "vit_tiny", *common, "--img-size", "32", "--epochs", "2", "--batch-size", "16",
+                "--lr", "2e-3", "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert "FFCVLoader" in r.stdout + r.stderr
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2] and rows[-1]["test_acc1"] > 90  # dark vs bright classes
+    r = run_cli("eval", "--ckpt", out / "last.pt", *common[2:])
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["test_acc1"] == pytest.approx(rows[-1]["test_acc1"])
+    r = run_cli("train", "--arch", "vit_tiny", *common, "--img-size", "32", "--loader", "resident",
+                "--out", tmp_path / "r2")
+    assert r.returncode == 2 and "use --loader ffcv or auto" in r.stderr
