@@ -167,6 +167,10 @@ def _write_ffcv(path: Path, fields: dict, samples: _Samples, num_workers: int, p
             if w.is_alive():
                 w.terminate()
                 w.join()
+        for q in (todo, errors, allocations):
+            # a stopped write leaves work in `todo` that no worker will read: without this, the queue's
+            # feeder thread blocks on the full pipe and the interpreter hangs at exit
+            q.cancel_join_thread()
         writer.metadata_sm.close()
         writer.metadata_sm.unlink()
 
