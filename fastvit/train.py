@@ -21,6 +21,9 @@ from fastvit import checkpoint, distributed, loaders, models
 from fastvit.config import Config
 from fastvit.errors import UserError
 from fastvit.loaders import augment
+from fastvit.loaders.augment import MultiCrop
+from fastvit.objectives.dino import DINO, cancel_last_layer_grads, momentum_schedule
+from fastvit.objectives.drloc import Drloc, drloc_lambda
 from fastvit.schedules import cosine_schedule
 
 
@@ -200,9 +203,6 @@ def run(cfg: Config) -> dict:
     eval_tf = augment.build_eval_transform(img_size=img_size, mean=mean, std=std)
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + d.rank)  # augmentation
     if pretrain:
-        from fastvit.loaders.augment import MultiCrop
-        from fastvit.objectives.dino import DINO, cancel_last_layer_grads, momentum_schedule
-
         local_size = cfg.local_size or (96 if img_size >= 224 else img_size // 2)
         views_tf = MultiCrop(global_size=img_size, local_size=local_size, n_local=cfg.n_local,
                              global_scale=tuple(cfg.global_scale), local_scale=tuple(cfg.local_scale),
@@ -311,7 +311,8 @@ def run(cfg: Config) -> dict:
                         aux = loss.new_zeros(())
                     else:
                         x, targets = train_tf(images, labels, gen)
-                        lam = drloc_lambda(cfg, epoch_f) if cfg.drloc else 0.0
+                        lam = drloc_lambda(epoch_f, cfg.drloc_weight(), cfg.drloc_warmup_epochs,
+                                           cfg.epochs) if cfg.drloc else 0.0
                         loss, aux = step_module(x, targets, lam, cfg.seed, step)
                 scaler.scale(loss).backward()
                 if cfg.grad_clip or pretrain:
@@ -370,15 +371,7 @@ def run(cfg: Config) -> dict:
 # helpers
 
 
-def drloc_lambda(cfg: Config, epoch: float) -> float:
-    from fastvit.objectives.drloc import drloc_lambda as schedule
-
-    return schedule(epoch, cfg.drloc_weight(), cfg.drloc_warmup_epochs, cfg.epochs)
-
-
 def build_drloc(cfg: Config, model: nn.Module, img_size: int, in_chans: int, device) -> nn.Module:
-    from fastvit.objectives.drloc import Drloc
-
     with torch.no_grad():  # one tiny forward tells the grid shape(s) the heads will see
         probe = torch.zeros(1, in_chans, img_size, img_size, device=device)
         model.eval()
