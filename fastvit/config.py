@@ -51,6 +51,8 @@ class Config:
     erasing_prob: float | None = _f(None, "RandomErasing probability (default: the recipe's)")
     # ---- optimisation (per-iteration schedules)
     epochs: int = _f(10, "training epochs", positive=True)
+    steps_per_epoch: int | None = _f(None, "cap each epoch at N steps, drawn from the whole shuffled dataset "
+                                     "(a budgeted pass over a large unlabelled set)", positive=True)
     batch_size: int = _f(128, "batch size per process (global = this x processes)", positive=True)
     lr: float = _f(1e-3, "peak learning rate (AdamW)", positive=True)
     lr_base_batch: int | None = _f(None, "if set, the lr used is lr x global batch / this (linear scaling)",

@@ -199,7 +199,7 @@ def run(cfg: Config) -> dict:
     init_weights = pretrained_backbone(cfg.init) if cfg.init else None
     loader = make_train_loader(cfg, train_path, meta, img_size, device, d)
     eval_batches, eval_dist = make_eval_batches(cfg, test_path, img_size, device, d)
-    steps_per_epoch = len(loader)
+    steps_per_epoch = min(len(loader), cfg.steps_per_epoch or len(loader))
     eval_tf = augment.build_eval_transform(img_size=img_size, mean=mean, std=std)
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + d.rank)  # augmentation
     if pretrain:
@@ -342,6 +342,8 @@ def run(cfg: Config) -> dict:
                 if cfg.save_every and step % cfg.save_every == 0:
                     check_finite(nonfinite_at, run_dir)
                     save("last.pt", epoch, step, best_acc1, sums.cpu())
+                if loader.next_batch >= steps_per_epoch:  # --steps-per-epoch ends the pass early
+                    break
         check_finite(nonfinite_at, run_dir)
         if device.type == "cuda":
             torch.cuda.synchronize()

@@ -157,9 +157,12 @@ def test_drloc_training_reports_its_loss(data_args, tmp_path):
 
 def test_pretrain_then_finetune_loads_every_backbone_key(data_args, tmp_path):
     pre = tmp_path / "pre"
-    r = run_cli("pretrain", "--arch", "vit_tiny", *data_args, "--epochs", "1", "--subset", "128", "--batch-size",
-                "32", "--n-local", "2", "--dino-out-dim", "64", "--out", pre)
+    # 4 batches per pass; --steps-per-epoch 2 makes each of the 2 epochs half a pass
+    r = run_cli("pretrain", "--arch", "vit_tiny", *data_args, "--epochs", "2", "--steps-per-epoch", "2", "--subset",
+                "128", "--batch-size", "32", "--n-local", "2", "--dino-out-dim", "64", "--out", pre)
     assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in (pre / "metrics.jsonl").read_text().splitlines()]
+    assert [(row["epoch"], row["step"]) for row in rows] == [(1, 2), (2, 4)]
     teacher = checkpoint.load(pre / "last.pt")["teacher_backbone"]
     ft = tmp_path / "ft"
     r = run_cli("finetune", "--init", pre / "last.pt", "--arch", "vit_tiny", *data_args, "--epochs", "1",
