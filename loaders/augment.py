@@ -161,17 +161,24 @@ def random_crop(x: torch.Tensor, size: int, *, padding: int = 4, flip_p: float =
 
     Offsets are uniform over every position of the padded image (as torchvision's RandomCrop).
     """
-    b, _, h, w = x.shape
+    top, left, flip = random_crop_params(x.shape[0], x.shape[2], x.shape[3], size, padding=padding,
+                                         flip_p=flip_p, generator=generator, device=x.device)
     if padding:
         x = F.pad(x, (padding, padding, padding, padding))
-        h, w = h + 2 * padding, w + 2 * padding
+    return crop_flip(x, top, left, size, flip)
+
+
+def random_crop_params(b: int, h: int, w: int, size: int, *, padding: int, flip_p: float,
+                       generator: torch.Generator | None, device=None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """`random_crop`'s draws: (top, left) int64 [b] in the padded image, flip bool [b] (None if flip_p 0)."""
+    h, w = h + 2 * padding, w + 2 * padding
     if h < size or w < size:
         raise UserError(f"random crop of {size} px does not fit a {h}x{w} padded image")
-    dev = x.device
-    top = torch.randint(0, h - size + 1, (b,), generator=generator, device=dev)
-    left = torch.randint(0, w - size + 1, (b,), generator=generator, device=dev)
-    flip = _rand(b, generator, dev) < flip_p if flip_p > 0 else None
-    return crop_flip(x, top, left, size, flip)
+    top = torch.randint(0, h - size + 1, (b,), generator=generator, device=device)
+    left = torch.randint(0, w - size + 1, (b,), generator=generator, device=device)
+    flip = _rand(b, generator, device) < flip_p if flip_p > 0 else None
+    return top, left, flip
 
 
 def random_hflip(x: torch.Tensor, *, p: float = 0.5,
@@ -378,10 +385,29 @@ def random_erasing_(x: torch.Tensor, *, p: float = 0.25, min_area: float = 0.02,
     of `tries` draws that fits is used (none fits: nothing erased). Fill: "mean" = 0 (the dataset mean
     after normalization) or "pixel" = N(0, 1) per pixel and channel.
     """
+    idx, top, left, h, w, noise = random_erasing_params(
+        x.shape, p=p, min_area=min_area, max_area=max_area, min_aspect=min_aspect, mode=mode,
+        generator=generator, device=x.device, tries=tries)
+    if idx.numel() == 0:
+        return x
+    sub = x.index_select(0, idx)
+    mask = _box_mask(top, left, h, w, x.shape[2], x.shape[3])  # (n, 1, H, W)
+    if noise is None:
+        sub.masked_fill_(mask, 0.0)
+    else:
+        sub = torch.where(mask, noise, sub)
+    return x.index_copy_(0, idx, sub)
+
+
+def random_erasing_params(shape, *, p: float = 0.25, min_area: float = 0.02, max_area: float = 0.4,
+                          min_aspect: float = 0.3, mode: str = "mean", generator: torch.Generator | None = None,
+                          device=None, tries: int = 10) -> tuple[torch.Tensor, ...]:
+    """`random_erasing_`'s draws for a batch of `shape` [B, C, H, W]: (idx [n] of the erased samples,
+    their top, left, h, w [n], noise [n, C, H, W] for mode "pixel" else None). One host sync."""
     if mode not in ("mean", "pixel"):
         raise UserError(f"unknown erase mode {mode!r}; choose one of: mean, pixel")
-    b, c, height, width = x.shape
-    dev = x.device
+    b, c, height, width = shape
+    dev = device
     area = torch.rand(b, tries, generator=generator, device=dev) * (max_area - min_area) + min_area
     area = area * (height * width)
     la = math.log(min_aspect)
@@ -397,15 +423,10 @@ def random_erasing_(x: torch.Tensor, *, p: float = 0.25, min_area: float = 0.02,
     left = _randint_below(width - w + 1, generator)
     # only the erased samples are touched (index_select / index_copy): most of the batch is not
     idx = erase.nonzero().view(-1)  # host sync
-    if idx.numel() == 0:
-        return x
-    sub = x.index_select(0, idx)
-    mask = _box_mask(top[idx], left[idx], h[idx], w[idx], height, width)  # (n, 1, H, W)
-    if mode == "mean":
-        sub.masked_fill_(mask, 0.0)
-    else:
-        sub = torch.where(mask, torch.randn(sub.shape, generator=generator, device=dev), sub)
-    return x.index_copy_(0, idx, sub)
+    noise = None
+    if mode == "pixel" and idx.numel():
+        noise = torch.randn((idx.numel(), c, height, width), generator=generator, device=dev)
+    return idx, top[idx], left[idx], h[idx], w[idx], noise
 
 
 def random_erasing(x: torch.Tensor, **kwargs) -> torch.Tensor:

@@ -211,7 +211,27 @@ def affine(x: torch.Tensor, matrix: torch.Tensor, *, fill=0.0, mode: str = "near
     mode: "nearest" | "bilinear" | "bicubic".
     """
     n, c, h, w = x.shape
-    m = matrix.to(device=x.device, dtype=torch.float32)
+    coef, xo, yo = affine_grid_coefficients(matrix.to(x.device), h, w, mode=mode)
+    col = lambda v: v.view(n, 1, 1)  # (n, 1, 1) per-sample coefficient
+    gx = col(coef[:, 0]) * xo.view(1, 1, w) + (col(coef[:, 1]) * yo.view(1, h, 1) + col(coef[:, 2]))
+    gy = col(coef[:, 3]) * xo.view(1, 1, w) + (col(coef[:, 4]) * yo.view(1, h, 1) + col(coef[:, 5]))
+    grid = torch.stack([gx, gy], dim=3)  # (n, H, W, 2)
+    fill_t = _fill_column(fill, x)
+    # sampling x - fill with zero padding puts exactly `fill` outside the image
+    out = F.grid_sample(x - fill_t, grid, mode=mode, padding_mode="zeros", align_corners=False)
+    out = out + fill_t
+    return out.clamp_(0, 255) if mode == "bicubic" else out
+
+
+def affine_grid_coefficients(matrix: torch.Tensor, h: int, w: int, *, mode: str
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The grid `affine` samples: (coef [n, 6], xo [W], yo [H]), all float32, such that the normalized
+    sampling position of output pixel (row i, col j) is gx = coef0*xo[j] + (coef1*yo[i] + coef2) and
+    gy = coef3*xo[j] + (coef4*yo[i] + coef5) (grid_sample, align_corners=False).
+
+    Shared with the fused CPU executor so that both compute bit-identical sampling positions.
+    """
+    m = matrix.to(dtype=torch.float32)
     a, b, cc = m[:, 0, 0], m[:, 0, 1], m[:, 0, 2]
     d, e, ff = m[:, 1, 0], m[:, 1, 1], m[:, 1, 2]
     if mode == "nearest":
@@ -219,17 +239,12 @@ def affine(x: torch.Tensor, matrix: torch.Tensor, *, fill=0.0, mode: str = "near
         cc, ff = cc + 1e-4, ff + 1e-4
     # normalized coords (align_corners=False): X = (xn + 1) * w / 2 and u = (un + 1) * w / 2
     # the grid by broadcasting: affine_grid's bmm with 3x2 matrices is slow on CPU
-    xo = (torch.arange(w, device=x.device, dtype=torch.float32) * 2.0 + 1.0) / w - 1.0  # (W,)
-    yo = (torch.arange(h, device=x.device, dtype=torch.float32) * 2.0 + 1.0) / h - 1.0  # (H,)
-    col = lambda v: v.view(n, 1, 1)  # (n, 1, 1) per-sample coefficient
-    gx = col(a) * xo.view(1, 1, w) + (col(b * h / w) * yo.view(1, h, 1) + col(a + b * h / w + 2.0 * cc / w - 1.0))
-    gy = col(d * w / h) * xo.view(1, 1, w) + (col(e) * yo.view(1, h, 1) + col(d * w / h + e + 2.0 * ff / h - 1.0))
-    grid = torch.stack([gx, gy], dim=3)  # (n, H, W, 2)
-    fill_t = _fill_column(fill, x)
-    # sampling x - fill with zero padding puts exactly `fill` outside the image
-    out = F.grid_sample(x - fill_t, grid, mode=mode, padding_mode="zeros", align_corners=False)
-    out = out + fill_t
-    return out.clamp_(0, 255) if mode == "bicubic" else out
+    dev = m.device
+    xo = (torch.arange(w, device=dev, dtype=torch.float32) * 2.0 + 1.0) / w - 1.0  # (W,)
+    yo = (torch.arange(h, device=dev, dtype=torch.float32) * 2.0 + 1.0) / h - 1.0  # (H,)
+    coef = torch.stack([a, b * h / w, a + b * h / w + 2.0 * cc / w - 1.0,
+                        d * w / h, e, d * w / h + e + 2.0 * ff / h - 1.0], dim=1)
+    return coef, xo, yo
 
 
 def _matrix(a, b, c, d, e, f) -> torch.Tensor:

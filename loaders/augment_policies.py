@@ -188,21 +188,46 @@ def _build_autoaugment_tables(policy: str, device) -> tuple[torch.Tensor, ...]:
     return tuple(torch.tensor(t, device=device) for t in (ops, probs, mags, signed, enhance))
 
 
-def autoaugment_(x: torch.Tensor, policy: str, *, generator: torch.Generator | None,
-                 fill=128.0) -> torch.Tensor:
-    """In place on a float 0..255 batch: each sample runs one random sub-policy of `policy`."""
-    b, dev = x.shape[0], x.device
-    ops, probs, mags, signed, enhance = autoaugment_tables(policy, dev)
-    sub = torch.randint(0, ops.shape[0], (b,), generator=generator, device=dev)
+def autoaugment_params(b: int, policy: str, *, generator: torch.Generator | None,
+                       device=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each sample's draws for `autoaugment_`: per op slot, (op index [b] into AUTOAUGMENT_OPS, -1 = no op;
+    value [b], the op's signed parameter). Consumes the generator exactly as `autoaugment_` does."""
+    ops, probs, mags, signed, enhance = autoaugment_tables(policy, device)
+    sub = torch.randint(0, ops.shape[0], (b,), generator=generator, device=device)
+    slots = []
     for slot in range(2):
         op, p, mag = ops[sub, slot], probs[sub, slot], mags[sub, slot]
-        u = torch.rand(2, b, generator=generator, device=dev)
+        u = torch.rand(2, b, generator=generator, device=device)
         sign = torch.where(u[1] < 0.5, -1.0, 1.0)
         value = torch.where(signed[op] | enhance[op], mag * sign, mag)
         value = torch.where(enhance[op], 1.0 + value, value)
-        op = torch.where(u[0] < p, op, -1)
+        slots.append((torch.where(u[0] < p, op, -1), value))
+    return slots
+
+
+def autoaugment_(x: torch.Tensor, policy: str, *, generator: torch.Generator | None,
+                 fill=128.0) -> torch.Tensor:
+    """In place on a float 0..255 batch: each sample runs one random sub-policy of `policy`."""
+    for op, value in autoaugment_params(x.shape[0], policy, generator=generator, device=x.device):
         apply_op_slot(x, op, value, AUTOAUGMENT_OPS, fill=fill, modes=_AA_MODES)
     return x
+
+
+def geometric_coefficients(op: torch.Tensor, value: torch.Tensor, h: int, w: int, names: list[str],
+                           modes: dict[str, str]) -> torch.Tensor:
+    """[b, 6] float32 sampling-grid coefficients (`augment_ops.affine_grid_coefficients`) of each sample's
+    geometric op (op indexes `names`; other samples: the identity, unused), computed with the same
+    tensor ops as `apply_op_slot` + `affine` so the positions are bit-identical."""
+    b = op.shape[0]
+    coef = torch.zeros(b, 6, device=op.device)
+    matrix = _IDENTITY.to(op.device).expand(b, 2, 3)
+    for i, n in enumerate(names):
+        if n in GEOMETRIC_OPS:
+            matrix = torch.where((op == i).view(b, 1, 1), GEOMETRIC_OPS[n](value, h, w), matrix)
+    for mode in sorted({modes[n] for n in names if n in GEOMETRIC_OPS}):
+        in_mode = torch.tensor([modes.get(n) == mode for n in names], device=op.device)[op.clamp(min=0)] & (op >= 0)
+        coef = torch.where(in_mode.view(b, 1), O.affine_grid_coefficients(matrix, h, w, mode=mode)[0], coef)
+    return coef
 
 
 def autoaugment(x: torch.Tensor, policy: str = "cifar10", *, generator: torch.Generator | None = None,
