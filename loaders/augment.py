@@ -35,6 +35,7 @@ from fastvit.errors import UserError
 
 from . import augment_ops as O
 from . import augment_policies as P
+from .multicrop_cpu import augment_executor, multicrop_views
 
 # ---------------------------------------------------------------------------------------------------
 # helpers
@@ -690,12 +691,46 @@ def build_eval_transform(*, img_size: int, mean: Sequence[float], std: Sequence[
 # DINO multi-crop (paper A pretraining, SPEC section 3)
 
 
+def _use_fused(device: torch.device) -> bool:
+    """Whether MultiCrop runs the fused numba executor (FASTVIT_AUGMENT; auto: on CPU tensors)."""
+    mode = augment_executor()
+    if mode == "fused" and device.type != "cpu":
+        raise UserError(f"FASTVIT_AUGMENT=fused runs on the CPU, but the images are on {device}; "
+                        "use torch or auto")
+    return mode == "fused" or (mode == "auto" and device.type == "cpu")
+
+
+@dataclasses.dataclass
+class ViewDraws:
+    """Every random draw of one view size, per (view, sample) in view-major order: entry v*B + i is
+    view v of image i. Drawn by `MultiCrop.draw`; the torch and the fused CPU executors apply them."""
+
+    top: torch.Tensor  # int64 [n]: RandomResizedCrop box
+    left: torch.Tensor  # int64 [n]
+    height: torch.Tensor  # int64 [n]
+    width: torch.Tensor  # int64 [n]
+    flip: torch.Tensor  # bool [n]
+    jitter: torch.Tensor  # float32 [4, n]: brightness, contrast, saturation factors, hue shift (turns)
+    jitter_on: torch.Tensor  # bool [n]: ColorJitter applied
+    jitter_order: torch.Tensor  # int64 [n, 4]: op k of slot s is jitter_order[:, s] (0..3 as in `jitter`)
+    jitter_enabled: tuple[bool, bool, bool, bool]  # op strength > 0 (saturation and hue off on 1 channel)
+    gray: torch.Tensor | None  # bool [n]; None for 1-channel images (no draw)
+    sigma: torch.Tensor  # float32 [n]: blur sigma
+    blur: torch.Tensor  # bool [n]
+    solarize: torch.Tensor | None  # bool [n]; None: no solarize draw for this view size
+
+
 class MultiCrop:
     """2 global + n_local local views per image, batched per view size.
 
     All views: RandomResizedCrop (bicubic) + flip 0.5, ColorJitter(0.4, 0.4, 0.2, 0.1) with p 0.8,
     grayscale p 0.2; Gaussian blur sigma ~ U(0.1, 2) with p 1.0 (global 1), 0.1 (global 2), 0.5
     (locals); solarize p 0.2 on global 2 only; then normalization.
+
+    Every random parameter is drawn first (`draw`, in torch from the caller's generator), then applied
+    by one of two executors with the same result: batched torch ops (any device) or the fused numba
+    kernel of `multicrop_cpu` (CPU tensors; one pass per view and image). FASTVIT_AUGMENT=torch|fused|auto
+    picks one (auto: fused on the CPU, torch elsewhere).
     """
 
     def __init__(self, global_size: int, local_size: int, n_local: int = 8,
@@ -707,38 +742,81 @@ class MultiCrop:
                  sigma: tuple[float, float] = (0.1, 2.0), solarize_p: float = 0.2):
         if n_local < 0:
             raise UserError(f"n_local must be >= 0, got {n_local}")
+        if interpolation not in ("bilinear", "bicubic"):
+            raise UserError(f"unknown interpolation {interpolation!r}; choose one of: bilinear, bicubic")
         self.global_size, self.local_size, self.n_local = global_size, local_size, n_local
         self.global_scale, self.local_scale = global_scale, local_scale
         self.interpolation, self.jitter, self.jitter_p, self.gray_p = interpolation, jitter, jitter_p, gray_p
         self.blur_p, self.sigma, self.solarize_p = blur_p, sigma, solarize_p
         self.normalize = Normalize(mean, std)
 
-    def _views(self, x: torch.Tensor, copies: int, size: int, scale, blur_p: torch.Tensor,
-               solarize_p: torch.Tensor | None, generator) -> torch.Tensor:
-        src = x.repeat(copies, 1, 1, 1)  # (copies*B, C, H, W), view-major
-        v = random_resized_crop(src, size, scale=scale, interpolation=self.interpolation, flip_p=0.5,
-                                generator=generator)
-        _color_jitter_(v, *self.jitter, p=self.jitter_p, generator=generator)
-        if v.shape[1] == 3:
-            _apply_where(v, self.gray_p, lambda xs, idx: O.grayscale(xs), generator)
-        s = _uniform(v.shape[0], self.sigma[0], self.sigma[1], generator, v.device)
+    def draw(self, shape: torch.Size, copies: int, scale, blur_p: torch.Tensor,
+             solarize_p: torch.Tensor | None, generator, device) -> ViewDraws:
+        """The draws of `copies` views of each image of a batch of `shape`, in the generator order the
+        ops consume them: boxes, flip, jitter, grayscale, sigma, blur, solarize."""
+        b, c, height, width = shape
+        n = copies * b
+        top, left, h, w = resized_crop_boxes(n, height, width, scale=scale, ratio=(3 / 4, 4 / 3),
+                                             generator=generator, device=device)
+        flip = _rand(n, generator, device) < 0.5
+        # ColorJitter as `_color_jitter_` draws it
+        strength = list(self.jitter)
+        if c == 1:
+            strength[2] = strength[3] = 0.0  # saturation and hue do not exist on one channel
+        u = torch.rand(5, n, generator=generator, device=device)
+        factors = [(u[i] * (2 * s) + (1 - s)).clamp_(min=0.0) for i, s in enumerate(strength[:3])]
+        shift = u[3] * (2 * strength[3]) - strength[3]
+        jitter_on = u[4] < _per_sample(self.jitter_p, n, device)
+        order = torch.argsort(torch.rand(n, 4, generator=generator, device=device), dim=1)
+        gray = _rand(n, generator, device) < _per_sample(self.gray_p, n, device) if c == 3 else None
+        sigma = _uniform(n, self.sigma[0], self.sigma[1], generator, device)
+        blur = _rand(n, generator, device) < blur_p
+        solarize = None if solarize_p is None else _rand(n, generator, device) < solarize_p
+        return ViewDraws(top, left, h, w, flip, torch.stack([*factors, shift]), jitter_on, order,
+                         tuple(s > 0 for s in strength), gray, sigma, blur, solarize)
+
+    def apply_torch(self, x: torch.Tensor, d: ViewDraws, size: int) -> torch.Tensor:
+        """The views of `d` from the uint8 batch x with batched torch ops: [copies*B, C, size, size]."""
+        copies = d.top.shape[0] // x.shape[0]
+        src = x.float().repeat(copies, 1, 1, 1)  # (copies*B, C, H, W), view-major
+        v = resample_boxes(src, d.top, d.left, d.height, d.width, size, interpolation=self.interpolation,
+                           flip=d.flip)
+        factors, shift = d.jitter[:3], d.jitter[3]
+        fns = [lambda xs, idx: O.adjust_brightness(xs, factors[0][idx]),
+               lambda xs, idx: O.adjust_contrast(xs, factors[1][idx]),
+               lambda xs, idx: O.adjust_saturation(xs, factors[2][idx]),
+               lambda xs, idx: O.adjust_hue(xs, shift[idx])]
+        enabled = torch.tensor(d.jitter_enabled, device=x.device)
+        for slot in range(4):
+            op = d.jitter_order[:, slot]
+            O.apply_grouped(v, torch.where(d.jitter_on & enabled[op], op, -1), fns)
+        if d.gray is not None:
+            O.apply_grouped(v, torch.where(d.gray, 0, -1), [lambda xs, idx: O.grayscale(xs)])
         radius = math.ceil(3.0 * self.sigma[1])
-        _apply_where(v, blur_p, lambda xs, idx: O.gaussian_blur(xs, s[idx], radius=radius), generator)
-        if solarize_p is not None:
-            _apply_where(v, solarize_p, lambda xs, idx: O.solarize(xs, 128.0), generator)
+        O.apply_grouped(v, torch.where(d.blur, 0, -1),
+                        [lambda xs, idx: O.gaussian_blur(xs, d.sigma[idx], radius=radius)])
+        if d.solarize is not None:
+            O.apply_grouped(v, torch.where(d.solarize, 0, -1), [lambda xs, idx: O.solarize(xs, 128.0)])
         return self.normalize(v)
+
+    def apply_fused(self, x: torch.Tensor, d: ViewDraws, size: int) -> torch.Tensor:
+        """`apply_torch` as one numba kernel on the CPU (`multicrop_cpu.multicrop_views`)."""
+        scale, shift = self.normalize.coefficients(x.shape[1], "cpu")
+        return multicrop_views(x, d, size, radius=math.ceil(3.0 * self.sigma[1]),
+                               bicubic=self.interpolation == "bicubic", scale=scale.view(-1),
+                               shift=shift.view(-1))
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None) -> list[torch.Tensor]:
         """images uint8 [B,C,H,W] -> [global 1, global 2, local 1..n]: float32 normalized views."""
         _check_images(images)
         b, dev = images.shape[0], images.device
-        x = images.float()
+        apply = self.apply_fused if _use_fused(dev) else self.apply_torch
         per_view = lambda values: torch.tensor(values, device=dev).repeat_interleave(b)  # (views*B,)
-        g = self._views(x, 2, self.global_size, self.global_scale, per_view(self.blur_p[:2]),
-                        per_view([0.0, self.solarize_p]), generator)
-        views = list(g.split(b))
+        d = self.draw(images.shape, 2, self.global_scale, per_view(self.blur_p[:2]),
+                      per_view([0.0, self.solarize_p]), generator, dev)
+        views = list(apply(images, d, self.global_size).split(b))
         if self.n_local:
-            loc = self._views(x, self.n_local, self.local_size, self.local_scale,
-                              per_view([self.blur_p[2]] * self.n_local), None, generator)
-            views += list(loc.split(b))
+            d = self.draw(images.shape, self.n_local, self.local_scale,
+                          per_view([self.blur_p[2]] * self.n_local), None, generator, dev)
+            views += list(apply(images, d, self.local_size).split(b))
         return views

@@ -1,0 +1,297 @@
+"""Fused CPU executor of `augment.MultiCrop`: one numba pass per (view, image).
+
+The batched torch executor runs ~20 small ops per view size, each over the whole batch plus the
+grouping (sort, index_select, index_copy) of every probability-p op; on the CPU that dispatch and
+copying, not the arithmetic, is the cost. Here each (view, image) pair is one `prange` iteration that
+resamples its box straight from the uint8 image and runs the photometric ops on that small tile while
+it is in cache: RandomResizedCrop (+ flip), ColorJitter in the sample's order, grayscale, Gaussian
+blur, solarize, normalization.
+
+The random parameters are drawn by `MultiCrop.draw` in torch, from the caller's generator, exactly as
+the torch executor consumes them, so both executors give the same views for the same seed (up to
+float32 summation order, see tests/test_multicrop_cpu.py).
+
+`augment_executor()` reads FASTVIT_AUGMENT (torch | fused | auto), the switch between the torch
+executors and the fused CPU ones.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numba
+import numpy as np
+import torch
+from numba import prange
+
+from fastvit.errors import UserError
+
+EXECUTORS = ("torch", "fused", "auto")
+
+# float32 constants: a float64 literal would promote float32 arithmetic to float64 in numba
+_F0, _F1, _HALF = np.float32(0.0), np.float32(1.0), np.float32(0.5)
+_F255, _F128 = np.float32(255.0), np.float32(128.0)
+_LUMA_R, _LUMA_G, _LUMA_B = np.float32(0.299), np.float32(0.587), np.float32(0.114)
+
+
+def augment_executor() -> str:
+    """The augmentation executor FASTVIT_AUGMENT asks for: "torch", "fused" or "auto" (unset: "auto").
+
+    auto: the fused numba executors for CPU tensors, batched torch ops on other devices.
+    """
+    value = os.environ.get("FASTVIT_AUGMENT", "auto").strip().lower() or "auto"
+    if value not in EXECUTORS:
+        raise UserError(f"FASTVIT_AUGMENT={value!r} is invalid; choose one of: {', '.join(EXECUTORS)}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------
+# kernels
+
+
+@numba.njit(cache=True)
+def resample_taps(start, length, in_size, out, bicubic, antialias, reverse):
+    """(idx int64 [out, T], weights float32 [out, T]): output pixel o = sum_k weights[o, k] * in[idx[o, k]].
+
+    The taps of `augment.resample_weights` for one axis of one box (same formula: the kernel widened by
+    the shrink factor under antialias with a = -0.5, else a = -0.75 and edge taps clamped; the weights
+    renormalized), with this box's own tap count instead of the batch's largest.
+    """
+    support = 2.0 if bicubic else 1.0
+    scale = np.float32(length) / np.float32(out)
+    stretch = max(scale, _F1) if antialias else _F1
+    a = np.float32(-0.5) if antialias else np.float32(-0.75)
+    taps = 2 * math.ceil(support * stretch) + 1
+    idx = np.empty((out, taps), np.int64)
+    weights = np.empty((out, taps), np.float32)
+    for o in range(out):
+        pos = np.float32(out - 1 - o if reverse else o)
+        centre = (pos + _HALF) * scale
+        j0 = math.floor(centre - np.float32(support) * stretch + _HALF)
+        total = _F0
+        for k in range(taps):
+            j = j0 + k
+            t = abs((np.float32(j) + _HALF - centre) / stretch)
+            if bicubic:
+                if t <= 1.0:
+                    w = ((a + np.float32(2.0)) * t - (a + np.float32(3.0))) * t * t + _F1
+                elif t < 2.0:
+                    w = ((a * t - np.float32(5.0) * a) * t + np.float32(8.0) * a) * t - np.float32(4.0) * a
+                else:
+                    w = _F0
+            else:
+                w = max(_F1 - t, _F0)
+            if antialias and (j < 0 or j >= length):
+                w = _F0
+            weights[o, k] = w
+            total += w
+            idx[o, k] = min(start + min(max(j, 0), length - 1), in_size - 1)
+        for k in range(taps):
+            weights[o, k] /= total
+    return idx, weights
+
+
+@numba.njit(cache=True)
+def _resample(img, top, left, height, width, flip, size, bicubic, out):
+    """out [C, size, size] = the box of img [C, H, W] (uint8) resampled (rows first, as the torch path)."""
+    c, h, w = img.shape
+    antialias = height > size or width > size
+    iy, wy = resample_taps(top, height, h, size, bicubic, antialias, False)
+    ix, wx = resample_taps(left, width, w, size, bicubic, antialias, flip)
+    x0, x1 = ix.min(), ix.max()
+    rows = np.zeros((c, size, x1 - x0 + 1), np.float32)  # the box's columns only, resampled in y
+    for ch in range(c):
+        for o in range(size):
+            acc = rows[ch, o]
+            for k in range(iy.shape[1]):
+                wk = wy[o, k]
+                if wk != 0.0:
+                    src = img[ch, iy[o, k], x0:x1 + 1]
+                    for x in range(acc.shape[0]):
+                        acc[x] += wk * np.float32(src[x])
+    for ch in range(c):
+        for oy in range(size):
+            acc = rows[ch, oy]
+            for ox in range(size):
+                v = _F0
+                for k in range(ix.shape[1]):
+                    v += wx[ox, k] * acc[ix[ox, k] - x0]
+                out[ch, oy, ox] = min(max(v, _F0), _F255) if bicubic else v
+
+
+@numba.njit(cache=True)
+def _clip(v):
+    return min(max(v, _F0), _F255)
+
+
+@numba.njit(cache=True)
+def _brightness(x, f):
+    c, h, w = x.shape
+    for ch in range(c):
+        for i in range(h):
+            for j in range(w):
+                x[ch, i, j] = _clip(x[ch, i, j] * f)
+
+
+@numba.njit(cache=True)
+def _contrast(x, f):
+    """Blend with the mean luma = the luma of the channel means (float64 sums: order-insensitive)."""
+    c, h, w = x.shape
+    means = np.empty(c, np.float32)
+    for ch in range(c):
+        s = 0.0
+        for i in range(h):
+            for j in range(w):
+                s += x[ch, i, j]
+        means[ch] = np.float32(s / (h * w))
+    m = means[0] * _LUMA_R + means[1] * _LUMA_G + means[2] * _LUMA_B if c == 3 else means[0]
+    base = m * (_F1 - f)
+    for ch in range(c):
+        for i in range(h):
+            for j in range(w):
+                x[ch, i, j] = _clip(base + x[ch, i, j] * f)
+
+
+@numba.njit(cache=True)
+def _saturation(x, f):
+    _, h, w = x.shape
+    g = _F1 - f
+    for i in range(h):
+        for j in range(w):
+            base = (x[0, i, j] * _LUMA_R + x[1, i, j] * _LUMA_G + x[2, i, j] * _LUMA_B) * g
+            for ch in range(3):
+                x[ch, i, j] = _clip(base + x[ch, i, j] * f)
+
+
+@numba.njit(cache=True)
+def _hue(x, shift):
+    """torchvision's adjust_hue in 0..255, as `augment_ops.adjust_hue` computes it."""
+    _, h, w = x.shape
+    turn = np.float32(6.0) * shift
+    sixth = np.float32(1.0 / 6.0)
+    for i in range(h):
+        for j in range(w):
+            r, g, b = x[0, i, j], x[1, i, j], x[2, i, j]
+            maxc = max(r, max(g, b))
+            delta = maxc - min(r, min(g, b))
+            inv = _F1 / max(delta, np.float32(1e-6))
+            if maxc == r:
+                hue6 = (g - b) * inv
+            elif maxc == g:
+                hue6 = (b - r) * inv + np.float32(2.0)
+            else:
+                hue6 = (r - g) * inv + np.float32(4.0)
+            hue6 = hue6 + turn
+            for ch in range(3):
+                v = hue6 + np.float32(5 - 2 * ch)  # 5, 3, 1 for R, G, B
+                k = v - np.float32(math.floor(v * sixth)) * np.float32(6.0)
+                x[ch, i, j] = maxc - delta * min(max(min(k, np.float32(4.0) - k), _F0), _F1)
+
+
+@numba.njit(cache=True)
+def _grayscale(x):
+    _, h, w = x.shape
+    for i in range(h):
+        for j in range(w):
+            v = x[0, i, j] * _LUMA_R + x[1, i, j] * _LUMA_G + x[2, i, j] * _LUMA_B
+            x[0, i, j] = x[1, i, j] = x[2, i, j] = v
+
+
+@numba.njit(cache=True)
+def _reflect(i, n):
+    return -i if i < 0 else (2 * (n - 1) - i if i >= n else i)
+
+
+@numba.njit(cache=True)
+def _blur(x, sigma, radius):
+    """Separable Gaussian blur, reflect padding, columns first (as `augment_ops.gaussian_blur`)."""
+    c, h, w = x.shape
+    size = 2 * radius + 1
+    kernel = np.empty(size, np.float32)
+    total = _F0
+    for k in range(size):
+        t = np.float32(k - radius) / sigma
+        kernel[k] = np.exp(np.float32(-0.5) * (t * t))
+        total += kernel[k]
+    for k in range(size):
+        kernel[k] /= total
+    tmp = np.zeros((h, w), np.float32)
+    for ch in range(c):
+        tmp[:] = _F0
+        for i in range(h):
+            for k in range(size):
+                kk = kernel[k]
+                src = x[ch, _reflect(i + k - radius, h)]
+                for j in range(w):
+                    tmp[i, j] += kk * src[j]
+        for i in range(h):
+            for j in range(w):
+                v = _F0
+                for k in range(size):
+                    v += kernel[k] * tmp[i, _reflect(j + k - radius, w)]
+                x[ch, i, j] = v
+
+
+@numba.njit(parallel=True, cache=True)
+def _views_kernel(images, top, left, height, width, flip, jitter, jitter_on, order, enabled, gray,
+                  sigma, blur, solarize, size, radius, bicubic, scale, shift, out):
+    """out[t] (t = view * B + image): see `multicrop_views`."""
+    b = images.shape[0]
+    c = images.shape[1]
+    for t in prange(out.shape[0]):
+        x = out[t]
+        _resample(images[t % b], top[t], left[t], height[t], width[t], flip[t], size, bicubic, x)
+        if jitter_on[t]:
+            for slot in range(4):
+                op = order[t, slot]
+                if not enabled[op]:
+                    continue
+                if op == 0:
+                    _brightness(x, jitter[0, t])
+                elif op == 1:
+                    _contrast(x, jitter[1, t])
+                elif op == 2:
+                    _saturation(x, jitter[2, t])
+                else:
+                    _hue(x, jitter[3, t])
+        if gray[t]:
+            _grayscale(x)
+        if blur[t] and radius > 0:
+            _blur(x, sigma[t], radius)
+        for ch in range(c):
+            for i in range(size):
+                for j in range(size):
+                    v = x[ch, i, j]
+                    if solarize[t] and v >= _F128:
+                        v = _F255 - v
+                    x[ch, i, j] = v * scale[ch] + shift[ch]
+
+
+# ---------------------------------------------------------------------------------------------------
+# host side
+
+
+def multicrop_views(images: torch.Tensor, draws, size: int, *, radius: int, bicubic: bool,
+                    scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """The views of one size, fused: float32 [copies*B, C, size, size], view-major (as `draws`).
+
+    images: uint8 [B, C, H, W] on the CPU. draws: `augment.ViewDraws` for copies*B views. radius: the
+    blur radius before capping to the view (ceil(3 * sigma max)). bicubic: else bilinear. scale,
+    shift: [C] float32 normalization, normalized = x * scale + shift.
+    """
+    if images.device.type != "cpu":
+        raise UserError(f"the fused multi-crop executor runs on the CPU, the images are on {images.device}")
+    n = draws.top.shape[0]
+    c = images.shape[1]
+    out = torch.empty((n, c, size, size), dtype=torch.float32)
+    no = np.zeros(n, dtype=np.bool_)
+    _views_kernel(images.contiguous().numpy(), draws.top.numpy(), draws.left.numpy(), draws.height.numpy(),
+                  draws.width.numpy(), draws.flip.numpy(), draws.jitter.float().contiguous().numpy(),
+                  draws.jitter_on.numpy(), draws.jitter_order.contiguous().numpy(),
+                  np.array(draws.jitter_enabled, dtype=np.bool_),
+                  no if draws.gray is None else draws.gray.numpy(), draws.sigma.numpy(), draws.blur.numpy(),
+                  no if draws.solarize is None else draws.solarize.numpy(), size,
+                  max(0, min(radius, size - 1)), bicubic, scale.float().contiguous().numpy(),
+                  shift.float().contiguous().numpy(), out.numpy())
+    return out
