@@ -488,11 +488,52 @@ def mixup_cutmix_(x: torch.Tensor, labels: torch.Tensor, *, num_classes: int, mi
     clipped, is pasted from the partner, and lam is corrected to the kept area (as timm).
     Returns (x, soft targets [B, num_classes] = lam*y + (1-lam)*y_partner, smoothed).
     """
+    targets, draws = mixup_cutmix_params(
+        x.shape, labels, num_classes=num_classes, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, prob=prob,
+        switch_prob=switch_prob, label_smoothing=label_smoothing, generator=generator, device=x.device)
+    if draws is None:
+        return x, targets
     b, _, height, width = x.shape
-    dev = x.device
+    idx = draws.idx
+    own, partner = x.index_select(0, idx), x.index_select(0, b - 1 - idx)
+    n = idx.numel()
+    # weight of the sample's own pixels: lam everywhere (Mixup) or 0 inside the box and 1 outside (CutMix)
+    cut_i, lam_i = draws.cut.view(n, 1, 1, 1), draws.lam.view(n, 1, 1, 1)
+    inside = torch.where(cut_i, 0.0, lam_i)
+    outside = torch.where(cut_i, 1.0, lam_i)
+    if draws.has_box:
+        box = _box_mask(draws.top, draws.left, draws.height, draws.width, height, width)  # (n, 1, H, W)
+        weight = torch.where(box, inside, outside)
+    else:
+        weight = outside
+    return x.index_copy_(0, idx, torch.lerp(partner, own, weight)), targets
+
+
+@dataclasses.dataclass
+class MixDraws:
+    """`mixup_cutmix_`'s per-sample draws for the n mixed samples (sample idx[k] pairs with B-1-idx[k])."""
+
+    idx: torch.Tensor  # int64 [n]
+    cut: torch.Tensor  # bool [n]: CutMix (else Mixup)
+    lam: torch.Tensor  # float32 [n]: Mixup weight of the sample's own pixels (0 when Mixup is off)
+    top: torch.Tensor  # int64 [n]: CutMix box (all four 0 when CutMix is off)
+    left: torch.Tensor
+    height: torch.Tensor
+    width: torch.Tensor
+    has_box: bool  # CutMix enabled
+
+
+def mixup_cutmix_params(shape, labels: torch.Tensor, *, num_classes: int, mixup_alpha: float = 1.0,
+                        cutmix_alpha: float = 1.0, prob: float = 1.0, switch_prob: float = 0.5,
+                        label_smoothing: float = 0.0, generator: torch.Generator | None = None, device=None
+                        ) -> tuple[torch.Tensor, MixDraws | None]:
+    """`mixup_cutmix_`'s draws for a batch of `shape`: (soft targets [B, num_classes], the draws of the
+    mixed samples or None when no sample is mixed). One host sync."""
+    b, _, height, width = shape
+    dev = device
     y = smooth_one_hot(labels, num_classes, label_smoothing)
     if mixup_alpha <= 0 and cutmix_alpha <= 0:
-        return x, y
+        return y, None
     u = torch.rand(2, b, generator=generator, device=dev)
     mixed = u[0] < prob
     if mixup_alpha > 0 and cutmix_alpha > 0:
@@ -516,19 +557,15 @@ def mixup_cutmix_(x: torch.Tensor, labels: torch.Tensor, *, num_classes: int, mi
     # blend only the mixed samples; both sources are read before anything is written back
     idx = mixed.nonzero().view(-1)  # host sync
     if idx.numel() == 0:
-        return x, targets
-    own, partner = x.index_select(0, idx), x.index_select(0, b - 1 - idx)
+        return targets, None
     n = idx.numel()
-    # weight of the sample's own pixels: lam everywhere (Mixup) or 0 inside the box and 1 outside (CutMix)
-    cut_i, lam_i = use_cut[idx].view(n, 1, 1, 1), lam_mix[idx].view(n, 1, 1, 1) if lam_mix is not None else 0.0
-    inside = torch.where(cut_i, 0.0, lam_i)
-    outside = torch.where(cut_i, 1.0, lam_i)
+    zeros = torch.zeros(n, dtype=torch.long, device=dev)
     if lam_cut is not None:
-        box = _box_mask(y0[idx], x0[idx], (y1 - y0)[idx], (x1 - x0)[idx], height, width)  # (n, 1, H, W)
-        weight = torch.where(box, inside, outside)
+        box = (y0[idx], x0[idx], (y1 - y0)[idx], (x1 - x0)[idx])
     else:
-        weight = outside
-    return x.index_copy_(0, idx, torch.lerp(partner, own, weight)), targets
+        box = (zeros, zeros, zeros, zeros)
+    lam_i = lam_mix[idx] if lam_mix is not None else torch.zeros(n, device=dev)
+    return targets, MixDraws(idx, use_cut[idx], lam_i, *box, has_box=lam_cut is not None)
 
 
 def mixup_cutmix(x: torch.Tensor, labels: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -613,9 +650,14 @@ class TrainTransform:
     soft targets [B, num_classes] when the params mix samples or smooth labels.
     """
 
-    def __init__(self, params: AugmentParams, *, img_size: int, mean, std, num_classes: int):
+    def __init__(self, params: AugmentParams, *, img_size: int, mean, std, num_classes: int,
+                 executor: str | None = None):
         params.validate()
+        if executor is not None and executor not in ("auto", "torch", "fused"):
+            raise UserError(f"augmentation executor {executor!r} is invalid; choose one of: auto, torch, fused")
         self.params, self.img_size, self.num_classes = params, img_size, num_classes
+        # None: $FASTVIT_AUGMENT at each call (see augment_cpu)
+        self.executor = executor
         self.normalize = Normalize(mean, std)
         # RandAugment fills uncovered areas with the dataset mean colour (as timm)
         self.mean_fill = [min(255.0, round(255.0 * m)) for m in self.normalize.mean.tolist()]
@@ -624,6 +666,12 @@ class TrainTransform:
                  generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         p, g = self.params, generator
         _check_images(images)
+        if self._fused(images):
+            from . import augment_cpu
+
+            return augment_cpu.fused_train_batch(fit_to_size(images, self.img_size), labels, p,
+                                                 img_size=self.img_size, normalize=self.normalize,
+                                                 num_classes=self.num_classes, generator=g)
         if p.crop == "pad":
             x = fit_to_size(images, self.img_size)
             x = random_crop(x, self.img_size, padding=p.padding, flip_p=p.flip_p, generator=g)
@@ -643,15 +691,33 @@ class TrainTransform:
         if p.erase_p > 0:
             random_erasing_(x, p=p.erase_p, max_area=p.erase_max_area, min_aspect=p.erase_min_aspect,
                             mode=p.erase_mode, generator=g)
+        return self._mix(x, labels, g)
+
+    def _mix(self, x: torch.Tensor, labels: torch.Tensor, g) -> tuple[torch.Tensor, torch.Tensor]:
+        p = self.params
         if not p.soft_targets:
             return x, labels
         return mixup_cutmix_(x, labels, num_classes=self.num_classes, mixup_alpha=p.mixup_alpha,
                              cutmix_alpha=p.cutmix_alpha, prob=p.mix_prob, switch_prob=p.switch_prob,
                              label_smoothing=p.label_smoothing, generator=g)
 
+    def _fused(self, images: torch.Tensor) -> bool:
+        """Whether this batch goes through the fused numba executor (augment_cpu); fused-but-unsupported
+        is a UserError."""
+        from . import augment_cpu
+
+        executor = augment_cpu.resolve_executor(self.executor)
+        if executor == "torch" or (executor == "auto" and images.device.type != "cpu"):
+            return False
+        why = augment_cpu.unsupported_reason(self.params, images)
+        if why is not None and executor == "fused":
+            raise UserError(f"the fused CPU augmentation executor cannot run this transform: {why} "
+                            "(use FASTVIT_AUGMENT=torch or auto)")
+        return why is None
+
 
 def build_train_transform(recipe: str, *, img_size: int, mean: Sequence[float], std: Sequence[float],
-                          num_classes: int, **params) -> TrainTransform:
+                          num_classes: int, executor: str | None = None, **params) -> TrainTransform:
     """The train-time augmentation of a recipe (SPEC).
 
     recipe: "basic" (random crop, pad 4, + flip), "gani22-finetune" (paper A, SPEC section 4; pass
@@ -662,6 +728,9 @@ def build_train_transform(recipe: str, *, img_size: int, mean: Sequence[float], 
     num_classes: width of the soft targets.
     params: override any `AugmentParams` field (e.g. mixup_alpha=0, label_smoothing=0); an unknown
         key is a UserError.
+    executor: "auto" | "torch" | "fused" (None: $FASTVIT_AUGMENT, default auto); "auto" runs CPU batches
+        of pad-crop recipes without color jitter / RandAugment through the fused numba kernel
+        (`augment_cpu`), everything else through the batched torch ops.
     Returns callable(images uint8 [B,C,H,W], labels int64 [B], generator) -> (images float32
     [B,C,img_size,img_size] normalized, targets int64 [B] or float32 [B, num_classes]).
     """
@@ -674,7 +743,7 @@ def build_train_transform(recipe: str, *, img_size: int, mean: Sequence[float], 
                         f"valid: {', '.join(sorted(fields))}")
     merged = {**RECIPES[recipe], **params}
     return TrainTransform(AugmentParams(**merged), img_size=img_size, mean=mean, std=std,
-                          num_classes=num_classes)
+                          num_classes=num_classes, executor=executor)
 
 
 def build_eval_transform(*, img_size: int, mean: Sequence[float], std: Sequence[float]) -> Callable:
