@@ -92,40 +92,53 @@ def resample_taps(start, length, in_size, out, bicubic, antialias, reverse):
     return idx, weights
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath=True)
 def _resample(img, top, left, height, width, flip, size, bicubic, out):
-    """out [C, size, size] = the box of img [C, H, W] (uint8) resampled (rows first, as the torch path)."""
+    """out [C, size, size] = the box of img [C, H, W] (float32) resampled, rows first as the torch path.
+
+    Both passes run along contiguous memory (SIMD): the row pass over the box's columns, then the
+    column pass on the transposed intermediate. Indices are cast to unsigned where they are computed:
+    numba then skips its negative-index wraparound, which otherwise blocks vectorization (2-3x here).
+    """
     c, h, w = img.shape
     antialias = height > size or width > size
     iy, wy = resample_taps(top, height, h, size, bicubic, antialias, False)
     ix, wx = resample_taps(left, width, w, size, bicubic, antialias, flip)
-    x0, x1 = ix.min(), ix.max()
-    rows = np.zeros((c, size, x1 - x0 + 1), np.float32)  # the box's columns only, resampled in y
+    x0 = ix.min()
+    span = ix.max() - x0 + 1
+    rows = np.empty((size, span), np.float32)  # (out row, box column)
+    rows_t = np.empty((span, size), np.float32)
+    cols_t = np.empty((size, size), np.float32)  # (out column, out row)
     for ch in range(c):
+        rows[:] = _F0
         for o in range(size):
-            acc = rows[ch, o]
             for k in range(iy.shape[1]):
                 wk = wy[o, k]
-                if wk != 0.0:
-                    src = img[ch, iy[o, k], x0:x1 + 1]
-                    for x in range(acc.shape[0]):
-                        acc[x] += wk * np.float32(src[x])
-    for ch in range(c):
-        for oy in range(size):
-            acc = rows[ch, oy]
-            for ox in range(size):
-                v = _F0
-                for k in range(ix.shape[1]):
-                    v += wx[ox, k] * acc[ix[ox, k] - x0]
-                out[ch, oy, ox] = min(max(v, _F0), _F255) if bicubic else v
+                y = np.uint64(iy[o, k])
+                for x in range(span):
+                    rows[o, x] += wk * img[ch, y, np.uint64(x0 + x)]
+        for o in range(size):
+            for x in range(span):
+                rows_t[x, o] = rows[o, x]
+        cols_t[:] = _F0
+        for o in range(size):
+            for k in range(ix.shape[1]):
+                wk = wx[o, k]
+                col = np.uint64(ix[o, k] - x0)
+                for y in range(size):
+                    cols_t[o, y] += wk * rows_t[col, y]
+        for y in range(size):
+            for o in range(size):
+                v = cols_t[o, y]
+                out[ch, y, o] = min(max(v, _F0), _F255) if bicubic else v
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath=True)
 def _clip(v):
     return min(max(v, _F0), _F255)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath=True)
 def _brightness(x, f):
     c, h, w = x.shape
     for ch in range(c):
@@ -134,7 +147,7 @@ def _brightness(x, f):
                 x[ch, i, j] = _clip(x[ch, i, j] * f)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath=True)
 def _contrast(x, f):
     """Blend with the mean luma = the luma of the channel means (float64 sums: order-insensitive)."""
     c, h, w = x.shape
@@ -153,49 +166,55 @@ def _contrast(x, f):
                 x[ch, i, j] = _clip(base + x[ch, i, j] * f)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath=True)
 def _saturation(x, f):
     _, h, w = x.shape
     g = _F1 - f
     for i in range(h):
+        r, gr, b = x[0, i], x[1, i], x[2, i]  # row views: the inner loop vectorizes
         for j in range(w):
-            base = (x[0, i, j] * _LUMA_R + x[1, i, j] * _LUMA_G + x[2, i, j] * _LUMA_B) * g
-            for ch in range(3):
-                x[ch, i, j] = _clip(base + x[ch, i, j] * f)
+            base = (r[j] * _LUMA_R + gr[j] * _LUMA_G + b[j] * _LUMA_B) * g
+            r[j] = _clip(base + r[j] * f)
+            gr[j] = _clip(base + gr[j] * f)
+            b[j] = _clip(base + b[j] * f)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath=True)
+def _hue_channel(maxc, delta, hue6):
+    """One channel of the rotated pixel; hue6 already offset by 5, 3 or 1 (R, G, B)."""
+    k = hue6 - np.floor(hue6 * np.float32(1.0 / 6.0)) * np.float32(6.0)
+    return maxc - delta * min(max(min(k, np.float32(4.0) - k), _F0), _F1)
+
+
+@numba.njit(cache=True, fastmath=True)
 def _hue(x, shift):
-    """torchvision's adjust_hue in 0..255, as `augment_ops.adjust_hue` computes it."""
+    """torchvision's adjust_hue in 0..255, as `augment_ops.adjust_hue` computes it (branch-free: SIMD)."""
     _, h, w = x.shape
     turn = np.float32(6.0) * shift
-    sixth = np.float32(1.0 / 6.0)
     for i in range(h):
+        rr, gg, bb = x[0, i], x[1, i], x[2, i]
         for j in range(w):
-            r, g, b = x[0, i, j], x[1, i, j], x[2, i, j]
+            r, g, b = rr[j], gg[j], bb[j]
             maxc = max(r, max(g, b))
             delta = maxc - min(r, min(g, b))
             inv = _F1 / max(delta, np.float32(1e-6))
-            if maxc == r:
-                hue6 = (g - b) * inv
-            elif maxc == g:
-                hue6 = (b - r) * inv + np.float32(2.0)
-            else:
-                hue6 = (r - g) * inv + np.float32(4.0)
-            hue6 = hue6 + turn
-            for ch in range(3):
-                v = hue6 + np.float32(5 - 2 * ch)  # 5, 3, 1 for R, G, B
-                k = v - np.float32(math.floor(v * sixth)) * np.float32(6.0)
-                x[ch, i, j] = maxc - delta * min(max(min(k, np.float32(4.0) - k), _F0), _F1)
+            from_r = (g - b) * inv
+            from_g = (b - r) * inv + np.float32(2.0)
+            from_b = (r - g) * inv + np.float32(4.0)
+            hue6 = (from_r if maxc == r else (from_g if maxc == g else from_b)) + turn
+            rr[j] = _hue_channel(maxc, delta, hue6 + np.float32(5.0))
+            gg[j] = _hue_channel(maxc, delta, hue6 + np.float32(3.0))
+            bb[j] = _hue_channel(maxc, delta, hue6 + np.float32(1.0))
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath=True)
 def _grayscale(x):
     _, h, w = x.shape
     for i in range(h):
+        r, g, b = x[0, i], x[1, i], x[2, i]
         for j in range(w):
-            v = x[0, i, j] * _LUMA_R + x[1, i, j] * _LUMA_G + x[2, i, j] * _LUMA_B
-            x[0, i, j] = x[1, i, j] = x[2, i, j] = v
+            v = r[j] * _LUMA_R + g[j] * _LUMA_G + b[j] * _LUMA_B
+            r[j] = g[j] = b[j] = v
 
 
 @numba.njit(cache=True)
@@ -203,9 +222,25 @@ def _reflect(i, n):
     return -i if i < 0 else (2 * (n - 1) - i if i >= n else i)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath=True)
+def _blur_columns(plane, out, kernel, radius, lo):
+    """out [h, w] = plane [h, w] convolved along its columns, reflect padding; taps lo..size-lo-1 only.
+    Whole rows at a time, so the inner loop is SIMD."""
+    h, w = plane.shape
+    for i in range(h):
+        dst = out[i]
+        dst[:] = _F0
+        for k in range(lo, kernel.shape[0] - lo):
+            kk = kernel[k]
+            src = plane[_reflect(i + k - radius, h)]
+            for j in range(w):
+                dst[j] += kk * src[j]
+
+
+@numba.njit(cache=True, fastmath=True)
 def _blur(x, sigma, radius):
-    """Separable Gaussian blur, reflect padding, columns first (as `augment_ops.gaussian_blur`)."""
+    """Separable Gaussian blur, reflect padding, columns first (as `augment_ops.gaussian_blur`); the row
+    pass runs on the transpose. Taps whose float32 weight underflows to 0 (small sigma) are skipped."""
     c, h, w = x.shape
     size = 2 * radius + 1
     kernel = np.empty(size, np.float32)
@@ -216,24 +251,24 @@ def _blur(x, sigma, radius):
         total += kernel[k]
     for k in range(size):
         kernel[k] /= total
-    tmp = np.zeros((h, w), np.float32)
+    lo = 0
+    while kernel[lo] == 0.0:
+        lo += 1
+    tmp = np.empty((h, w), np.float32)
+    tmp_t = np.empty((w, h), np.float32)
+    out_t = np.empty((w, h), np.float32)
     for ch in range(c):
-        tmp[:] = _F0
-        for i in range(h):
-            for k in range(size):
-                kk = kernel[k]
-                src = x[ch, _reflect(i + k - radius, h)]
-                for j in range(w):
-                    tmp[i, j] += kk * src[j]
+        _blur_columns(x[ch], tmp, kernel, radius, lo)
         for i in range(h):
             for j in range(w):
-                v = _F0
-                for k in range(size):
-                    v += kernel[k] * tmp[i, _reflect(j + k - radius, w)]
-                x[ch, i, j] = v
+                tmp_t[j, i] = tmp[i, j]
+        _blur_columns(tmp_t, out_t, kernel, radius, lo)
+        for i in range(h):
+            for j in range(w):
+                x[ch, i, j] = out_t[j, i]
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, fastmath=True)
 def _views_kernel(images, top, left, height, width, flip, jitter, jitter_on, order, enabled, gray,
                   sigma, blur, solarize, size, radius, bicubic, scale, shift, out):
     """out[t] (t = view * B + image): see `multicrop_views`."""
@@ -286,7 +321,7 @@ def multicrop_views(images: torch.Tensor, draws, size: int, *, radius: int, bicu
     c = images.shape[1]
     out = torch.empty((n, c, size, size), dtype=torch.float32)
     no = np.zeros(n, dtype=np.bool_)
-    _views_kernel(images.contiguous().numpy(), draws.top.numpy(), draws.left.numpy(), draws.height.numpy(),
+    _views_kernel(images.float().numpy(), draws.top.numpy(), draws.left.numpy(), draws.height.numpy(),
                   draws.width.numpy(), draws.flip.numpy(), draws.jitter.float().contiguous().numpy(),
                   draws.jitter_on.numpy(), draws.jitter_order.contiguous().numpy(),
                   np.array(draws.jitter_enabled, dtype=np.bool_),
