@@ -35,7 +35,8 @@ from fastvit.errors import UserError
 
 from . import augment_ops as O
 from . import augment_policies as P
-from .multicrop_cpu import augment_executor, multicrop_views
+from .augment_cpu import resolve_executor
+from .multicrop_cpu import multicrop_views
 
 # ---------------------------------------------------------------------------------------------------
 # helpers
@@ -762,7 +763,7 @@ def build_eval_transform(*, img_size: int, mean: Sequence[float], std: Sequence[
 
 def _use_fused(device: torch.device) -> bool:
     """Whether MultiCrop runs the fused numba executor (FASTVIT_AUGMENT; auto: on CPU tensors)."""
-    mode = augment_executor()
+    mode = resolve_executor(None)
     if mode == "fused" and device.type != "cpu":
         raise UserError(f"FASTVIT_AUGMENT=fused runs on the CPU, but the images are on {device}; "
                         "use torch or auto")

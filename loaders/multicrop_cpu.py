@@ -11,14 +11,13 @@ The random parameters are drawn by `MultiCrop.draw` in torch, from the caller's 
 the torch executor consumes them, so both executors give the same views for the same seed (up to
 float32 summation order, see tests/test_multicrop_cpu.py).
 
-`augment_executor()` reads FASTVIT_AUGMENT (torch | fused | auto), the switch between the torch
-executors and the fused CPU ones.
+FASTVIT_AUGMENT (torch | fused | auto, read by `augment_cpu.resolve_executor`) chooses the executor;
+the kernel runs on min(torch threads, numba's pool) threads, as `augment_cpu`'s.
 """
 
 from __future__ import annotations
 
 import math
-import os
 
 import numba
 import numpy as np
@@ -27,23 +26,10 @@ from numba import prange
 
 from fastvit.errors import UserError
 
-EXECUTORS = ("torch", "fused", "auto")
-
 # float32 constants: a float64 literal would promote float32 arithmetic to float64 in numba
 _F0, _F1, _HALF = np.float32(0.0), np.float32(1.0), np.float32(0.5)
 _F255, _F128 = np.float32(255.0), np.float32(128.0)
 _LUMA_R, _LUMA_G, _LUMA_B = np.float32(0.299), np.float32(0.587), np.float32(0.114)
-
-
-def augment_executor() -> str:
-    """The augmentation executor FASTVIT_AUGMENT asks for: "torch", "fused" or "auto" (unset: "auto").
-
-    auto: the fused numba executors for CPU tensors, batched torch ops on other devices.
-    """
-    value = os.environ.get("FASTVIT_AUGMENT", "auto").strip().lower() or "auto"
-    if value not in EXECUTORS:
-        raise UserError(f"FASTVIT_AUGMENT={value!r} is invalid; choose one of: {', '.join(EXECUTORS)}")
-    return value
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -321,12 +307,18 @@ def multicrop_views(images: torch.Tensor, draws, size: int, *, radius: int, bicu
     c = images.shape[1]
     out = torch.empty((n, c, size, size), dtype=torch.float32)
     no = np.zeros(n, dtype=np.bool_)
-    _views_kernel(images.float().numpy(), draws.top.numpy(), draws.left.numpy(), draws.height.numpy(),
-                  draws.width.numpy(), draws.flip.numpy(), draws.jitter.float().contiguous().numpy(),
-                  draws.jitter_on.numpy(), draws.jitter_order.contiguous().numpy(),
-                  np.array(draws.jitter_enabled, dtype=np.bool_),
-                  no if draws.gray is None else draws.gray.numpy(), draws.sigma.numpy(), draws.blur.numpy(),
-                  no if draws.solarize is None else draws.solarize.numpy(), size,
-                  max(0, min(radius, size - 1)), bicubic, scale.float().contiguous().numpy(),
-                  shift.float().contiguous().numpy(), out.numpy())
+    args = (images.float().numpy(), draws.top.numpy(), draws.left.numpy(), draws.height.numpy(),
+            draws.width.numpy(), draws.flip.numpy(), draws.jitter.float().contiguous().numpy(),
+            draws.jitter_on.numpy(), draws.jitter_order.contiguous().numpy(),
+            np.array(draws.jitter_enabled, dtype=np.bool_), no if draws.gray is None else draws.gray.numpy(),
+            draws.sigma.numpy(), draws.blur.numpy(), no if draws.solarize is None else draws.solarize.numpy(),
+            size, max(0, min(radius, size - 1)), bicubic, scale.float().contiguous().numpy(),
+            shift.float().contiguous().numpy(), out.numpy())
+    # follow torch.set_num_threads (e.g. 1 thread under --deterministic); the output does not depend on it
+    previous = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    try:
+        _views_kernel(*args)
+    finally:
+        numba.set_num_threads(previous)
     return out

@@ -120,13 +120,27 @@ def test_bilinear_interpolation(monkeypatch):
 
 def test_executor_switch(monkeypatch):
     monkeypatch.delenv("FASTVIT_AUGMENT", raising=False)
-    assert M.augment_executor() == "auto"
     assert A._use_fused(torch.device("cpu")) and not A._use_fused(torch.device("cuda"))
     monkeypatch.setenv("FASTVIT_AUGMENT", "Torch")
-    assert M.augment_executor() == "torch" and not A._use_fused(torch.device("cpu"))
+    assert not A._use_fused(torch.device("cpu"))
     monkeypatch.setenv("FASTVIT_AUGMENT", "fused")
     with pytest.raises(UserError, match="FASTVIT_AUGMENT=fused runs on the CPU, but the images are on cuda"):
         A._use_fused(torch.device("cuda"))
     monkeypatch.setenv("FASTVIT_AUGMENT", "numba")
-    with pytest.raises(UserError, match="FASTVIT_AUGMENT='numba' is invalid; choose one of: torch, fused, auto"):
+    with pytest.raises(UserError, match="augmentation executor 'numba' is invalid"):
         A.MultiCrop(32, 16, mean=MEAN, std=STD)(images(2, 3, 32, 32), torch.Generator())
+
+
+def test_fused_views_do_not_depend_on_the_thread_count(monkeypatch):
+    mc = A.MultiCrop(32, 16, n_local=2, mean=MEAN, std=STD)
+    x = images(16, 3, 32, 32)
+    monkeypatch.setenv("FASTVIT_AUGMENT", "fused")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = mc(x, torch.Generator().manual_seed(5))
+        torch.set_num_threads(2)
+        two = mc(x, torch.Generator().manual_seed(5))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(one, two, strict=True))
