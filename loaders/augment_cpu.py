@@ -185,39 +185,57 @@ def _pixel_op(img, tmp, code, v):
 
 
 @njit(cache=True, fastmath=False)
+def _round_half_even(v):
+    f = np.floor(v)
+    n = int(f)
+    d = v - f
+    if d > _HALF or (d == _HALF and (n & 1) != 0):
+        n += 1
+    return n
+
+
+@njit(cache=True, fastmath=False)
 def _affine(img, out, code, coef, xo, yo, fill):
-    """grid_sample(img - fill, grid, zeros padding, align_corners=False) + fill, as augment_ops.affine."""
+    """grid_sample(img - fill, grid, zeros padding, align_corners=False) + fill, as augment_ops.affine,
+    with the grid gx = coef0*xo + (coef1*yo + coef2), gy likewise, unnormalized as grid_sample does."""
     c, h, w = img.shape
     half_w, half_h = F32(w / 2.0), F32(h / 2.0)
+    a0, a1, a2, a3, a4, a5 = coef[0], coef[1], coef[2], coef[3], coef[4], coef[5]
     for i in range(h):
-        row_x = coef[1] * yo[i] + coef[2]
-        row_y = coef[4] * yo[i] + coef[5]
+        row_x = a1 * yo[i] + a2
+        row_y = a4 * yo[i] + a5
         for j in range(w):
-            ix = (coef[0] * xo[j] + row_x + _ONE) * half_w - _HALF
-            iy = (coef[3] * xo[j] + row_y + _ONE) * half_h - _HALF
+            ix = (a0 * xo[j] + row_x + _ONE) * half_w - _HALF
+            iy = (a3 * xo[j] + row_y + _ONE) * half_h - _HALF
             if code == _NEAREST:
-                # grid_sample rounds half to even
-                x0, y0 = np.floor(ix), np.floor(iy)
-                dx, dy = ix - x0, iy - y0
-                xi = int(x0) + (1 if dx > _HALF or (dx == _HALF and int(x0) % 2 != 0) else 0)
-                yi = int(y0) + (1 if dy > _HALF or (dy == _HALF and int(y0) % 2 != 0) else 0)
-                inside = 0 <= xi < w and 0 <= yi < h
-                for k in range(c):
-                    out[k, i, j] = (img[k, yi, xi] - fill[k]) + fill[k] if inside else fill[k]
-            else:
-                fx, fy = np.floor(ix), np.floor(iy)
-                x0, y0 = int(fx), int(fy)
-                we, ws = ix - F32(fx), iy - F32(fy)
-                ww, wn = _ONE - we, _ONE - ws
-                for k in range(c):
-                    acc = _ZERO
-                    for yy, wy in ((y0, wn), (y0 + 1, ws)):
-                        if 0 <= yy < h:
-                            for xx, wx in ((x0, ww), (x0 + 1, we)):
-                                if 0 <= xx < w:
-                                    # grid_sample accumulates the 4 taps nw, ne, sw, se by FMA
-                                    acc = _fma(img[k, yy, xx] - fill[k], wy * wx, acc)
-                    out[k, i, j] = acc + fill[k]
+                xi, yi = _round_half_even(ix), _round_half_even(iy)
+                if 0 <= xi < w and 0 <= yi < h:
+                    for k in range(c):
+                        out[k, i, j] = (img[k, yi, xi] - fill[k]) + fill[k]
+                else:
+                    for k in range(c):
+                        out[k, i, j] = fill[k]
+                continue
+            fx, fy = np.floor(ix), np.floor(iy)
+            x0, y0 = int(fx), int(fy)
+            we, ws = ix - fx, iy - fy
+            ww, wn = _ONE - we, _ONE - ws
+            w_nw, w_ne, w_sw, w_se = wn * ww, wn * we, ws * ww, ws * we
+            in_w, in_e = 0 <= x0 < w, 0 <= x0 + 1 < w
+            in_n, in_s = 0 <= y0 < h, 0 <= y0 + 1 < h
+            for k in range(c):
+                # grid_sample accumulates the taps nw, ne, sw, se by FMA; taps outside add 0
+                f = fill[k]
+                acc = _ZERO
+                if in_n and in_w:
+                    acc = _fma(img[k, y0, x0] - f, w_nw, acc)
+                if in_n and in_e:
+                    acc = _fma(img[k, y0, x0 + 1] - f, w_ne, acc)
+                if in_s and in_w:
+                    acc = _fma(img[k, y0 + 1, x0] - f, w_sw, acc)
+                if in_s and in_e:
+                    acc = _fma(img[k, y0 + 1, x0 + 1] - f, w_se, acc)
+                out[k, i, j] = acc + f
 
 
 @njit(parallel=True, cache=True, fastmath=False)
@@ -227,14 +245,24 @@ def _fused_kernel(src, pad, top, left, flip, ops, vals, coefs, xo, yo, fill, sca
     b_n, c, h, w = src.shape
     s = out.shape[2]
     for b in prange(b_n):
-        img = np.empty((c, s, s), np.float32)
+        img = np.zeros((c, s, s), np.float32)
         tmp = np.empty((c, s, s), np.float32)
+        # crop column j reads source column x0 + j (x0 - j when flipped); only the in-image span is copied
+        if flip[b]:
+            x0 = left[b] - pad + s - 1
+            j_lo, j_hi = max(0, x0 - (w - 1)), min(s, x0 + 1)
+        else:
+            x0 = left[b] - pad
+            j_lo, j_hi = max(0, -x0), min(s, w - x0)
         for k in range(c):
-            for i in range(s):
+            for i in range(max(0, pad - top[b]), min(s, h + pad - top[b])):
                 r = top[b] + i - pad
-                for j in range(s):
-                    col = left[b] + (s - 1 - j if flip[b] else j) - pad
-                    img[k, i, j] = F32(src[b, k, r, col]) if 0 <= r < h and 0 <= col < w else _ZERO
+                if flip[b]:
+                    for j in range(j_lo, j_hi):
+                        img[k, i, j] = F32(src[b, k, r, x0 - j])
+                else:
+                    for j in range(j_lo, j_hi):
+                        img[k, i, j] = F32(src[b, k, r, x0 + j])
         for slot in range(ops.shape[1]):
             code = ops[b, slot]
             if code < 0:
@@ -244,47 +272,57 @@ def _fused_kernel(src, pad, top, left, flip, ops, vals, coefs, xo, yo, fill, sca
                 img[:] = tmp
             else:
                 _pixel_op(img, tmp, code, vals[b, slot])
-        e_top, e_left, e_h, e_w = erase_box[b, 0], erase_box[b, 1], erase_box[b, 2], erase_box[b, 3]
-        slot = erase_slot[b]
         for k in range(c):
+            sc, sh = scale[k], shift[k]
             for i in range(s):
                 for j in range(s):
-                    y = _fma(img[k, i, j], scale[k], shift[k])
-                    if slot >= 0 and e_top <= i < e_top + e_h and e_left <= j < e_left + e_w:
-                        y = noise[slot, k, i, j] if noise.shape[0] > 0 else _ZERO
-                    out[b, k, i, j] = y
+                    out[b, k, i, j] = _fma(img[k, i, j], sc, sh)
+        slot = erase_slot[b]
+        if slot >= 0:
+            e_top, e_left, e_h, e_w = erase_box[b, 0], erase_box[b, 1], erase_box[b, 2], erase_box[b, 3]
+            for k in range(c):
+                for i in range(e_top, e_top + e_h):
+                    for j in range(e_left, e_left + e_w):
+                        out[b, k, i, j] = noise[slot, k, i, j] if noise.shape[0] > 0 else _ZERO
 
 
 @njit(cache=True, fastmath=False)
-def _mix_weight(s, r, q, cut, lam, box):
-    """Weight of a mixed sample's own pixel (r, q): its Mixup lam, or CutMix's 0 inside the box, 1 outside."""
-    if not cut[s]:
-        return lam[s]
-    inside = box[s, 0] <= r < box[s, 0] + box[s, 2] and box[s, 1] <= q < box[s, 1] + box[s, 3]
-    return _ZERO if inside else _ONE
+def _blend(out, start, end, s, cut, lam, box):
+    """out = lerp(start, end, weight) for mixed sample slot s: CutMix's weight 0 inside the box and 1
+    outside makes exact copies; Mixup's weight is one lam per sample."""
+    c, h, w = out.shape
+    if cut[s]:
+        top, left, bottom, right = box[s, 0], box[s, 1], box[s, 0] + box[s, 2], box[s, 1] + box[s, 3]
+        for k in range(c):
+            for r in range(h):
+                for q in range(w):
+                    out[k, r, q] = start[k, r, q] if top <= r < bottom and left <= q < right else end[k, r, q]
+        return
+    wgt = lam[s]
+    low, rest = abs(wgt) < _HALF, _ONE - wgt
+    for k in range(c):
+        for r in range(h):
+            for q in range(w):
+                diff = end[k, r, q] - start[k, r, q]
+                out[k, r, q] = _fma(wgt, diff, start[k, r, q]) if low else _fma(-diff, rest, end[k, r, q])
 
 
 @njit(parallel=True, cache=True, fastmath=False)
 def _mix_kernel(x, slot_of, cut, lam, box):
     """In place Mixup / CutMix of x [B, C, S, S] with the mirrored batch, as augment.mixup_cutmix_:
-    sample i (slot_of[i] >= 0) becomes lerp(x[B-1-i], x[i], weight); weight = lam (Mixup) or 0 inside
-    the CutMix box and 1 outside. Pairs (i, B-1-i) are one iteration, so both read the old values."""
-    b_n, c, h, w = x.shape
+    sample i (slot_of[i] >= 0) becomes torch.lerp(x[B-1-i], x[i], weight). Pairs (i, B-1-i) are one
+    iteration, so both read the old values."""
+    b_n = x.shape[0]
     for p in prange((b_n + 1) // 2):
         i, j = p, b_n - 1 - p
         si, sj = slot_of[i], slot_of[j]
-        if si < 0 and (sj < 0 or j == i):
-            continue
-        for k in range(c):
-            for r in range(h):
-                for q in range(w):
-                    own, other = x[i, k, r, q], x[j, k, r, q]
-                    if si >= 0:
-                        wi = _mix_weight(si, r, q, cut, lam, box)
-                        x[i, k, r, q] = _lerp(other, own, wi)
-                    if sj >= 0 and j != i:
-                        wj = _mix_weight(sj, r, q, cut, lam, box)
-                        x[j, k, r, q] = _lerp(own, other, wj)
+        if j == i or (si < 0 and sj < 0):
+            continue  # the middle sample of an odd batch is mixed with itself: unchanged
+        own, other = x[i].copy(), x[j].copy()
+        if si >= 0:
+            _blend(x[i], other, own, si, cut, lam, box)
+        if sj >= 0:
+            _blend(x[j], own, other, sj, cut, lam, box)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -219,15 +219,17 @@ def geometric_coefficients(op: torch.Tensor, value: torch.Tensor, h: int, w: int
     geometric op (op indexes `names`; other samples: the identity, unused), computed with the same
     tensor ops as `apply_op_slot` + `affine` so the positions are bit-identical."""
     b = op.shape[0]
-    coef = torch.zeros(b, 6, device=op.device)
     matrix = _IDENTITY.to(op.device).expand(b, 2, 3)
     for i, n in enumerate(names):
         if n in GEOMETRIC_OPS:
             matrix = torch.where((op == i).view(b, 1, 1), GEOMETRIC_OPS[n](value, h, w), matrix)
-    for mode in sorted({modes[n] for n in names if n in GEOMETRIC_OPS}):
-        in_mode = torch.tensor([modes.get(n) == mode for n in names], device=op.device)[op.clamp(min=0)] & (op >= 0)
-        coef = torch.where(in_mode.view(b, 1), O.affine_grid_coefficients(matrix, h, w, mode=mode)[0], coef)
-    return coef
+    # affine's nearest-mode nudge, per sample: adding exactly 0 elsewhere leaves the other samples'
+    # values unchanged, so one call serves every mode
+    nearest = torch.tensor([modes.get(n) == "nearest" for n in names], device=op.device)[op.clamp(min=0)]
+    nudge = torch.where(nearest & (op >= 0), 1e-4, 0.0).view(b, 1)
+    matrix = matrix.to(torch.float32).clone()
+    matrix[:, :, 2] += nudge
+    return O.affine_grid_coefficients(matrix, h, w, mode="bilinear")[0]
 
 
 def autoaugment(x: torch.Tensor, policy: str = "cifar10", *, generator: torch.Generator | None = None,
