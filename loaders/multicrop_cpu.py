@@ -36,18 +36,21 @@ _LUMA_R, _LUMA_G, _LUMA_B = np.float32(0.299), np.float32(0.587), np.float32(0.1
 # kernels
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath=True)
 def resample_taps(start, length, in_size, out, bicubic, antialias, reverse):
     """(idx int64 [out, T], weights float32 [out, T]): output pixel o = sum_k weights[o, k] * in[idx[o, k]].
 
     The taps of `augment.resample_weights` for one axis of one box (same formula: the kernel widened by
     the shrink factor under antialias with a = -0.5, else a = -0.75 and edge taps clamped; the weights
-    renormalized), with this box's own tap count instead of the batch's largest.
+    renormalized), with this box's own tap count instead of the batch's largest. Divisions are
+    multiplications by reciprocals here (within an ulp of torch's weights: 1/stretch is exact without
+    antialias).
     """
     support = 2.0 if bicubic else 1.0
     scale = np.float32(length) / np.float32(out)
     stretch = max(scale, _F1) if antialias else _F1
     a = np.float32(-0.5) if antialias else np.float32(-0.75)
+    inv_stretch = _F1 / stretch
     taps = 2 * math.ceil(support * stretch) + 1
     idx = np.empty((out, taps), np.int64)
     weights = np.empty((out, taps), np.float32)
@@ -58,7 +61,7 @@ def resample_taps(start, length, in_size, out, bicubic, antialias, reverse):
         total = _F0
         for k in range(taps):
             j = j0 + k
-            t = abs((np.float32(j) + _HALF - centre) / stretch)
+            t = abs((np.float32(j) + _HALF - centre) * inv_stretch)
             if bicubic:
                 if t <= 1.0:
                     w = ((a + np.float32(2.0)) * t - (a + np.float32(3.0))) * t * t + _F1
@@ -73,8 +76,9 @@ def resample_taps(start, length, in_size, out, bicubic, antialias, reverse):
             weights[o, k] = w
             total += w
             idx[o, k] = min(start + min(max(j, 0), length - 1), in_size - 1)
+        inv_total = _F1 / total
         for k in range(taps):
-            weights[o, k] /= total
+            weights[o, k] *= inv_total
     return idx, weights
 
 
@@ -307,7 +311,8 @@ def multicrop_views(images: torch.Tensor, draws, size: int, *, radius: int, bicu
     c = images.shape[1]
     out = torch.empty((n, c, size, size), dtype=torch.float32)
     no = np.zeros(n, dtype=np.bool_)
-    args = (images.float().numpy(), draws.top.numpy(), draws.left.numpy(), draws.height.numpy(),
+    # contiguous: C order whatever the loader's memory format (e.g. channels_last)
+    args = (images.float().contiguous().numpy(), draws.top.numpy(), draws.left.numpy(), draws.height.numpy(),
             draws.width.numpy(), draws.flip.numpy(), draws.jitter.float().contiguous().numpy(),
             draws.jitter_on.numpy(), draws.jitter_order.contiguous().numpy(),
             np.array(draws.jitter_enabled, dtype=np.bool_), no if draws.gray is None else draws.gray.numpy(),

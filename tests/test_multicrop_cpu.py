@@ -144,3 +144,12 @@ def test_fused_views_do_not_depend_on_the_thread_count(monkeypatch):
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(a, b) for a, b in zip(one, two, strict=True))
+
+
+def test_fused_accepts_a_channels_last_batch(monkeypatch):
+    mc = A.MultiCrop(32, 16, n_local=2, mean=MEAN, std=STD)
+    x = images(8, 3, 32, 32)
+    monkeypatch.setenv("FASTVIT_AUGMENT", "fused")
+    plain = mc(x, torch.Generator().manual_seed(4))
+    strided = mc(x.contiguous(memory_format=torch.channels_last), torch.Generator().manual_seed(4))
+    assert all(torch.equal(a, b) for a, b in zip(plain, strided, strict=True))
