@@ -362,39 +362,62 @@ def fused_pad_crop_batch(x: torch.Tensor, params, *, img_size: int, normalize,
     """
     from . import augment as A  # augment imports this module lazily
 
-    x = x.contiguous()
     b, c, h, w = x.shape
-    s = img_size
-    top, left, flip = A.random_crop_params(b, h, w, s, padding=params.padding, flip_p=params.flip_p,
+    top, left, flip = A.random_crop_params(b, h, w, img_size, padding=params.padding, flip_p=params.flip_p,
                                            generator=generator)
+    slots = P.autoaugment_params(b, params.policy, generator=generator) if params.policy else []
+    erase = None
+    if params.erase_p > 0:
+        erase = A.random_erasing_params((b, c, img_size, img_size), p=params.erase_p,
+                                        max_area=params.erase_max_area, min_aspect=params.erase_min_aspect,
+                                        mode=params.erase_mode, generator=generator)
+    scale, shift = normalize.coefficients(c, "cpu")
+    return apply_pad_crop(x, size=img_size, padding=params.padding, top=top, left=left, flip=flip, slots=slots,
+                          erase=erase, scale=scale.view(c), shift=shift.view(c))
+
+
+_GRID_CACHE: dict = {}
+
+
+def apply_pad_crop(x: torch.Tensor, *, size: int, padding: int, top: torch.Tensor, left: torch.Tensor,
+                   flip: torch.Tensor | None, slots, erase, scale: torch.Tensor, shift: torch.Tensor,
+                   fill: float = 128.0) -> torch.Tensor:
+    """One kernel pass with given draws: uint8 x [B, C, H, W] (CPU) -> float32 [B, C, size, size].
+
+    Per image: crop (top[i], left[i]) of x zero-padded by `padding` (mirrored where flip[i]), then each
+    AutoAugment slot (op [B] into AUTOAUGMENT_OPS, -1 = none; value [B], as `autoaugment_params`
+    gives) with geometric fill `fill`, then x * scale[c] + shift[c], then erasing (None, or
+    `random_erasing_params`' (idx, top, left, h, w, noise)).
+    """
+    x = x.contiguous()
+    b, c = x.shape[:2]
+    s = size
     if flip is None:
         flip = torch.zeros(b, dtype=torch.bool)
     ops = torch.full((b, 2), -1, dtype=torch.int32)
     vals = torch.zeros(b, 2)
     coefs = torch.zeros(b, 2, 6)
-    _, xo, yo = P.O.affine_grid_coefficients(torch.eye(2, 3).view(1, 2, 3), s, s, mode="bilinear")
-    if params.policy:
-        for slot, (op, value) in enumerate(P.autoaugment_params(b, params.policy, generator=generator)):
-            ops[:, slot] = torch.where(op >= 0, _AA_CODES[op.clamp(min=0)], -1)
-            vals[:, slot] = value
-            coefs[:, slot] = P.geometric_coefficients(op, value, s, s, P.AUTOAUGMENT_OPS, P._AA_MODES)
+    for slot, (op, value) in enumerate(slots):
+        ops[:, slot] = torch.where(op >= 0, _AA_CODES[op.clamp(min=0)], -1)
+        vals[:, slot] = value
+        coefs[:, slot] = P.geometric_coefficients(op, value, s, s, P.AUTOAUGMENT_OPS, P._AA_MODES)
+    if s not in _GRID_CACHE:
+        _GRID_CACHE[s] = P.O.affine_grid_coefficients(torch.eye(2, 3).view(1, 2, 3), s, s, mode="bilinear")[1:]
+    xo, yo = _GRID_CACHE[s]
     erase_box = torch.zeros(b, 4, dtype=torch.int64)
     erase_slot = torch.full((b,), -1, dtype=torch.int64)
     noise = torch.zeros(0, c, s, s)
-    if params.erase_p > 0:
-        idx, e_top, e_left, e_h, e_w, e_noise = A.random_erasing_params(
-            (b, c, s, s), p=params.erase_p, max_area=params.erase_max_area, min_aspect=params.erase_min_aspect,
-            mode=params.erase_mode, generator=generator)
+    if erase is not None:
+        idx, e_top, e_left, e_h, e_w, e_noise = erase
         erase_box[idx] = torch.stack([e_top, e_left, e_h, e_w], dim=1)
         erase_slot[idx] = torch.arange(idx.numel())
         if e_noise is not None:
-            noise = e_noise.contiguous()
-    scale, shift = normalize.coefficients(c, "cpu")
-    fill = torch.full((c,), 128.0)
+            noise = e_noise.float().contiguous()
     out = torch.empty(b, c, s, s)
-    _run(_fused_kernel, x.numpy(), params.padding, top.numpy(), left.numpy(), flip.numpy(), ops.numpy(),
-         vals.numpy(), coefs.numpy(), xo.numpy(), yo.numpy(), fill.numpy(), scale.reshape(c).numpy(),
-         shift.reshape(c).numpy(), erase_box.numpy(), erase_slot.numpy(), noise.numpy(), out.numpy())
+    _run(_fused_kernel, x.numpy(), padding, top.long().numpy(), left.long().numpy(), flip.bool().numpy(),
+         ops.numpy(), vals.numpy(), coefs.numpy(), xo.numpy(), yo.numpy(), torch.full((c,), float(fill)).numpy(),
+         scale.float().contiguous().numpy(), shift.float().contiguous().numpy(), erase_box.numpy(),
+         erase_slot.numpy(), noise.numpy(), out.numpy())
     return out
 
 

@@ -219,9 +219,13 @@ def geometric_coefficients(op: torch.Tensor, value: torch.Tensor, h: int, w: int
     geometric op (op indexes `names`; other samples: the identity, unused), computed with the same
     tensor ops as `apply_op_slot` + `affine` so the positions are bit-identical."""
     b = op.shape[0]
+    counts = torch.bincount(op + 1, minlength=len(names) + 1).tolist()  # host sync: skip absent ops
+    present = [i for i, n in enumerate(names) if n in GEOMETRIC_OPS and counts[i + 1]]
+    if not present:
+        return torch.zeros(b, 6, device=op.device)
     matrix = _IDENTITY.to(op.device).expand(b, 2, 3)
     for i, n in enumerate(names):
-        if n in GEOMETRIC_OPS:
+        if i in present:
             matrix = torch.where((op == i).view(b, 1, 1), GEOMETRIC_OPS[n](value, h, w), matrix)
     # affine's nearest-mode nudge, per sample: adding exactly 0 elsewhere leaves the other samples'
     # values unchanged, so one call serves every mode
