@@ -3,9 +3,9 @@
 The batched torch executor runs ~20 small ops per view size, each over the whole batch plus the
 grouping (sort, index_select, index_copy) of every probability-p op; on the CPU that dispatch and
 copying, not the arithmetic, is the cost. Here each (view, image) pair is one `prange` iteration that
-resamples its box straight from the uint8 image and runs the photometric ops on that small tile while
-it is in cache: RandomResizedCrop (+ flip), ColorJitter in the sample's order, grayscale, Gaussian
-blur, solarize, normalization.
+resamples its box straight from the image (the batch as float32, converted once per view size) and
+runs the photometric ops on that small tile while it is in cache: RandomResizedCrop (+ flip),
+ColorJitter in the sample's order, grayscale, Gaussian blur, solarize, normalization.
 
 The random parameters are drawn by `MultiCrop.draw` in torch, from the caller's generator, exactly as
 the torch executor consumes them, so both executors give the same views for the same seed (up to
