@@ -40,19 +40,16 @@ EXECUTORS = ("auto", "torch", "fused")
 
 # kernel op codes (independent of the order of the policy op lists)
 _INVERT, _AUTOCONTRAST, _EQUALIZE, _SOLARIZE, _POSTERIZE = 0, 1, 2, 3, 4
-_COLOR, _CONTRAST, _BRIGHTNESS, _SHARPNESS, _NEAREST, _BILINEAR = 5, 6, 7, 8, 9, 10
-_PIXEL_CODES = {"invert": _INVERT, "autocontrast": _AUTOCONTRAST, "equalize": _EQUALIZE, "solarize": _SOLARIZE,
-                "posterize": _POSTERIZE, "color": _COLOR, "contrast": _CONTRAST, "brightness": _BRIGHTNESS,
-                "sharpness": _SHARPNESS}
-_GEOMETRIC_CODES = {"nearest": _NEAREST, "bilinear": _BILINEAR}
-
-
-def _op_codes(names: list[str], modes: dict[str, str]) -> torch.Tensor:
-    codes = [_PIXEL_CODES[n] if n in _PIXEL_CODES else _GEOMETRIC_CODES[modes[n]] for n in names]
-    return torch.tensor(codes, dtype=torch.int32)
-
-
-_AA_CODES = _op_codes(P.AUTOAUGMENT_OPS, P._AA_MODES)
+_COLOR, _CONTRAST, _BRIGHTNESS, _SHARPNESS = 5, 6, 7, 8
+# geometric ops with AutoAugment's interpolation: shears bilinear, translations and rotation nearest
+_SHEAR_X, _SHEAR_Y, _TRANSLATE_X, _TRANSLATE_Y, _ROTATE = 9, 10, 11, 12, 13
+_CODES = {"invert": _INVERT, "autocontrast": _AUTOCONTRAST, "equalize": _EQUALIZE, "solarize": _SOLARIZE,
+          "posterize": _POSTERIZE, "color": _COLOR, "contrast": _CONTRAST, "brightness": _BRIGHTNESS,
+          "sharpness": _SHARPNESS, "shear_x": _SHEAR_X, "shear_y": _SHEAR_Y, "translate_x": _TRANSLATE_X,
+          "translate_y": _TRANSLATE_Y, "rotate": _ROTATE}
+assert all(P._AA_MODES[n] == ("bilinear" if n.startswith("shear") else "nearest") for n in P.GEOMETRIC_OPS)
+# AUTOAUGMENT_OPS index -> kernel op code
+_AA_CODES = np.array([_CODES[n] for n in P.AUTOAUGMENT_OPS], dtype=np.int64)
 
 F32 = np.float32
 _ZERO, _ONE, _HALF, _MAX = F32(0.0), F32(1.0), F32(0.5), F32(255.0)
@@ -185,17 +182,55 @@ def _pixel_op(img, tmp, code, v):
 
 
 @njit(cache=True, fastmath=False)
+def _floor_int(v):
+    """floor of a float32 as an int without a libm call (|v| is a pixel coordinate: no overflow)."""
+    n = int(v)
+    return n - 1 if v < n else n
+
+
+@njit(cache=True, fastmath=False)
 def _round_half_even(v):
-    f = np.floor(v)
-    n = int(f)
-    d = v - f
+    n = _floor_int(v)
+    d = v - F32(n)
     if d > _HALF or (d == _HALF and (n & 1) != 0):
         n += 1
     return n
 
 
 @njit(cache=True, fastmath=False)
-def _affine(img, out, code, coef, xo, yo, fill):
+def _geometric_coefficients(coef, code, v, cos, sin, s):
+    """coef[0:6] = augment_ops.affine_grid_coefficients of the op's PIL AFFINE matrix on an s x s image, by
+    the same float32 operations as GEOMETRIC_OPS + affine (cos, sin = torch's cos / sin of the rotation
+    in radians), so that nearest-neighbour indices agree exactly."""
+    size = F32(s)
+    zero, one = _ZERO, _ONE
+    a, b, c, d, e, f = one, zero, zero, zero, one, zero
+    if code == _SHEAR_X:
+        b = v
+    elif code == _SHEAR_Y:
+        d = v
+    elif code == _TRANSLATE_X:
+        c = v * size
+    elif code == _TRANSLATE_Y:
+        f = v * size
+    else:  # rotate about the centre
+        centre = F32(s / 2.0)
+        a, b, d, e = cos, sin, -sin, cos
+        c = (centre - cos * centre) - sin * centre
+        f = (centre + sin * centre) - cos * centre
+    if code != _SHEAR_X and code != _SHEAR_Y:  # affine's nearest-mode nudge
+        c, f = c + F32(1e-4), f + F32(1e-4)
+    two = F32(2.0)
+    coef[0] = a
+    coef[1] = b * size / size
+    coef[2] = ((a + b * size / size) + two * c / size) - one
+    coef[3] = d * size / size
+    coef[4] = e
+    coef[5] = ((d * size / size + e) + two * f / size) - one
+
+
+@njit(cache=True, fastmath=False)
+def _affine(img, out, nearest, coef, xo, yo, fill):
     """grid_sample(img - fill, grid, zeros padding, align_corners=False) + fill, as augment_ops.affine,
     with the grid gx = coef0*xo + (coef1*yo + coef2), gy likewise, unnormalized as grid_sample does."""
     c, h, w = img.shape
@@ -207,7 +242,7 @@ def _affine(img, out, code, coef, xo, yo, fill):
         for j in range(w):
             ix = (a0 * xo[j] + row_x + _ONE) * half_w - _HALF
             iy = (a3 * xo[j] + row_y + _ONE) * half_h - _HALF
-            if code == _NEAREST:
+            if nearest:
                 xi, yi = _round_half_even(ix), _round_half_even(iy)
                 if 0 <= xi < w and 0 <= yi < h:
                     for k in range(c):
@@ -216,9 +251,8 @@ def _affine(img, out, code, coef, xo, yo, fill):
                     for k in range(c):
                         out[k, i, j] = fill[k]
                 continue
-            fx, fy = np.floor(ix), np.floor(iy)
-            x0, y0 = int(fx), int(fy)
-            we, ws = ix - fx, iy - fy
+            x0, y0 = _floor_int(ix), _floor_int(iy)
+            we, ws = ix - F32(x0), iy - F32(y0)
             ww, wn = _ONE - we, _ONE - ws
             w_nw, w_ne, w_sw, w_se = wn * ww, wn * we, ws * ww, ws * we
             in_w, in_e = 0 <= x0 < w, 0 <= x0 + 1 < w
@@ -239,7 +273,7 @@ def _affine(img, out, code, coef, xo, yo, fill):
 
 
 @njit(parallel=True, cache=True, fastmath=False)
-def _fused_kernel(src, pad, top, left, flip, ops, vals, coefs, xo, yo, fill, scale, shift,
+def _fused_kernel(src, pad, top, left, flip, ops, vals, cos, sin, codes, xo, yo, fill, scale, shift,
                   erase_box, erase_slot, noise, out):
     """src uint8 [B, C, H, W] -> out float32 [B, C, S, S]; see fused_pad_crop_batch for the parameters."""
     b_n, c, h, w = src.shape
@@ -247,6 +281,7 @@ def _fused_kernel(src, pad, top, left, flip, ops, vals, coefs, xo, yo, fill, sca
     for b in prange(b_n):
         img = np.zeros((c, s, s), np.float32)
         tmp = np.empty((c, s, s), np.float32)
+        coef = np.empty(6, np.float32)
         # crop column j reads source column x0 + j (x0 - j when flipped); only the in-image span is copied
         if flip[b]:
             x0 = left[b] - pad + s - 1
@@ -263,15 +298,16 @@ def _fused_kernel(src, pad, top, left, flip, ops, vals, coefs, xo, yo, fill, sca
                 else:
                     for j in range(j_lo, j_hi):
                         img[k, i, j] = F32(src[b, k, r, x0 + j])
-        for slot in range(ops.shape[1]):
-            code = ops[b, slot]
-            if code < 0:
+        for slot in range(ops.shape[0]):
+            if ops[slot, b] < 0:
                 continue
-            if code == _NEAREST or code == _BILINEAR:
-                _affine(img, tmp, code, coefs[b, slot], xo, yo, fill)
+            code = codes[ops[slot, b]]
+            if code >= _SHEAR_X:
+                _geometric_coefficients(coef, code, vals[slot, b], cos[slot, b], sin[slot, b], s)
+                _affine(img, tmp, code >= _TRANSLATE_X, coef, xo, yo, fill)
                 img[:] = tmp
             else:
-                _pixel_op(img, tmp, code, vals[b, slot])
+                _pixel_op(img, tmp, code, vals[slot, b])
         for k in range(c):
             sc, sh = scale[k], shift[k]
             for i in range(s):
@@ -394,13 +430,12 @@ def apply_pad_crop(x: torch.Tensor, *, size: int, padding: int, top: torch.Tenso
     s = size
     if flip is None:
         flip = torch.zeros(b, dtype=torch.bool)
-    ops = torch.full((b, 2), -1, dtype=torch.int32)
-    vals = torch.zeros(b, 2)
-    coefs = torch.zeros(b, 2, 6)
-    for slot, (op, value) in enumerate(slots):
-        ops[:, slot] = torch.where(op >= 0, _AA_CODES[op.clamp(min=0)], -1)
-        vals[:, slot] = value
-        coefs[:, slot] = P.geometric_coefficients(op, value, s, s, P.AUTOAUGMENT_OPS, P._AA_MODES)
+    ops = torch.stack([op.long() for op, _ in slots]) if slots else torch.zeros(0, b, dtype=torch.long)
+    vals = torch.stack([v.float() for _, v in slots]) if slots else torch.zeros(0, b)
+    # rotate_matrix's cos / sin, computed by torch on the same [B] tensors as the torch path
+    radians = [torch.deg2rad(-v) for v in vals]
+    cos = torch.stack([torch.cos(r) for r in radians]) if slots else vals
+    sin = torch.stack([torch.sin(r) for r in radians]) if slots else vals
     if s not in _GRID_CACHE:
         _GRID_CACHE[s] = P.O.affine_grid_coefficients(torch.eye(2, 3).view(1, 2, 3), s, s, mode="bilinear")[1:]
     xo, yo = _GRID_CACHE[s]
@@ -415,7 +450,8 @@ def apply_pad_crop(x: torch.Tensor, *, size: int, padding: int, top: torch.Tenso
             noise = e_noise.float().contiguous()
     out = torch.empty(b, c, s, s)
     _run(_fused_kernel, x.numpy(), padding, top.long().numpy(), left.long().numpy(), flip.bool().numpy(),
-         ops.numpy(), vals.numpy(), coefs.numpy(), xo.numpy(), yo.numpy(), torch.full((c,), float(fill)).numpy(),
+         ops.numpy(), vals.numpy(), cos.numpy(), sin.numpy(), _AA_CODES, xo.numpy(), yo.numpy(),
+         torch.full((c,), float(fill)).numpy(),
          scale.float().contiguous().numpy(), shift.float().contiguous().numpy(), erase_box.numpy(),
          erase_slot.numpy(), noise.numpy(), out.numpy())
     return out

@@ -213,29 +213,6 @@ def autoaugment_(x: torch.Tensor, policy: str, *, generator: torch.Generator | N
     return x
 
 
-def geometric_coefficients(op: torch.Tensor, value: torch.Tensor, h: int, w: int, names: list[str],
-                           modes: dict[str, str]) -> torch.Tensor:
-    """[b, 6] float32 sampling-grid coefficients (`augment_ops.affine_grid_coefficients`) of each sample's
-    geometric op (op indexes `names`; other samples: the identity, unused), computed with the same
-    tensor ops as `apply_op_slot` + `affine` so the positions are bit-identical."""
-    b = op.shape[0]
-    counts = torch.bincount(op + 1, minlength=len(names) + 1).tolist()  # host sync: skip absent ops
-    present = [i for i, n in enumerate(names) if n in GEOMETRIC_OPS and counts[i + 1]]
-    if not present:
-        return torch.zeros(b, 6, device=op.device)
-    matrix = _IDENTITY.to(op.device).expand(b, 2, 3)
-    for i, n in enumerate(names):
-        if i in present:
-            matrix = torch.where((op == i).view(b, 1, 1), GEOMETRIC_OPS[n](value, h, w), matrix)
-    # affine's nearest-mode nudge, per sample: adding exactly 0 elsewhere leaves the other samples'
-    # values unchanged, so one call serves every mode
-    nearest = torch.tensor([modes.get(n) == "nearest" for n in names], device=op.device)[op.clamp(min=0)]
-    nudge = torch.where(nearest & (op >= 0), 1e-4, 0.0).view(b, 1)
-    matrix = matrix.to(torch.float32).clone()
-    matrix[:, :, 2] += nudge
-    return O.affine_grid_coefficients(matrix, h, w, mode="bilinear")[0]
-
-
 def autoaugment(x: torch.Tensor, policy: str = "cifar10", *, generator: torch.Generator | None = None,
                 fill=128.0) -> torch.Tensor:
     """AutoAugment with `policy` ("cifar10" | "svhn" | "imagenet") on a uint8 or float 0..255 batch.
