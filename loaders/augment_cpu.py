@@ -31,6 +31,7 @@ import numba
 import numpy as np
 import torch
 from numba import njit, prange
+from numba.extending import intrinsic
 
 from fastvit.errors import UserError
 
@@ -66,11 +67,17 @@ def _clamp(v):
     return min(max(v, _ZERO), _MAX)
 
 
-@njit(cache=True, fastmath=False)
-def _fma(a, b, c):
-    """float32 a*b + c rounded once, as torch's addcmul / lerp kernels (FMA): the float64 product of two
-    float32 values is exact."""
-    return F32(np.float64(a) * np.float64(b) + np.float64(c))
+@intrinsic
+def _fma(typingctx, a, b, c):
+    """float32 a*b + c rounded once (llvm.fma), as torch's addcmul / lerp / grid_sample kernels compute."""
+    f32 = numba.types.float32
+    if not (a == f32 and b == f32 and c == f32):
+        return None  # float32 only: a float64 argument would change the rounding
+
+    def codegen(context, builder, signature, args):
+        return builder.fma(*args)
+
+    return f32(f32, f32, f32), codegen
 
 
 @njit(cache=True, fastmath=False)
