@@ -237,46 +237,61 @@ def _geometric_coefficients(coef, code, v, cos, sin, s):
 
 
 @njit(cache=True, fastmath=False)
-def _affine(img, out, nearest, coef, xo, yo, fill):
+def _affine(img, out, shifted, nearest, coef, xo, yo, fill):
     """grid_sample(img - fill, grid, zeros padding, align_corners=False) + fill, as augment_ops.affine,
-    with the grid gx = coef0*xo + (coef1*yo + coef2), gy likewise, unnormalized as grid_sample does."""
+    with the grid gx = coef0*xo + (coef1*yo + coef2), gy likewise, unnormalized as grid_sample does.
+    shifted: scratch of img's shape (receives img - fill)."""
     c, h, w = img.shape
+    for k in range(c):
+        for i in range(h):
+            for j in range(w):
+                shifted[k, i, j] = img[k, i, j] - fill[k]
     half_w, half_h = F32(w / 2.0), F32(h / 2.0)
     a0, a1, a2, a3, a4, a5 = coef[0], coef[1], coef[2], coef[3], coef[4], coef[5]
+    col_x, col_y = np.empty(w, np.float32), np.empty(w, np.float32)
+    for j in range(w):
+        col_x[j], col_y[j] = a0 * xo[j], a3 * xo[j]
     for i in range(h):
         row_x = a1 * yo[i] + a2
         row_y = a4 * yo[i] + a5
-        for j in range(w):
-            ix = (a0 * xo[j] + row_x + _ONE) * half_w - _HALF
-            iy = (a3 * xo[j] + row_y + _ONE) * half_h - _HALF
-            if nearest:
-                xi, yi = _round_half_even(ix), _round_half_even(iy)
+        if nearest:
+            for j in range(w):
+                xi = _round_half_even((col_x[j] + row_x + _ONE) * half_w - _HALF)
+                yi = _round_half_even((col_y[j] + row_y + _ONE) * half_h - _HALF)
                 if 0 <= xi < w and 0 <= yi < h:
                     for k in range(c):
-                        out[k, i, j] = (img[k, yi, xi] - fill[k]) + fill[k]
+                        out[k, i, j] = shifted[k, yi, xi] + fill[k]
                 else:
                     for k in range(c):
                         out[k, i, j] = fill[k]
-                continue
+            continue
+        for j in range(w):
+            ix = (col_x[j] + row_x + _ONE) * half_w - _HALF
+            iy = (col_y[j] + row_y + _ONE) * half_h - _HALF
             x0, y0 = _floor_int(ix), _floor_int(iy)
             we, ws = ix - F32(x0), iy - F32(y0)
             ww, wn = _ONE - we, _ONE - ws
             w_nw, w_ne, w_sw, w_se = wn * ww, wn * we, ws * ww, ws * we
+            # grid_sample accumulates the taps nw, ne, sw, se by FMA; taps outside the image add 0
+            if 0 <= x0 and x0 + 1 < w and 0 <= y0 and y0 + 1 < h:
+                for k in range(c):
+                    acc = _fma(shifted[k, y0, x0 + 1], w_ne, shifted[k, y0, x0] * w_nw)
+                    acc = _fma(shifted[k, y0 + 1, x0], w_sw, acc)
+                    out[k, i, j] = _fma(shifted[k, y0 + 1, x0 + 1], w_se, acc) + fill[k]
+                continue
             in_w, in_e = 0 <= x0 < w, 0 <= x0 + 1 < w
             in_n, in_s = 0 <= y0 < h, 0 <= y0 + 1 < h
             for k in range(c):
-                # grid_sample accumulates the taps nw, ne, sw, se by FMA; taps outside add 0
-                f = fill[k]
                 acc = _ZERO
                 if in_n and in_w:
-                    acc = _fma(img[k, y0, x0] - f, w_nw, acc)
+                    acc = _fma(shifted[k, y0, x0], w_nw, acc)
                 if in_n and in_e:
-                    acc = _fma(img[k, y0, x0 + 1] - f, w_ne, acc)
+                    acc = _fma(shifted[k, y0, x0 + 1], w_ne, acc)
                 if in_s and in_w:
-                    acc = _fma(img[k, y0 + 1, x0] - f, w_sw, acc)
+                    acc = _fma(shifted[k, y0 + 1, x0], w_sw, acc)
                 if in_s and in_e:
-                    acc = _fma(img[k, y0 + 1, x0 + 1] - f, w_se, acc)
-                out[k, i, j] = acc + f
+                    acc = _fma(shifted[k, y0 + 1, x0 + 1], w_se, acc)
+                out[k, i, j] = acc + fill[k]
 
 
 @njit(parallel=True, cache=True, fastmath=False)
@@ -288,6 +303,7 @@ def _fused_kernel(src, pad, top, left, flip, ops, vals, cos, sin, codes, xo, yo,
     for b in prange(b_n):
         img = np.zeros((c, s, s), np.float32)
         tmp = np.empty((c, s, s), np.float32)
+        scratch = np.empty((c, s, s), np.float32)
         coef = np.empty(6, np.float32)
         # crop column j reads source column x0 + j (x0 - j when flipped); only the in-image span is copied
         if flip[b]:
@@ -311,7 +327,7 @@ def _fused_kernel(src, pad, top, left, flip, ops, vals, cos, sin, codes, xo, yo,
             code = codes[ops[slot, b]]
             if code >= _SHEAR_X:
                 _geometric_coefficients(coef, code, vals[slot, b], cos[slot, b], sin[slot, b], s)
-                _affine(img, tmp, code >= _TRANSLATE_X, coef, xo, yo, fill)
+                _affine(img, tmp, scratch, code >= _TRANSLATE_X, coef, xo, yo, fill)
                 img[:] = tmp
             else:
                 _pixel_op(img, tmp, code, vals[slot, b])
