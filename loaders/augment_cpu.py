@@ -296,10 +296,11 @@ def _affine(img, out, shifted, nearest, coef, xo, yo, fill):
 
 @njit(parallel=True, cache=True, fastmath=False)
 def _fused_kernel(src, pad, top, left, flip, ops, vals, cos, sin, codes, xo, yo, fill, scale, shift,
-                  erase_box, erase_slot, noise, out):
-    """src uint8 [B, C, H, W] -> out float32 [B, C, S, S]; see fused_pad_crop_batch for the parameters."""
+                  erase_idx, erase_top, erase_left, erase_h, erase_w, noise, out):
+    """src uint8 [B, C, H, W] -> out float32 [B, C, S, S]; see apply_pad_crop for the parameters."""
     b_n, c, h, w = src.shape
     s = out.shape[2]
+    erase_slot = _slots(erase_idx, b_n)
     for b in prange(b_n):
         img = np.zeros((c, s, s), np.float32)
         tmp = np.empty((c, s, s), np.float32)
@@ -338,7 +339,7 @@ def _fused_kernel(src, pad, top, left, flip, ops, vals, cos, sin, codes, xo, yo,
                     out[b, k, i, j] = _fma(img[k, i, j], sc, sh)
         slot = erase_slot[b]
         if slot >= 0:
-            e_top, e_left, e_h, e_w = erase_box[b, 0], erase_box[b, 1], erase_box[b, 2], erase_box[b, 3]
+            e_top, e_left, e_h, e_w = erase_top[slot], erase_left[slot], erase_h[slot], erase_w[slot]
             for k in range(c):
                 for i in range(e_top, e_top + e_h):
                     for j in range(e_left, e_left + e_w):
@@ -346,12 +347,21 @@ def _fused_kernel(src, pad, top, left, flip, ops, vals, cos, sin, codes, xo, yo,
 
 
 @njit(cache=True, fastmath=False)
-def _blend(out, start, end, s, cut, lam, box):
+def _slots(idx, n):
+    """[n] int64: k where idx[k] == i, else -1."""
+    slot = np.full(n, -1, np.int64)
+    for k in range(idx.shape[0]):
+        slot[idx[k]] = k
+    return slot
+
+
+@njit(cache=True, fastmath=False)
+def _blend(out, start, end, s, cut, lam, box_top, box_left, box_h, box_w):
     """out = lerp(start, end, weight) for mixed sample slot s: CutMix's weight 0 inside the box and 1
     outside makes exact copies; Mixup's weight is one lam per sample."""
     c, h, w = out.shape
     if cut[s]:
-        top, left, bottom, right = box[s, 0], box[s, 1], box[s, 0] + box[s, 2], box[s, 1] + box[s, 3]
+        top, left, bottom, right = box_top[s], box_left[s], box_top[s] + box_h[s], box_left[s] + box_w[s]
         for k in range(c):
             for r in range(h):
                 for q in range(w):
@@ -367,11 +377,12 @@ def _blend(out, start, end, s, cut, lam, box):
 
 
 @njit(parallel=True, cache=True, fastmath=False)
-def _mix_kernel(x, slot_of, cut, lam, box):
+def _mix_kernel(x, idx, cut, lam, top, left, height, width):
     """In place Mixup / CutMix of x [B, C, S, S] with the mirrored batch, as augment.mixup_cutmix_:
-    sample i (slot_of[i] >= 0) becomes torch.lerp(x[B-1-i], x[i], weight). Pairs (i, B-1-i) are one
+    sample idx[k] becomes torch.lerp(x[B-1-idx[k]], x[idx[k]], weight). Pairs (i, B-1-i) are one
     iteration, so both read the old values."""
     b_n = x.shape[0]
+    slot_of = _slots(idx, b_n)
     for p in prange((b_n + 1) // 2):
         i, j = p, b_n - 1 - p
         si, sj = slot_of[i], slot_of[j]
@@ -379,9 +390,9 @@ def _mix_kernel(x, slot_of, cut, lam, box):
             continue  # the middle sample of an odd batch is mixed with itself: unchanged
         own, other = x[i].copy(), x[j].copy()
         if si >= 0:
-            _blend(x[i], other, own, si, cut, lam, box)
+            _blend(x[i], other, own, si, cut, lam, top, left, height, width)
         if sj >= 0:
-            _blend(x[j], own, other, sj, cut, lam, box)
+            _blend(x[j], own, other, sj, cut, lam, top, left, height, width)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -462,21 +473,16 @@ def apply_pad_crop(x: torch.Tensor, *, size: int, padding: int, top: torch.Tenso
     if s not in _GRID_CACHE:
         _GRID_CACHE[s] = P.O.affine_grid_coefficients(torch.eye(2, 3).view(1, 2, 3), s, s, mode="bilinear")[1:]
     xo, yo = _GRID_CACHE[s]
-    erase_box = torch.zeros(b, 4, dtype=torch.int64)
-    erase_slot = torch.full((b,), -1, dtype=torch.int64)
-    noise = torch.zeros(0, c, s, s)
-    if erase is not None:
-        idx, e_top, e_left, e_h, e_w, e_noise = erase
-        erase_box[idx] = torch.stack([e_top, e_left, e_h, e_w], dim=1)
-        erase_slot[idx] = torch.arange(idx.numel())
-        if e_noise is not None:
-            noise = e_noise.float().contiguous()
+    none = torch.zeros(0, dtype=torch.int64)
+    idx, e_top, e_left, e_h, e_w, noise = erase if erase is not None else (none,) * 5 + (None,)
+    noise = torch.zeros(0, c, s, s) if noise is None else noise.float().contiguous()
     out = torch.empty(b, c, s, s)
     _run(_fused_kernel, x.numpy(), padding, top.long().numpy(), left.long().numpy(), flip.bool().numpy(),
          ops.numpy(), vals.numpy(), cos.numpy(), sin.numpy(), _AA_CODES, xo.numpy(), yo.numpy(),
          torch.full((c,), float(fill)).numpy(),
-         scale.float().contiguous().numpy(), shift.float().contiguous().numpy(), erase_box.numpy(),
-         erase_slot.numpy(), noise.numpy(), out.numpy())
+         scale.float().contiguous().numpy(), shift.float().contiguous().numpy(), idx.long().numpy(),
+         e_top.long().numpy(), e_left.long().numpy(), e_h.long().numpy(), e_w.long().numpy(), noise.numpy(),
+         out.numpy())
     return out
 
 
@@ -491,10 +497,8 @@ def fused_mixup_cutmix_(x: torch.Tensor, labels: torch.Tensor, params, *, num_cl
         generator=generator, device=x.device)
     if draws is None:
         return x, targets
-    slot_of = torch.full((x.shape[0],), -1, dtype=torch.int64)
-    slot_of[draws.idx] = torch.arange(draws.idx.numel())
-    box = torch.stack([draws.top, draws.left, draws.height, draws.width], dim=1)
-    _run(_mix_kernel, x.numpy(), slot_of.numpy(), draws.cut.numpy(), draws.lam.float().numpy(), box.numpy())
+    _run(_mix_kernel, x.numpy(), draws.idx.numpy(), draws.cut.numpy(), draws.lam.float().numpy(),
+         draws.top.numpy(), draws.left.numpy(), draws.height.numpy(), draws.width.numpy())
     return x, targets
 
 
