@@ -377,22 +377,47 @@ def _blend(out, start, end, s, cut, lam, box_top, box_left, box_h, box_w):
 
 
 @njit(parallel=True, cache=True, fastmath=False)
-def _mix_kernel(x, idx, cut, lam, top, left, height, width):
-    """In place Mixup / CutMix of x [B, C, S, S] with the mirrored batch, as augment.mixup_cutmix_:
-    sample idx[k] becomes torch.lerp(x[B-1-idx[k]], x[idx[k]], weight). Pairs (i, B-1-i) are one
-    iteration, so both read the old values."""
-    b_n = x.shape[0]
-    slot_of = _slots(idx, b_n)
+def _mix_kernel(x, labels, on, off, prob, switch, both, has_mix, has_cut, u, lam_mix, lam_cut, cy, cx, targets):
+    """In place Mixup / CutMix of x [B, C, S, S] with the mirrored batch, and the soft targets [B, K],
+    from the raw draws of augment.mixup_cutmix_params (u [2, B], Beta draws, box centres cy, cx) with
+    its float32 arithmetic: mixed sample i becomes torch.lerp(x[B-1-i], x[i], weight), weight = its
+    Mixup lam, or CutMix's 0 inside the box and 1 outside (lam corrected to the kept area)."""
+    b_n, _, h, w = x.shape
+    mixed = np.empty(b_n, np.bool_)
+    use_cut = np.empty(b_n, np.bool_)
+    top, left = np.zeros(b_n, np.int64), np.zeros(b_n, np.int64)
+    box_h, box_w = np.zeros(b_n, np.int64), np.zeros(b_n, np.int64)
+    lam = np.empty(b_n, np.float32)
+    for i in range(b_n):
+        mixed[i] = u[0, i] < prob
+        use_cut[i] = u[1, i] < switch if both else has_cut
+        lam[i] = lam_mix[i] if has_mix else lam_cut[i]
+        if has_cut:
+            side = np.sqrt(_ONE - lam_cut[i])
+            half_h, half_w = int(side * F32(h)) // 2, int(side * F32(w)) // 2
+            y0, y1 = min(max(cy[i] - half_h, 0), h), min(max(cy[i] + half_h, 0), h)
+            x0, x1 = min(max(cx[i] - half_w, 0), w), min(max(cx[i] + half_w, 0), w)
+            top[i], left[i], box_h[i], box_w[i] = y0, x0, y1 - y0, x1 - x0
+            if use_cut[i]:
+                lam[i] = _ONE - F32((y1 - y0) * (x1 - x0)) / F32(h * w)
+        if not mixed[i]:
+            lam[i] = _ONE
+    for i in range(b_n):
+        keep, give = lam[i], _ONE - lam[i]
+        for k in range(targets.shape[1]):
+            mine = on if labels[i] == k else off
+            theirs = on if labels[b_n - 1 - i] == k else off
+            targets[i, k] = keep * mine + give * theirs
+    weight = lam_mix if has_mix else np.zeros(b_n, np.float32)
     for p in prange((b_n + 1) // 2):
         i, j = p, b_n - 1 - p
-        si, sj = slot_of[i], slot_of[j]
-        if j == i or (si < 0 and sj < 0):
+        if j == i or not (mixed[i] or mixed[j]):
             continue  # the middle sample of an odd batch is mixed with itself: unchanged
         own, other = x[i].copy(), x[j].copy()
-        if si >= 0:
-            _blend(x[i], other, own, si, cut, lam, top, left, height, width)
-        if sj >= 0:
-            _blend(x[j], own, other, sj, cut, lam, top, left, height, width)
+        if mixed[i]:
+            _blend(x[i], other, own, i, use_cut, weight, top, left, box_h, box_w)
+        if mixed[j]:
+            _blend(x[j], own, other, j, use_cut, weight, top, left, box_h, box_w)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -488,17 +513,27 @@ def apply_pad_crop(x: torch.Tensor, *, size: int, padding: int, top: torch.Tenso
 
 def fused_mixup_cutmix_(x: torch.Tensor, labels: torch.Tensor, params, *, num_classes: int,
                         generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """augment.mixup_cutmix_ (same draws, same float32 arithmetic) with the blend done by one numba pass."""
+    """augment.mixup_cutmix_ on a CPU batch: the same draws from the generator (order and shapes of
+    `mixup_cutmix_params`), the rest (boxes, lam, targets, blend) in one numba pass."""
     from . import augment as A
 
-    targets, draws = A.mixup_cutmix_params(
-        x.shape, labels, num_classes=num_classes, mixup_alpha=params.mixup_alpha, cutmix_alpha=params.cutmix_alpha,
-        prob=params.mix_prob, switch_prob=params.switch_prob, label_smoothing=params.label_smoothing,
-        generator=generator, device=x.device)
-    if draws is None:
-        return x, targets
-    _run(_mix_kernel, x.numpy(), draws.idx.numpy(), draws.cut.numpy(), draws.lam.float().numpy(),
-         draws.top.numpy(), draws.left.numpy(), draws.height.numpy(), draws.width.numpy())
+    p, b = params, x.shape[0]
+    if p.mixup_alpha <= 0 and p.cutmix_alpha <= 0:
+        return x, A.smooth_one_hot(labels, num_classes, p.label_smoothing)
+    u = torch.rand(2, b, generator=generator)
+    empty = torch.zeros(0)
+    lam_mix = A.sample_beta(p.mixup_alpha, b, generator=generator) if p.mixup_alpha > 0 else empty
+    lam_cut = A.sample_beta(p.cutmix_alpha, b, generator=generator) if p.cutmix_alpha > 0 else empty
+    none = torch.zeros(0, dtype=torch.long)
+    height, width = x.shape[2:]
+    cy = torch.randint(0, height, (b,), generator=generator) if p.cutmix_alpha > 0 else none
+    cx = torch.randint(0, width, (b,), generator=generator) if p.cutmix_alpha > 0 else none
+    off = p.label_smoothing / num_classes  # as smooth_one_hot: float32 of the float64 values
+    targets = torch.empty(b, num_classes)
+    _run(_mix_kernel, x.numpy(), labels.long().contiguous().numpy(), F32(1.0 - p.label_smoothing + off), F32(off),
+         F32(p.mix_prob), F32(p.switch_prob), p.mixup_alpha > 0 and p.cutmix_alpha > 0, p.mixup_alpha > 0,
+         p.cutmix_alpha > 0, u.numpy(), lam_mix.float().numpy(), lam_cut.float().numpy(), cy.numpy(), cx.numpy(),
+         targets.numpy())
     return x, targets
 
 

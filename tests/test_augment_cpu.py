@@ -69,7 +69,9 @@ def test_fused_recipe_equals_torch_path_for_the_same_seed(policy, c):
     dict(mixup_alpha=0.0, mix_prob=1.0),  # cutmix only
     dict(cutmix_alpha=0.0, mix_prob=1.0, mixup_alpha=0.4),  # mixup only, Beta(0.4)
     dict(mixup_alpha=0, cutmix_alpha=0, label_smoothing=0, erase_p=0),  # integer targets
-], ids=["recipe", "erase-pixel", "cutmix", "mixup", "no-mixing"])
+    dict(mixup_alpha=0, cutmix_alpha=0),  # smoothed one-hot only
+    dict(mix_prob=0.3, switch_prob=0.7, mixup_alpha=2.0, cutmix_alpha=0.5, label_smoothing=0.2),
+], ids=["recipe", "erase-pixel", "cutmix", "mixup", "no-mixing", "smoothing-only", "other-probs"])
 def test_fused_erasing_and_mixing_variants_equal_torch_path(params):
     x, y = images(b=33, seed=4), torch.arange(33) % 10  # odd batch: the middle sample pairs with itself
     (out, target), (ref, ref_target) = both(x, y, 6, **params)
