@@ -27,6 +27,8 @@ depend on the thread count (images are independent).
 
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 import torch
@@ -460,15 +462,86 @@ def fused_pad_crop_batch(x: torch.Tensor, params, *, img_size: int, normalize,
     b, c, h, w = x.shape
     top, left, flip = A.random_crop_params(b, h, w, img_size, padding=params.padding, flip_p=params.flip_p,
                                            generator=generator)
-    slots = P.autoaugment_params(b, params.policy, generator=generator) if params.policy else []
+    slots = _autoaugment_params(b, params.policy, generator) if params.policy else []
     erase = None
     if params.erase_p > 0:
-        erase = A.random_erasing_params((b, c, img_size, img_size), p=params.erase_p,
-                                        max_area=params.erase_max_area, min_aspect=params.erase_min_aspect,
-                                        mode=params.erase_mode, generator=generator)
+        erase = _random_erasing_params((b, c, img_size, img_size), params, generator)
     scale, shift = normalize.coefficients(c, "cpu")
     return apply_pad_crop(x, size=img_size, padding=params.padding, top=top, left=left, flip=flip, slots=slots,
                           erase=erase, scale=scale.view(c), shift=shift.view(c))
+
+
+def _autoaugment_params(b: int, policy: str, generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """augment_policies.autoaugment_params: the same draws, the table lookups in numba."""
+    ops, probs, mags, signed, enhance = P.autoaugment_tables(policy)
+    sub = torch.randint(0, ops.shape[0], (b,), generator=generator)
+    slots = []
+    for slot in range(2):
+        u = torch.rand(2, b, generator=generator)
+        op, value = torch.empty(b, dtype=torch.long), torch.empty(b)
+        _autoaugment_slot(sub.numpy(), slot, u.numpy(), ops.numpy(), probs.numpy(), mags.numpy(), signed.numpy(),
+                          enhance.numpy(), op.numpy(), value.numpy())
+        slots.append((op, value))
+    return slots
+
+
+@njit(cache=True, fastmath=False)
+def _autoaugment_slot(sub, slot, u, ops, probs, mags, signed, enhance, op_out, value_out):
+    for i in range(sub.shape[0]):
+        op, mag = ops[sub[i], slot], mags[sub[i], slot]
+        value = mag
+        if signed[op] or enhance[op]:
+            value = mag * (F32(-1.0) if u[1, i] < _HALF else _ONE)
+        if enhance[op]:
+            value = _ONE + value
+        op_out[i] = op if u[0, i] < probs[sub[i], slot] else -1
+        value_out[i] = value
+
+
+# augment.random_erasing_params' defaults, as TrainTransform calls it
+_ERASE_MIN_AREA, _ERASE_TRIES = 0.02, 10
+
+
+def _random_erasing_params(shape, params, generator) -> tuple[torch.Tensor, ...]:
+    """augment.random_erasing_params: the same draws (exp in torch), the box arithmetic in numba."""
+    b, c, height, width = shape
+    lo, hi = _ERASE_MIN_AREA, params.erase_max_area
+    area_u = torch.rand(b, _ERASE_TRIES, generator=generator)
+    la = math.log(params.erase_min_aspect)
+    aspect = torch.exp(torch.rand(b, _ERASE_TRIES, generator=generator) * (-2 * la) + la)
+    u = torch.stack([torch.rand(b, generator=generator) for _ in range(3)])  # erase?, top, left
+    box = torch.empty(4, b, dtype=torch.long)
+    n = _erasing_boxes(area_u.numpy(), aspect.numpy(), u.numpy(), F32(hi - lo), F32(lo), F32(params.erase_p),
+                       height, width, box.numpy())
+    idx = torch.from_numpy(np.flatnonzero(box[2].numpy()))
+    noise = None
+    if params.erase_mode == "pixel" and n:
+        noise = torch.randn((n, c, height, width), generator=generator)
+    return idx, box[0][idx], box[1][idx], box[2][idx], box[3][idx], noise
+
+
+@njit(cache=True, fastmath=False)
+def _erasing_boxes(area_u, aspect, u, span, low, p, height, width, box):
+    """box [4, b] = top, left, h, w (h = w = 0: not erased) with random_erasing_params' float32 arithmetic;
+    returns the number of erased samples."""
+    n = 0
+    pixels = F32(height * width)
+    for i in range(area_u.shape[0]):
+        h = w = 0
+        for t in range(area_u.shape[1]):
+            area = (area_u[i, t] * span + low) * pixels
+            th = _round_half_even(np.sqrt(area * aspect[i, t]))
+            tw = _round_half_even(np.sqrt(area / aspect[i, t]))
+            if 0 < th < height and 0 < tw < width:
+                h, w = th, tw
+                break
+        if not u[0, i] < p:
+            h = w = 0
+        n += h > 0
+        box[2, i], box[3, i] = h, w
+        box[0, i] = min(int(u[1, i] * F32(height - h + 1)), height - h)
+        box[1, i] = min(int(u[2, i] * F32(width - w + 1)), width - w)
+    return n
 
 
 _GRID_CACHE: dict = {}
