@@ -334,11 +334,12 @@ def _fused_kernel(src, pad, top, left, flip, ops, vals, cos, sin, codes, xo, yo,
                 img[:] = tmp
             else:
                 _pixel_op(img, tmp, code, vals[slot, b])
+        # flat rows and unsigned indices: no negative-index wraparound, so the loop vectorizes
+        flat_in, flat_out = img.reshape(c, s * s), out[b].reshape(c, s * s)
         for k in range(c):
-            sc, sh = scale[k], shift[k]
-            for i in range(s):
-                for j in range(s):
-                    out[b, k, i, j] = _fma(img[k, i, j], sc, sh)
+            sc, sh, row_in, row_out = scale[k], shift[k], flat_in[k], flat_out[k]
+            for q in range(np.uint64(s * s)):
+                row_out[q] = _fma(row_in[q], sc, sh)
         slot = erase_slot[b]
         if slot >= 0:
             e_top, e_left, e_h, e_w = erase_top[slot], erase_left[slot], erase_h[slot], erase_w[slot]
