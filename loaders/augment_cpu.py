@@ -1,17 +1,20 @@
 """Fused CPU executor for the pad-crop train transform (paper A's ``gani22-finetune``, and ``basic``).
 
 On the CPU the batched torch path of ``augment.TrainTransform`` spends its time in per-op dispatch
-(~1,500 small aten calls per batch of 256: index_select / index_copy / gather per op group). Here one
-numba kernel runs, per image and in one pass over ``prange(B)``: pad + random crop + flip -> float32
--> AutoAugment op slot 1 -> slot 2 -> normalization -> RandomErasing, and writes the float32 output.
+(~900 top-level aten calls per batch of 256: index_select / index_copy / gather per op group). Here
+one numba kernel runs, per image and in one pass over ``prange(B)``: pad + random crop + flip ->
+float32 -> AutoAugment op slot 1 -> slot 2 -> normalization -> RandomErasing, and writes the float32
+output; a second kernel, over the mirrored pairs (i, B-1-i), does Mixup / CutMix and the soft targets.
 
-The random draws stay in torch, made by the torch path's own draw functions (``random_crop_params``,
-``autoaugment_params``, ``random_erasing_params``) with the caller's generator in the same order, so a
-seed gives the same batch on both paths. The ops reproduce ``augment_ops`` in float32, operation by
-operation; the sampling grid of the geometric ops is computed by ``affine_grid_coefficients``, the same
-function ``augment_ops.affine`` uses, so nearest-neighbour indices agree exactly. Remaining differences
-are float32 rounding (a few ulp, e.g. summation order of a mean) which can flip a floor (equalize,
-posterize) or a threshold (solarize) on rare pixels. Mixup / CutMix stays in torch after the kernel.
+The random draws stay in torch, with the caller's generator, as the same calls in the same order and
+shapes as the torch path (``random_crop_params``, ``autoaugment_params``, ``random_erasing_params``,
+``mixup_cutmix_params``), so a seed gives the same batch on both paths. What is computed from the draws
+(table lookups, boxes, lambda, targets, the affine sampling grid) and the ops themselves follow the
+torch path's float32 operations one by one, including where torch's kernels use a fused multiply-add
+(addcmul, lerp, bilinear grid_sample: ``_fma``); exp and cos/sin are taken from torch. Nearest-neighbour
+indices therefore agree exactly. Remaining differences are float32 summation order (the mean of
+``contrast``, a few ulp), which could flip a later floor (equalize, posterize) or threshold (solarize)
+on a rare pixel.
 
 Choosing the executor: ``TrainTransform(..., executor=)`` or, if that is None, the environment
 variable ``FASTVIT_AUGMENT``:
