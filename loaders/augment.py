@@ -33,9 +33,9 @@ import torch.nn.functional as F
 
 from fastvit.errors import UserError
 
+from . import augment_cpu
 from . import augment_ops as O
 from . import augment_policies as P
-from .augment_cpu import resolve_executor
 from .multicrop_cpu import multicrop_views
 
 # ---------------------------------------------------------------------------------------------------
@@ -309,22 +309,32 @@ def resample_boxes(x: torch.Tensor, top, left, h, w, size: int, *, interpolation
 def _color_jitter_(x: torch.Tensor, brightness: float, contrast: float, saturation: float, hue: float,
                    *, p: float | torch.Tensor = 1.0, generator) -> torch.Tensor:
     """In place `color_jitter` on a float 0..255 batch; p may be a per-sample [B] tensor."""
-    b, dev = x.shape[0], x.device
-    strength = [brightness, contrast, saturation, hue]
-    if x.shape[1] == 1:
+    factors, shift, apply, order, enabled = _jitter_draws(x.shape[0], x.shape[1], (brightness, contrast,
+                                                          saturation, hue), p, generator, x.device)
+    return _jitter_apply_(x, factors, shift, apply, order, enabled)
+
+
+def _jitter_draws(n: int, channels: int, strength, p, generator, device):
+    """ColorJitter's draws for n samples: (3 factors [n] for brightness, contrast, saturation; hue shift [n];
+    apply bool [n]; order int64 [n, 4], each sample's op order as torchvision's; enabled per op)."""
+    strength = list(strength)
+    if channels == 1:
         strength[2] = strength[3] = 0.0  # saturation and hue do not exist on one channel
-    u = torch.rand(5, b, generator=generator, device=dev)
-    factors = [u[i] * (2 * s) + (1 - s) for i, s in enumerate(strength[:3])]
-    factors = [f.clamp_(min=0.0) for f in factors]
+    u = torch.rand(5, n, generator=generator, device=device)
+    factors = [(u[i] * (2 * s) + (1 - s)).clamp_(min=0.0) for i, s in enumerate(strength[:3])]
     shift = u[3] * (2 * strength[3]) - strength[3]
-    apply = u[4] < _per_sample(p, b, dev)
-    # each sample applies the four ops in its own random order (as torchvision's ColorJitter)
-    order = torch.argsort(torch.rand(b, 4, generator=generator, device=dev), dim=1)
-    enabled = torch.tensor([s > 0 for s in strength], device=dev)
+    apply = u[4] < _per_sample(p, n, device)
+    order = torch.argsort(torch.rand(n, 4, generator=generator, device=device), dim=1)
+    return factors, shift, apply, order, tuple(s > 0 for s in strength)
+
+
+def _jitter_apply_(x: torch.Tensor, factors, shift, apply, order, enabled) -> torch.Tensor:
+    """In place: the four ColorJitter ops in each sample's order, on the samples that apply it."""
     fns = [lambda xs, idx: O.adjust_brightness(xs, factors[0][idx]),
            lambda xs, idx: O.adjust_contrast(xs, factors[1][idx]),
            lambda xs, idx: O.adjust_saturation(xs, factors[2][idx]),
            lambda xs, idx: O.adjust_hue(xs, shift[idx])]
+    enabled = torch.tensor(enabled, device=x.device)
     for slot in range(4):
         op = order[:, slot]
         O.apply_grouped(x, torch.where(apply & enabled[op], op, -1), fns)
@@ -377,10 +387,12 @@ def _own_float(x: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------
 # erasing and mixing (on the normalized batch)
 
+ERASE_MIN_AREA, ERASE_TRIES = 0.02, 10  # RandomErasing's smallest area fraction and box draws per sample
 
-def random_erasing_(x: torch.Tensor, *, p: float = 0.25, min_area: float = 0.02, max_area: float = 0.4,
+
+def random_erasing_(x: torch.Tensor, *, p: float = 0.25, min_area: float = ERASE_MIN_AREA, max_area: float = 0.4,
                     min_aspect: float = 0.3, mode: str = "mean", generator: torch.Generator | None = None,
-                    tries: int = 10) -> torch.Tensor:
+                    tries: int = ERASE_TRIES) -> torch.Tensor:
     """In place RandomErasing on a normalized batch: with probability p, one rectangle per sample.
 
     Area ~ U(min_area, max_area) of the image, log-aspect ~ U(log min_aspect, -log min_aspect); the first
@@ -401,34 +413,45 @@ def random_erasing_(x: torch.Tensor, *, p: float = 0.25, min_area: float = 0.02,
     return x.index_copy_(0, idx, sub)
 
 
-def random_erasing_params(shape, *, p: float = 0.25, min_area: float = 0.02, max_area: float = 0.4,
+def random_erasing_params(shape, *, p: float = 0.25, min_area: float = ERASE_MIN_AREA, max_area: float = 0.4,
                           min_aspect: float = 0.3, mode: str = "mean", generator: torch.Generator | None = None,
-                          device=None, tries: int = 10) -> tuple[torch.Tensor, ...]:
+                          device=None, tries: int = ERASE_TRIES) -> tuple[torch.Tensor, ...]:
     """`random_erasing_`'s draws for a batch of `shape` [B, C, H, W]: (idx [n] of the erased samples,
     their top, left, h, w [n], noise [n, C, H, W] for mode "pixel" else None). One host sync."""
     if mode not in ("mean", "pixel"):
         raise UserError(f"unknown erase mode {mode!r}; choose one of: mean, pixel")
     b, c, height, width = shape
     dev = device
-    area = torch.rand(b, tries, generator=generator, device=dev) * (max_area - min_area) + min_area
+    area_u, aspect, u = random_erasing_draws(b, tries=tries, min_aspect=min_aspect, generator=generator,
+                                             device=dev)
+    area = area_u * (max_area - min_area) + min_area
     area = area * (height * width)
-    la = math.log(min_aspect)
-    aspect = torch.exp(torch.rand(b, tries, generator=generator, device=dev) * (-2 * la) + la)
     h = torch.sqrt(area * aspect).round().long()
     w = torch.sqrt(area / aspect).round().long()
     ok = (h < height) & (w < width) & (h > 0) & (w > 0)
     first = torch.argmax(ok.int(), dim=1, keepdim=True)
     h, w = h.gather(1, first).view(b), w.gather(1, first).view(b)
-    erase = ok.any(dim=1) & (_rand(b, generator, dev) < p)
+    erase = ok.any(dim=1) & (u[0] < p)
     h, w = torch.where(erase, h, 0), torch.where(erase, w, 0)
-    top = _randint_below(height - h + 1, generator)
-    left = _randint_below(width - w + 1, generator)
+    top = (u[1] * (height - h + 1)).long().clamp_(max=height - h)  # as _randint_below
+    left = (u[2] * (width - w + 1)).long().clamp_(max=width - w)
     # only the erased samples are touched (index_select / index_copy): most of the batch is not
     idx = erase.nonzero().view(-1)  # host sync
     noise = None
     if mode == "pixel" and idx.numel():
         noise = torch.randn((idx.numel(), c, height, width), generator=generator, device=dev)
     return idx, top[idx], left[idx], h[idx], w[idx], noise
+
+
+def random_erasing_draws(b: int, *, tries: int = ERASE_TRIES, min_aspect: float, generator, device=None):
+    """The generator calls of `random_erasing_params`, in its order: (area fraction u [b, tries], aspect
+    [b, tries] (log-uniform in [min_aspect, 1/min_aspect]), u [3, b] for erase?, top, left). Shared with
+    the fused CPU executor, which derives the boxes from them in numba."""
+    area_u = torch.rand(b, tries, generator=generator, device=device)
+    la = math.log(min_aspect)
+    aspect = torch.exp(torch.rand(b, tries, generator=generator, device=device) * (-2 * la) + la)
+    u = torch.stack([torch.rand(b, generator=generator, device=device) for _ in range(3)])
+    return area_u, aspect, u
 
 
 def random_erasing(x: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -654,8 +677,8 @@ class TrainTransform:
     def __init__(self, params: AugmentParams, *, img_size: int, mean, std, num_classes: int,
                  executor: str | None = None):
         params.validate()
-        if executor is not None and executor not in ("auto", "torch", "fused"):
-            raise UserError(f"augmentation executor {executor!r} is invalid; choose one of: auto, torch, fused")
+        if executor is not None:
+            augment_cpu.resolve_executor(executor)  # an unknown name fails here, not at the first batch
         self.params, self.img_size, self.num_classes = params, img_size, num_classes
         # None: $FASTVIT_AUGMENT at each call (see augment_cpu)
         self.executor = executor
@@ -668,8 +691,6 @@ class TrainTransform:
         p, g = self.params, generator
         _check_images(images)
         if self._fused(images):
-            from . import augment_cpu
-
             return augment_cpu.fused_train_batch(fit_to_size(images, self.img_size), labels, p,
                                                  img_size=self.img_size, normalize=self.normalize,
                                                  num_classes=self.num_classes, generator=g)
@@ -705,8 +726,6 @@ class TrainTransform:
     def _fused(self, images: torch.Tensor) -> bool:
         """Whether this batch goes through the fused numba executor (augment_cpu); fused-but-unsupported
         is a UserError."""
-        from . import augment_cpu
-
         executor = augment_cpu.resolve_executor(self.executor)
         if executor == "torch" or (executor == "auto" and images.device.type != "cpu"):
             return False
@@ -763,7 +782,7 @@ def build_eval_transform(*, img_size: int, mean: Sequence[float], std: Sequence[
 
 def _use_fused(device: torch.device) -> bool:
     """Whether MultiCrop runs the fused numba executor (FASTVIT_AUGMENT; auto: on CPU tensors)."""
-    mode = resolve_executor(None)
+    mode = augment_cpu.resolve_executor(None)
     if mode == "fused" and device.type != "cpu":
         raise UserError(f"FASTVIT_AUGMENT=fused runs on the CPU, but the images are on {device}; "
                         "use torch or auto")
@@ -829,21 +848,13 @@ class MultiCrop:
         top, left, h, w = resized_crop_boxes(n, height, width, scale=scale, ratio=(3 / 4, 4 / 3),
                                              generator=generator, device=device)
         flip = _rand(n, generator, device) < 0.5
-        # ColorJitter as `_color_jitter_` draws it
-        strength = list(self.jitter)
-        if c == 1:
-            strength[2] = strength[3] = 0.0  # saturation and hue do not exist on one channel
-        u = torch.rand(5, n, generator=generator, device=device)
-        factors = [(u[i] * (2 * s) + (1 - s)).clamp_(min=0.0) for i, s in enumerate(strength[:3])]
-        shift = u[3] * (2 * strength[3]) - strength[3]
-        jitter_on = u[4] < _per_sample(self.jitter_p, n, device)
-        order = torch.argsort(torch.rand(n, 4, generator=generator, device=device), dim=1)
+        factors, shift, jitter_on, order, enabled = _jitter_draws(n, c, self.jitter, self.jitter_p, generator, device)
         gray = _rand(n, generator, device) < _per_sample(self.gray_p, n, device) if c == 3 else None
         sigma = _uniform(n, self.sigma[0], self.sigma[1], generator, device)
         blur = _rand(n, generator, device) < blur_p
         solarize = None if solarize_p is None else _rand(n, generator, device) < solarize_p
         return ViewDraws(top, left, h, w, flip, torch.stack([*factors, shift]), jitter_on, order,
-                         tuple(s > 0 for s in strength), gray, sigma, blur, solarize)
+                         enabled, gray, sigma, blur, solarize)
 
     def apply_torch(self, x: torch.Tensor, d: ViewDraws, size: int) -> torch.Tensor:
         """The views of `d` from the uint8 batch x with batched torch ops: [copies*B, C, size, size]."""
@@ -851,15 +862,7 @@ class MultiCrop:
         src = x.float().repeat(copies, 1, 1, 1)  # (copies*B, C, H, W), view-major
         v = resample_boxes(src, d.top, d.left, d.height, d.width, size, interpolation=self.interpolation,
                            flip=d.flip)
-        factors, shift = d.jitter[:3], d.jitter[3]
-        fns = [lambda xs, idx: O.adjust_brightness(xs, factors[0][idx]),
-               lambda xs, idx: O.adjust_contrast(xs, factors[1][idx]),
-               lambda xs, idx: O.adjust_saturation(xs, factors[2][idx]),
-               lambda xs, idx: O.adjust_hue(xs, shift[idx])]
-        enabled = torch.tensor(d.jitter_enabled, device=x.device)
-        for slot in range(4):
-            op = d.jitter_order[:, slot]
-            O.apply_grouped(v, torch.where(d.jitter_on & enabled[op], op, -1), fns)
+        _jitter_apply_(v, d.jitter[:3], d.jitter[3], d.jitter_on, d.jitter_order, d.jitter_enabled)
         if d.gray is not None:
             O.apply_grouped(v, torch.where(d.gray, 0, -1), [lambda xs, idx: O.grayscale(xs)])
         radius = math.ceil(3.0 * self.sigma[1])

@@ -30,8 +30,6 @@ depend on the thread count (images are independent).
 
 from __future__ import annotations
 
-import math
-
 import numba
 import numpy as np
 import torch
@@ -476,12 +474,11 @@ def fused_pad_crop_batch(x: torch.Tensor, params, *, img_size: int, normalize,
 
 
 def _autoaugment_params(b: int, policy: str, generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """augment_policies.autoaugment_params: the same draws, the table lookups in numba."""
+    """augment_policies.autoaugment_params: the same draws (`autoaugment_draws`), the table lookups in numba."""
     ops, probs, mags, signed, enhance = P.autoaugment_tables(policy)
-    sub = torch.randint(0, ops.shape[0], (b,), generator=generator)
+    sub, us = P.autoaugment_draws(b, ops.shape[0], generator=generator)
     slots = []
-    for slot in range(2):
-        u = torch.rand(2, b, generator=generator)
+    for slot, u in enumerate(us):
         op, value = torch.empty(b, dtype=torch.long), torch.empty(b)
         _autoaugment_slot(sub.numpy(), slot, u.numpy(), ops.numpy(), probs.numpy(), mags.numpy(), signed.numpy(),
                           enhance.numpy(), op.numpy(), value.numpy())
@@ -502,18 +499,13 @@ def _autoaugment_slot(sub, slot, u, ops, probs, mags, signed, enhance, op_out, v
         value_out[i] = value
 
 
-# augment.random_erasing_params' defaults, as TrainTransform calls it
-_ERASE_MIN_AREA, _ERASE_TRIES = 0.02, 10
-
-
 def _random_erasing_params(shape, params, generator) -> tuple[torch.Tensor, ...]:
-    """augment.random_erasing_params: the same draws (exp in torch), the box arithmetic in numba."""
+    """augment.random_erasing_params: the same draws (`random_erasing_draws`), the box arithmetic in numba."""
+    from . import augment as A
+
     b, c, height, width = shape
-    lo, hi = _ERASE_MIN_AREA, params.erase_max_area
-    area_u = torch.rand(b, _ERASE_TRIES, generator=generator)
-    la = math.log(params.erase_min_aspect)
-    aspect = torch.exp(torch.rand(b, _ERASE_TRIES, generator=generator) * (-2 * la) + la)
-    u = torch.stack([torch.rand(b, generator=generator) for _ in range(3)])  # erase?, top, left
+    lo, hi = A.ERASE_MIN_AREA, params.erase_max_area
+    area_u, aspect, u = A.random_erasing_draws(b, min_aspect=params.erase_min_aspect, generator=generator)
     box = torch.empty(4, b, dtype=torch.long)
     n = _erasing_boxes(area_u.numpy(), aspect.numpy(), u.numpy(), F32(hi - lo), F32(lo), F32(params.erase_p),
                        height, width, box.numpy())

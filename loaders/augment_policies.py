@@ -193,16 +193,22 @@ def autoaugment_params(b: int, policy: str, *, generator: torch.Generator | None
     """Each sample's draws for `autoaugment_`: per op slot, (op index [b] into AUTOAUGMENT_OPS, -1 = no op;
     value [b], the op's signed parameter). Consumes the generator exactly as `autoaugment_` does."""
     ops, probs, mags, signed, enhance = autoaugment_tables(policy, device)
-    sub = torch.randint(0, ops.shape[0], (b,), generator=generator, device=device)
+    sub, us = autoaugment_draws(b, ops.shape[0], generator=generator, device=device)
     slots = []
-    for slot in range(2):
+    for slot, u in enumerate(us):
         op, p, mag = ops[sub, slot], probs[sub, slot], mags[sub, slot]
-        u = torch.rand(2, b, generator=generator, device=device)
         sign = torch.where(u[1] < 0.5, -1.0, 1.0)
         value = torch.where(signed[op] | enhance[op], mag * sign, mag)
         value = torch.where(enhance[op], 1.0 + value, value)
         slots.append((torch.where(u[0] < p, op, -1), value))
     return slots
+
+
+def autoaugment_draws(b: int, subpolicies: int, *, generator: torch.Generator | None, device=None):
+    """The generator calls of `autoaugment_params`, in its order: (sub-policy [b], per op slot u [2, b]:
+    apply?, sign). Shared with the fused CPU executor, which does the table lookups in numba."""
+    sub = torch.randint(0, subpolicies, (b,), generator=generator, device=device)
+    return sub, [torch.rand(2, b, generator=generator, device=device) for _ in range(2)]
 
 
 def autoaugment_(x: torch.Tensor, policy: str, *, generator: torch.Generator | None,
