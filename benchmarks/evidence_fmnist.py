@@ -6,7 +6,7 @@
 60,000 training images without labels. Labelled set: the first 1,000 training images (`--subset`, the
 same for every seed); test: the full 10,000 test images, evaluated once at the end. Runs go through the
 CLI, two at a time with one thread each (two small processes use the 2 cores better than one). A finished
-run (its metrics.jsonl has the final test accuracy) is skipped, so the script resumes after a crash.
+run (its metrics.jsonl reaches the last epoch) is skipped, so the script resumes after a crash.
 Prints mean ± std per arm (sample std over seeds) and writes OUT/summary.json.
 """
 
@@ -39,17 +39,21 @@ def pretrain_args(epochs: int, steps: int) -> list[str]:
             "--warmup-teacher-temp-epochs", "1", "--teacher-momentum", "0.95"]
 
 
-def final_acc(run_dir: Path) -> float | None:
+def epochs_done(run_dir: Path) -> list[dict]:
     metrics = run_dir / "metrics.jsonl"
     if not metrics.exists():
-        return None
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    accs = [r["test_acc1"] for r in rows if "test_acc1" in r]
+        return []
+    return [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+
+
+def final_acc(run_dir: Path) -> float | None:
+    accs = [r["test_acc1"] for r in epochs_done(run_dir) if "test_acc1" in r]
     return accs[-1] if accs else None
 
 
 def run(command: str, args: list[str], run_dir: Path, log) -> None:
-    if (run_dir / "last.pt").exists() and (command == "pretrain" or final_acc(run_dir) is not None):
+    rows = epochs_done(run_dir)
+    if rows and rows[-1]["epoch"] == int(args[args.index("--epochs") + 1]):  # finished: skip
         return
     resume = ["--resume", str(run_dir)] if (run_dir / "last.pt").exists() else ["--out", str(run_dir)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
