@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from fastvit import checkpoint, distributed, loaders, models
+from fastvit import checkpoint, distributed, hostmem, loaders, models
 from fastvit.config import Config
 from fastvit.errors import UserError
 from fastvit.loaders import augment
@@ -173,6 +173,8 @@ def autocast(device: torch.device, precision: str):
 def run(cfg: Config) -> dict:
     """Train (or pretrain) as cfg says; returns the last epoch's metrics."""
     d, device = distributed.init(cfg.device)
+    if device.type == "cpu":
+        hostmem.retain_freed_memory()  # activations are host memory: stop re-faulting them every step
     pretrain = cfg.command == "pretrain"
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
