@@ -43,6 +43,9 @@ _CPU_BLOCK = 64  # interpreter block size: large blocks mean fewer interpreted l
 # Backward modes (module knobs so benchmarks can A/B them on a GPU; see `attention_backward`):
 FUSED_BWD_MAX_N = 64  # one backward kernel when N_Q <= this (ptxas: N_Q = 65 -> 128-row tiles spill on sm_90)
 DS_GROUP_MAX = 8  # batches sharing a window's bias whose dS one program sums in registers (1 = off)
+# On a CPU, plain math beats SDPA's kernel up to this many scores per (batch, head): Swin's 4x4 windows
+# +7% per training step, 7x7 windows 1.16x per attention call; equal at ViT's 65 tokens (NOTES.md).
+CPU_MATH_MAX_SCORES = 64 * 64
 
 
 def _empty(shape, dtype, device):
@@ -551,11 +554,20 @@ class AttentionInputs:
     value_dim: int
     has_bias: bool
     per_head_scale: bool
+    n_q: int = 0  # token counts: 0 when unknown
+    n_k: int = 0
 
     @classmethod
     def from_tensors(cls, q, k, v, bias=None, scale=None):
         return cls(q.device.type, q.dtype, q.shape[-1], v.shape[-1], bias is not None,
-                   isinstance(scale, torch.Tensor))
+                   isinstance(scale, torch.Tensor), q.shape[2], k.shape[2])
+
+
+def auto_order(inputs):
+    """PRIORITY, with math first for the small score tiles where it is the fastest CPU path."""
+    if inputs.device_type == "cpu" and 0 < inputs.n_q * inputs.n_k <= CPU_MATH_MAX_SCORES:
+        return ("math", *(b for b in PRIORITY if b != "math"))
+    return PRIORITY
 
 
 def _windowed_bias(bias, B, H, n_q, n_k):
@@ -712,8 +724,8 @@ _BACKENDS = {b.name: b for b in (TritonBackend(), XformersBackend(), SdpaBackend
 
 
 def select_backend(inputs, backend=None):
-    """The backend that runs `inputs`: `backend` (or $FASTVIT_ATTN) if given, else the first of PRIORITY
-    that auto-dispatch may use on this device and that has no reason to refuse. Raises UserError."""
+    """The backend that runs `inputs`: `backend` (or $FASTVIT_ATTN) if given, else the first of
+    `auto_order` that auto-dispatch may use on this device and that has no reason to refuse. Raises UserError."""
     name = backend or os.environ.get("FASTVIT_ATTN") or "auto"
     if name != "auto":
         if name not in _BACKENDS:
@@ -723,7 +735,7 @@ def select_backend(inputs, backend=None):
             raise UserError(f"attention backend {name!r} cannot run these inputs: {'; '.join(reasons)}")
         return _BACKENDS[name]
     refusals = []
-    for candidate in PRIORITY:
+    for candidate in auto_order(inputs):
         impl = _BACKENDS[candidate]
         if inputs.device_type not in impl.auto_devices:
             refusals.append(f"{candidate}: not auto-selected on {inputs.device_type}")
@@ -748,8 +760,8 @@ def attention(q, k, v, bias=None, scale=None, backend=None):
       mask this way). Gradients flow to the bias (summed over the dims it broadcasts over).
     scale: None (D ** -0.5), a float, or a tensor of H elements (per-head, learnable: gets a gradient).
     backend: "triton", "xformers", "sdpa", "math" or "auto" (default: $FASTVIT_ATTN, else auto:
-      triton then xformers on CUDA, sdpa, math). A forced backend that cannot run raises UserError
-      listing why.
+      triton then xformers on CUDA, sdpa, math; math before sdpa for small score tiles on a CPU).
+      A forced backend that cannot run raises UserError listing why.
 
     Equivalent plain torch (windowed bias: view B as (B // nb, nb) first):
         scale = q.shape[-1] ** -0.5 if scale is None else scale   # tensor: scale.view(H, 1, 1)

@@ -321,14 +321,26 @@ def test_torch_compile_traces_the_op():
 
 # ----- dispatch ------------------------------------------------------------------------------------------
 def inputs(device_type="cpu", dtype=torch.float32, head_dim=32, value_dim=None, has_bias=False,
-           per_head_scale=False):
-    return attn.AttentionInputs(device_type, dtype, head_dim, value_dim or head_dim, has_bias, per_head_scale)
+           per_head_scale=False, n_q=197, n_k=197):
+    return attn.AttentionInputs(device_type, dtype, head_dim, value_dim or head_dim, has_bias, per_head_scale,
+                                n_q, n_k)
 
 
 def test_auto_picks_sdpa_on_cpu_even_with_the_interpreter():
     assert os.environ.get("TRITON_INTERPRET") == "1"  # conftest: triton could run here, but only when forced
     assert attn.select_backend(inputs()).name == "sdpa"
     assert attn.select_backend(inputs(has_bias=True, per_head_scale=True)).name == "sdpa"
+
+
+def test_auto_prefers_math_for_small_score_tiles_on_cpu_only():
+    assert attn.select_backend(inputs(n_q=16, n_k=16, has_bias=True)).name == "math"  # Swin 4x4 windows
+    assert attn.select_backend(inputs(n_q=64, n_k=64)).name == "math"
+    assert attn.select_backend(inputs(n_q=65, n_k=65)).name == "sdpa"  # ViT's 65 tokens: a tie, sdpa kept
+    assert attn.select_backend(inputs(n_q=1, n_k=4097)).name == "sdpa"
+    assert attn.select_backend(inputs(n_q=0, n_k=0)).name == "sdpa"  # unknown sizes: the plain order
+    assert attn.select_backend(inputs("cuda", n_q=16, n_k=16)).name == "triton"
+    q = k = v = torch.randn(2, 3, 16, 32)
+    assert attn.select_backend(attn.AttentionInputs.from_tensors(q, k, v)).name == "math"
 
 
 def test_auto_on_cuda_walks_the_priority_list(monkeypatch):
