@@ -72,7 +72,19 @@ def test_forward_backward_shapes_and_finite_grads(name, img_size):
     for n, p in m.named_parameters():
         assert p.grad is not None, n
         assert torch.isfinite(p.grad).all(), n
-        assert p.grad.abs().sum() > 0, n  # every parameter receives signal: no dead branch
+        if n in one_key_query_key_params(m, name, img_size):
+            # softmax over a single key is 1 whatever q and k are: their gradient is 0 up to rounding
+            assert p.grad.abs().max() < 1e-6, n
+        else:
+            assert p.grad.abs().sum() > 0, n  # every parameter receives signal: no dead branch
+
+
+def one_key_query_key_params(m, name, img_size):
+    """q/k projection parameters of CvT's last stage when its grid is one token (cvt_tiny at 32 px)."""
+    if not name.startswith("cvt") or models.grid_shape(name, img_size)[:2] != (1, 1):
+        return set()
+    last = f"stages.{len(m.stages) - 1}."
+    return {n for n, _ in m.named_parameters() if n.startswith(last) and (".attn.q." in n or ".attn.k." in n)}
 
 
 # the heavy models share their code (and state-dict layout) with the tiny variants tested here
