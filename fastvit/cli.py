@@ -23,11 +23,11 @@ class Parser(argparse.ArgumentParser):
 
 
 def _flag_type(f: dataclasses.Field):
-    if getattr(f.type, "__origin__", None) is tuple:  # e.g. --local-scale 0.2,0.5
+    kind = f.type if isinstance(f.type, type) or getattr(f.type, "__origin__", None) else next(
+        a for a in f.type.__args__ if a is not type(None))  # "X | None" -> X
+    if getattr(kind, "__origin__", None) is tuple:  # e.g. --local-scale 0.2,0.5
         return lambda s: tuple(float(x) for x in s.split(","))
-    if isinstance(f.type, type):
-        return f.type
-    return next(a for a in f.type.__args__ if a is not type(None))  # "X | None" -> X
+    return kind
 
 
 def add_config_flags(p: argparse.ArgumentParser) -> None:
@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=256)
     e.add_argument("--precision", default="fp32", choices=config.PRECISIONS)
     e.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
+    e.add_argument("--knn", action="store_true", help="k-NN accuracy (k 20, T 0.07) of the backbone's pooled "
+                   "features instead: any fastvit checkpoint (pretrain: its teacher) or paper A's train_ssl.py one")
+    e.add_argument("--knn-bank", type=int, help="with --knn: the first N training images form the bank (default all)")
+    e.add_argument("--knn-test", type=int, help="with --knn: score the first N test images (default all)")
 
     data = sub.add_parser("data", help="prepare datasets as FFCV .beton files; inspect them")
     dsub = data.add_subparsers(dest="data_command", required=True, parser_class=Parser)
@@ -141,6 +145,11 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from fastvit import evaluate
 
+    if args.knn:
+        print(json.dumps(evaluate.knn_checkpoint(
+            args.ckpt, dataset=args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir, device=args.device,
+            batch_size=args.batch_size, precision=args.precision, bank=args.knn_bank, test=args.knn_test)))
+        return 0
     result = evaluate.evaluate_checkpoint(args.ckpt, dataset=args.dataset, data_dir=args.data_dir,
                                           cache_dir=args.cache_dir, device=args.device,
                                           batch_size=args.batch_size, precision=args.precision, ema=args.ema)

@@ -17,10 +17,16 @@ AUGMENTS = ("none", "basic", "gani22-finetune", "drloc21")
 LOADERS = ("auto", "resident", "ffcv")
 ATTENTION = ("auto", "triton", "xformers", "sdpa", "math")  # fastvit.kernels.attention backends
 AUTOAUGMENT_POLICY = {"svhn": "svhn", "tiny-imagenet": "imagenet", "cinic10": "imagenet"}  # else cifar10
-# Paper B's per-arch lambda (SPEC §2.6). It gives none for plain ViT/CaiT: we use T2T-ViT's 0.1, the
-# closest arch it tuned (a single-scale ViT-style token grid); Swin-like archs take Swin's 0.5.
-DRLOC_LAMBDA = {"swin": 0.5, "swin_t": 0.5, "swin_tiny": 0.5, "t2t_vit_14": 0.1, "cvt_13": 0.1}
+# Paper B's lambda per arch family (SPEC §2.6; the family is the arch's module in fastvit.models). It gives
+# none for plain ViT/CaiT: we use T2T-ViT's 0.1, the closest arch it tuned (a single-scale ViT-style grid).
+DRLOC_LAMBDA = {"swin": 0.5, "t2t": 0.1, "cvt": 0.1}
 DRLOC_LAMBDA_DEFAULT = 0.1
+# Paper A's multi-crop scales by dataset (SPEC §3): (global, local); CIFAR-like for every other dataset
+MULTICROP_SCALES = {"tiny-imagenet": ((0.5, 1.0), (0.2, 0.4))}
+MULTICROP_SCALES_DEFAULT = ((0.7, 1.0), (0.2, 0.5))
+CLIP_MODES = ("global", "per-tensor")
+WD_EXCLUDE = ("1d-and-tables", "1d", "none")
+COSINE_FROM = ("warmup-end", "step-0")
 
 
 def _f(default, help, **kw):
@@ -57,20 +63,33 @@ class Config:
     lr: float = _f(1e-3, "peak learning rate (AdamW)", positive=True)
     lr_base_batch: int | None = _f(None, "if set, the lr used is lr x global batch / this (linear scaling)",
                                    positive=True)
+    schedule_epochs: int | None = _f(None, "length in epochs of the lr, weight-decay, teacher-momentum and L_drloc "
+                                     "lambda schedules (default --epochs; paper B: 300, stopped at 100)",
+                                     positive=True)
     min_lr: float = _f(1e-6, "final learning rate of the cosine")
     warmup_epochs: float = _f(1.0, "linear warm-up length in epochs")
     warmup_lr: float = _f(1e-6, "learning rate at step 0 of the warm-up")
-    weight_decay: float = _f(0.05, "AdamW weight decay (not on norms, biases, embeddings)")
+    lr_scale_all: bool = _f(False, "--lr-base-batch scales --min-lr and --warmup-lr too (paper B), not only --lr")
+    cosine_from: str = _f("warmup-end", "the lr cosine's progress counts from the warm-up's end (DINO, paper A) "
+                          "or from step 0 (timm's CosineLRScheduler, paper B)", choices=COSINE_FROM)
+    weight_decay: float = _f(0.05, "AdamW weight decay (on the parameters --wd-exclude does not name)")
+    wd_exclude: str = _f("1d-and-tables", "no weight decay on: 1d-and-tables (biases, norms, pos-embed, cls-token, "
+                         "rel-pos tables), 1d (biases and 1-D tensors: paper A's DINO), none (paper A fine-tuning)",
+                         choices=WD_EXCLUDE)
     weight_decay_end: float | None = _f(None, "cosine weight decay to this value (DINO: 0.4)")
     beta1: float = _f(0.9, "AdamW beta1")
     beta2: float = _f(0.999, "AdamW beta2")
-    grad_clip: float | None = _f(None, "clip the global gradient norm to this value", positive=True)
+    grad_clip: float | None = _f(None, "clip the gradient norm to this value (see --clip-mode)", positive=True)
+    clip_mode: str = _f("global", "--grad-clip on the global norm, or on each parameter tensor's norm separately "
+                        "(paper A's DINO)", choices=CLIP_MODES)
     drop_path: float = _f(0.1, "stochastic depth rate")
+    drop_path_families: str | None = _f(None, "comma-separated arch families (swin, vit, cait, cvt, t2t, resnet) "
+                                        "that get --drop-path, the others 0 (paper B: swin; default all)")
     ema: float | None = _f(None, "keep an EMA of the weights with this decay (e.g. 0.9998); eval uses it")
     # ---- L_drloc (Liu et al. 2021)
     drloc: bool = _f(False, "add the dense relative localization loss")
     drloc_mode: str = _f("l1", "L_drloc head/loss", choices=DRLOC_MODES)
-    drloc_lambda: float | None = _f(None, "L_drloc weight (default per arch: swin 0.5, else 0.1)")
+    drloc_lambda: float | None = _f(None, "L_drloc weight (default per arch family: swin 0.5, else 0.1)")
     drloc_pairs: int = _f(64, "token pairs sampled per image", positive=True)
     drloc_abs: bool = _f(True, "targets are |delta| (the paper's setting)")
     drloc_multiscale: bool = _f(False, "one L_drloc head per Swin stage")
@@ -80,13 +99,21 @@ class Config:
     n_local: int = _f(8, "local crops per image", positive=True)
     local_size: int | None = _f(None, "local crop size in px (default: half the input; 96 at 224 px, as DINO)",
                                 positive=True)
-    global_scale: tuple[float, float] = _f((0.7, 1.0), "RandomResizedCrop scale of the global views")
-    local_scale: tuple[float, float] = _f((0.2, 0.5), "RandomResizedCrop scale of the local views")
+    global_scale: tuple[float, float] | None = _f(None, "RandomResizedCrop scale of the global views (default by "
+                                                  "dataset: 0.7,1; tiny-imagenet 0.5,1)")
+    local_scale: tuple[float, float] | None = _f(None, "RandomResizedCrop scale of the local views (default by "
+                                                 "dataset: 0.2,0.5; tiny-imagenet 0.2,0.4)")
     teacher_momentum: float = _f(0.996, "EMA momentum of the teacher (cosine to 1)")
     teacher_temp: float = _f(0.07, "teacher temperature after warm-up")
     warmup_teacher_temp: float = _f(0.04, "teacher temperature at epoch 0")
     warmup_teacher_temp_epochs: int = _f(10, "teacher temperature warm-up epochs")
     freeze_last_layer: int = _f(1, "epochs during which the head's last layer gets no update")
+    teacher_drop_path: bool = _f(False, "the teacher keeps stochastic depth on (paper A: built with --drop-path "
+                                 "and never put in eval mode); off: the teacher runs without it")
+    knn_every: int = _f(1, "pretrain: k-NN accuracy of the teacher backbone every N epochs (0: never)")
+    knn_bank: int | None = _f(None, "k-NN monitor: the first N training images form the labelled bank "
+                              "(default all)", positive=True)
+    knn_test: int | None = _f(None, "k-NN monitor: score the first N test images (default all)", positive=True)
     # ---- runtime
     seed: int = _f(0, "seed of every random choice (data order, augmentation, init, L_drloc pairs)")
     device: str = _f("auto", "cpu | cuda | cuda:N | auto")
@@ -117,7 +144,23 @@ class Config:
     def drloc_weight(self) -> float:
         if self.drloc_lambda is not None:
             return self.drloc_lambda
-        return DRLOC_LAMBDA.get(self.arch, DRLOC_LAMBDA_DEFAULT)
+        return DRLOC_LAMBDA.get(arch_family(self.arch), DRLOC_LAMBDA_DEFAULT)
+
+    def schedule_length(self) -> int:
+        """Epochs the schedules run over; training may stop earlier (paper B: 100 of 300)."""
+        return self.schedule_epochs or self.epochs
+
+    def arch_drop_path(self) -> float:
+        """--drop-path, or 0 for an arch family --drop-path-families leaves out."""
+        if self.drop_path_families is None:
+            return self.drop_path
+        families = {f.strip() for f in self.drop_path_families.split(",")}
+        return self.drop_path if arch_family(self.arch) in families else 0.0
+
+    def multicrop_scales(self) -> tuple[tuple[float, float], tuple[float, float]]:
+        """(global, local) RandomResizedCrop scales: the ones set, else the dataset's (paper A)."""
+        global_scale, local_scale = MULTICROP_SCALES.get(self.dataset, MULTICROP_SCALES_DEFAULT)
+        return tuple(self.global_scale or global_scale), tuple(self.local_scale or local_scale)
 
     def augment_overrides(self) -> dict:
         """Recipe numbers the user set explicitly, as keyword arguments of the augment builder."""
@@ -134,6 +177,21 @@ class Config:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def arch_family(arch: str) -> str | None:
+    """The arch's family (the fastvit.models module defining it: swin, vit, cait, cvt, t2t, resnet); None if unknown."""
+    from fastvit.models import registry  # torch, only when a value depends on the arch
+
+    return registry.family(arch)
+
+
+def resolve(cfg: Config) -> Config:
+    """Fill the values that depend on the arch or dataset (lambda, drop path, multi-crop scales), so the saved and
+    printed config holds the numbers the run uses. Idempotent: a resolved config resolves to itself."""
+    global_scale, local_scale = cfg.multicrop_scales()
+    return dataclasses.replace(cfg, drloc_lambda=cfg.drloc_weight(), drop_path=cfg.arch_drop_path(),
+                               global_scale=global_scale, local_scale=local_scale)
 
 
 def recipe_names() -> list[str]:
@@ -159,7 +217,7 @@ def build(overrides: dict, *, recipe: str | None = None, command: str = "train")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     cfg = Config(**values, command=command, recipe=recipe)
     validate(cfg)
-    return cfg
+    return resolve(cfg)
 
 
 def validate(cfg: Config) -> None:

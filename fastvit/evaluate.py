@@ -1,5 +1,8 @@
-"""`fastvit eval`: rebuild a model from a checkpoint and measure top-1/top-5 on a test split."""
+"""`fastvit eval`: rebuild a model from a checkpoint and measure top-1/top-5 on a test split (or, with
+--knn, the k-NN accuracy of its backbone features)."""
 
+import argparse
+import sys
 from pathlib import Path
 
 import torch
@@ -49,3 +52,50 @@ def evaluate_checkpoint(path, *, dataset=None, data_dir=None, cache_dir=None, de
     eval_tf = augment.build_eval_transform(img_size=state["img_size"], mean=state["mean"], std=state["std"])
     result = train.evaluate(model.to(dev), batches(), eval_tf, precision, dist)
     return {"checkpoint": str(path), "dataset": dataset, "images": meta["count"], **result}
+
+
+def knn_checkpoint(path, *, dataset=None, data_dir=None, cache_dir=None, device="auto", batch_size=256,
+                   precision="fp32", bank=None, test=None) -> dict:
+    """k-NN top-1/top-5 (fastvit.knn) of a checkpoint's backbone features on a dataset: a fastvit pretrain
+    checkpoint's teacher backbone, a supervised one's model, or paper A's train_ssl.py teacher."""
+    from fastvit import knn, pretrained
+    from fastvit.config import Config
+    from fastvit.loaders import augment
+
+    raw = pretrained.read_raw(path)
+    fmt = pretrained.checkpoint_format(raw)
+    if fmt == pretrained.FASTVIT:
+        state = checkpoint.load(path)
+        cfg = state["config"]
+        dataset, arch, img_size = dataset or cfg["dataset"], cfg["arch"], state["img_size"]
+    elif fmt == pretrained.PAPER_A:
+        args = raw.get("args")
+        if not isinstance(args, argparse.Namespace) or not hasattr(args, "arch") or not hasattr(args, "image_size"):
+            raise UserError(f"{path}: paper A checkpoint without its args (arch, image_size)")
+        arch, img_size = args.arch, args.image_size
+        if dataset is None:
+            raise UserError(f"{path} is paper A's checkpoint: give --dataset (it was trained on {args.dataset!r})"
+                            if hasattr(args, "dataset") else f"{path} is paper A's checkpoint: give --dataset")
+    else:
+        raise UserError(f"{path} is neither a fastvit checkpoint nor paper A's train_ssl.py checkpoint")
+    d, dev = distributed.init(device)
+    cache = Config(cache_dir=cache_dir).resolved_cache_dir()
+    train_path, test_path = loaders.ensure_prepared(dataset, data_dir=Path(data_dir) if data_dir else None,
+                                                    cache_dir=cache)
+    meta = loaders.read_meta(test_path)
+    mean, std = [m / 255 for m in meta["mean"]], [s / 255 for s in meta["std"]]  # sidecar: 0-255 scale
+    if fmt == pretrained.FASTVIT:
+        pretrain = cfg["command"] == "pretrain"
+        model = models.create(arch, img_size=img_size, num_classes=0 if pretrain else state["num_classes"],
+                              in_chans=state["in_chans"])
+        model.load_state_dict(state["teacher_backbone"] if pretrain else state["model"])
+        mean, std = state["mean"], state["std"]
+    else:
+        model = models.create(arch, img_size=img_size, num_classes=0, in_chans=meta["channels"])
+        pretrained.match_backbone(model, path).load_into(model, lambda line: print(line, file=sys.stderr))
+    model = model.to(dev)
+    eval_tf = augment.build_eval_transform(img_size=img_size, mean=mean, std=std)
+    splits = [knn.LabelledSplit(p, n, img_size, dev, batch_size) for p, n in ((train_path, bank), (test_path, test))]
+    result = knn.knn_accuracy(model, *splits, eval_tf, precision)
+    return {"checkpoint": str(path), "dataset": dataset, "bank": splits[0].count, "images": splits[1].count,
+            **result}

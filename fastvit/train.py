@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from fastvit import checkpoint, distributed, hostmem, loaders, models
+from fastvit import checkpoint, distributed, hostmem, knn, loaders, models, pretrained
 from fastvit.config import Config
 from fastvit.errors import UserError
 from fastvit.loaders import augment
@@ -68,14 +68,40 @@ class Supervised(nn.Module):
 # optimizer parameter groups
 
 
-def param_groups(module: nn.Module, no_decay_names: set[str]) -> list[dict]:
-    """Weight decay on matrices only: not on norms, biases, embeddings, tables (model.no_weight_decay())."""
+def param_groups(module: nn.Module, no_decay_names: set[str], exclude: str = "1d-and-tables") -> list[dict]:
+    """AdamW groups by --wd-exclude: "1d-and-tables" keeps decay off norms, biases, embeddings and tables
+    (model.no_weight_decay()); "1d" off biases and 1-D tensors only (paper A's DINO); "none" decays all."""
     decay, no_decay = [], []
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 or name in no_decay_names else decay).append(p)
-    return [{"params": decay, "decay": True}, {"params": no_decay, "weight_decay": 0.0, "decay": False}]
+        excluded = {"none": False, "1d": p.ndim <= 1 or name.endswith(".bias"),
+                    "1d-and-tables": p.ndim <= 1 or name in no_decay_names}[exclude]
+        (no_decay if excluded else decay).append(p)
+    groups = [{"params": decay, "decay": True}, {"params": no_decay, "weight_decay": 0.0, "decay": False}]
+    return [g for g in groups if g["params"]]
+
+
+def clip_gradients_(params, max_norm: float, mode: str) -> None:
+    """Clip in place, no host sync: the global norm, or each tensor's own norm (paper A's DINO clip_gradients:
+    grad *= min(1, max_norm / (‖grad‖ + 1e-6)) per parameter tensor)."""
+    if mode == "global":
+        nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    norms = torch.stack(torch._foreach_norm(grads))  # (n_tensors,)
+    torch._foreach_mul_(grads, list((max_norm / (norms + 1e-6)).clamp(max=1.0).unbind()))
+
+
+def lr_schedule(cfg: Config, steps_per_epoch: int, world_size: int):
+    """The per-step lr over cfg.schedule_length() epochs (training may stop before its end: paper B)."""
+    scale = 1.0 if cfg.lr_base_batch is None else cfg.batch_size * world_size / cfg.lr_base_batch
+    floor_scale = scale if cfg.lr_scale_all else 1.0  # paper B scales the floor and warm-up start too
+    return cosine_schedule(cfg.lr * scale, cfg.min_lr * floor_scale, cfg.schedule_length() * steps_per_epoch,
+                           round(cfg.warmup_epochs * steps_per_epoch), cfg.warmup_lr * floor_scale,
+                           cosine_from_step_0=cfg.cosine_from == "step-0")
 
 
 def prefixed_no_decay(module: nn.Module, prefix: str) -> set[str]:
@@ -197,22 +223,29 @@ def run(cfg: Config) -> dict:
         os.environ["FASTVIT_ATTN"] = cfg.attn  # read by every attention call; a backend that cannot run says why
     torch.manual_seed(cfg.seed)  # identical init on every rank
     model = models.create(cfg.arch, img_size=img_size, num_classes=0 if pretrain else num_classes,
-                          in_chans=in_chans, drop_path=cfg.drop_path).to(device)
-    init_weights = pretrained_backbone(cfg.init) if cfg.init else None
+                          in_chans=in_chans, drop_path=cfg.arch_drop_path()).to(device)
+    init = pretrained.match_backbone(model, cfg.init) if cfg.init else None  # refused here, before any write
     loader = make_train_loader(cfg, train_path, meta, img_size, device, d)
     eval_batches, eval_dist = make_eval_batches(cfg, test_path, img_size, device, d)
     steps_per_epoch = min(len(loader), cfg.steps_per_epoch or len(loader))
     eval_tf = augment.build_eval_transform(img_size=img_size, mean=mean, std=std)
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + d.rank)  # augmentation
+    knn_splits = None
     if pretrain:
         local_size = cfg.local_size or (96 if img_size >= 224 else img_size // 2)
+        global_scale, local_scale = cfg.multicrop_scales()
         views_tf = MultiCrop(global_size=img_size, local_size=local_size, n_local=cfg.n_local,
-                             global_scale=tuple(cfg.global_scale), local_scale=tuple(cfg.local_scale),
-                             mean=mean, std=std)
-        objective = DINO(model, out_dim=cfg.dino_out_dim, n_local=cfg.n_local, total_epochs=cfg.epochs,
-                         teacher_temp=cfg.teacher_temp, warmup_teacher_temp=cfg.warmup_teacher_temp,
-                         warmup_teacher_temp_epochs=cfg.warmup_teacher_temp_epochs).to(device)
+                             global_scale=global_scale, local_scale=local_scale, mean=mean, std=std)
+        objective = DINO(model, out_dim=cfg.dino_out_dim, n_local=cfg.n_local,
+                         total_epochs=max(cfg.epochs, cfg.schedule_length()), teacher_temp=cfg.teacher_temp,
+                         warmup_teacher_temp=cfg.warmup_teacher_temp,
+                         warmup_teacher_temp_epochs=cfg.warmup_teacher_temp_epochs,
+                         teacher_drop_path=cfg.teacher_drop_path).to(device)
         no_decay = prefixed_no_decay(model, "student.backbone.")
+        # the k-NN monitor's labelled bank (train split) and scored split (test), decoded once
+        knn_splits = (knn.LabelledSplit(train_path, cfg.knn_bank, img_size, device, 2 * cfg.batch_size),
+                      knn.LabelledSplit(test_path, cfg.knn_test, img_size, device, 2 * cfg.batch_size)
+                      ) if cfg.knn_every > 0 else None
     else:
         train_tf = (eval_tf_with_labels(eval_tf) if cfg.augment == "none" else augment.build_train_transform(
             cfg.augment, img_size=img_size, mean=mean, std=std, num_classes=num_classes,
@@ -229,19 +262,20 @@ def run(cfg: Config) -> dict:
     log.info(f"fastvit {cfg.command}: {cfg.arch} @ {img_size}px on {cfg.dataset} ({loader.num_samples} train "
              f"images, {num_classes} classes), {type(loader).__name__}, device {device}, {d.world_size} "
              f"process(es), run dir {run_dir}")
-    if init_weights is not None:
-        load_backbone(model, init_weights, cfg.init, log)
+    if init is not None:
+        init.load_into(model, log.info)
 
     # ---- optimizer, precision, compile, DDP
     # one fused kernel over all parameters: on a CPU 4x faster than foreach (vit 10.8 vs 47.5 ms per step)
     fused = device.type in ("cuda", "cpu")
     lr = cfg.scaled_lr(d.world_size)
-    opt = torch.optim.AdamW(param_groups(objective, no_decay), lr=lr, weight_decay=cfg.weight_decay,
+    opt = torch.optim.AdamW(param_groups(objective, no_decay, cfg.wd_exclude), lr=lr, weight_decay=cfg.weight_decay,
                             betas=(cfg.beta1, cfg.beta2), fused=fused or None)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    total_steps = cfg.epochs * steps_per_epoch
-    # schedules are pure functions of the step: resuming needs only the step counter
-    lr_at = cosine_schedule(lr, cfg.min_lr, total_steps, round(cfg.warmup_epochs * steps_per_epoch), cfg.warmup_lr)
+    # schedules are pure functions of the step (resuming needs only the step counter), over the schedule
+    # length, which may run past the last trained epoch (paper B: 100 of 300)
+    total_steps = cfg.schedule_length() * steps_per_epoch
+    lr_at = lr_schedule(cfg, steps_per_epoch, d.world_size)
     wd_end = cfg.weight_decay if cfg.weight_decay_end is None else cfg.weight_decay_end
     wd_at = cosine_schedule(cfg.weight_decay, wd_end, total_steps)
     ema = WeightEMA(model, cfg.ema) if cfg.ema else None
@@ -315,7 +349,7 @@ def run(cfg: Config) -> dict:
                     else:
                         x, targets = train_tf(images, labels, gen)
                         lam = drloc_lambda(epoch_f, cfg.drloc_weight(), cfg.drloc_warmup_epochs,
-                                           cfg.epochs) if cfg.drloc else 0.0
+                                           cfg.schedule_length()) if cfg.drloc else 0.0
                         loss, aux = step_module(x, targets, lam, cfg.seed, step)
                 scaler.scale(loss).backward()
                 if cfg.grad_clip or pretrain:
@@ -323,7 +357,7 @@ def run(cfg: Config) -> dict:
                 if pretrain:
                     cancel_last_layer_grads(objective.student.head, epoch, cfg.freeze_last_layer)
                 if cfg.grad_clip:
-                    nn.utils.clip_grad_norm_(objective.parameters(), cfg.grad_clip, foreach=True)
+                    clip_gradients_(list(objective.parameters()), cfg.grad_clip, cfg.clip_mode)
                 scaler.step(opt)
                 scaler.update()
                 opt.zero_grad(set_to_none=True)
@@ -359,6 +393,9 @@ def run(cfg: Config) -> dict:
         if not pretrain and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
             eval_model = ema.module if ema is not None else model
             metrics.update(evaluate(eval_model, eval_batches(), eval_tf, cfg.precision, eval_dist))
+        if pretrain and knn_splits and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs):
+            metrics.update(knn.knn_accuracy(objective.teacher.backbone, *knn_splits, eval_tf, cfg.precision,
+                                            show_progress=d.is_main))
         log.epoch(metrics)
         save("last.pt", epoch + 1, step, max(best_acc1, metrics.get("test_acc1", 0.0)), None)
         if metrics.get("test_acc1", -1.0) > best_acc1:
@@ -397,33 +434,6 @@ def check_finite(nonfinite_at: torch.Tensor, run_dir: Path) -> None:
     if bad >= 0:
         raise TrainingError(f"the loss became NaN/Inf at step {bad}; stopping. The last good checkpoint is "
                             f"{run_dir / 'last.pt'} (lower --lr, add --grad-clip, or use --precision fp32)")
-
-
-def pretrained_backbone(ckpt_path: str) -> dict:
-    state = checkpoint.load(ckpt_path)
-    if "teacher_backbone" not in state:
-        raise UserError(f"{ckpt_path} is not a pretrain checkpoint (no teacher_backbone); "
-                        "make one with `fastvit pretrain`")
-    return state["teacher_backbone"]
-
-
-def load_backbone(model: nn.Module, source: dict, ckpt_path: str, log) -> None:
-    """Load the teacher backbone by parameter name; report every key not loaded and why."""
-    target = model.state_dict()
-    loaded, skipped = {}, []
-    for name, tensor in target.items():
-        if name not in source:
-            skipped.append(f"{name}: not in the checkpoint (kept its fresh init)")
-        elif source[name].shape != tensor.shape:
-            skipped.append(f"{name}: shape {tuple(source[name].shape)} in the checkpoint, "
-                           f"{tuple(tensor.shape)} in the model (kept its fresh init)")
-        else:
-            loaded[name] = source[name]
-    unused = [f"{name}: not a parameter of {type(model).__name__}" for name in source if name not in target]
-    model.load_state_dict(loaded, strict=False)
-    log.info(f"init from {ckpt_path}: loaded {len(loaded)}/{len(target)} tensors by name")
-    for line in skipped + unused:
-        log.info(f"  not loaded: {line}")
 
 
 def prepare_run_dir(cfg: Config, d) -> Path:

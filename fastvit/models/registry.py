@@ -42,6 +42,13 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def family(name: str) -> str | None:
+    """The arch family of a variant: the name of the module defining it (swin, vit, cait, cvt, t2t, resnet);
+    None for an unknown name."""
+    entry = _REGISTRY.get(name)
+    return entry.build.__module__.rsplit(".", 1)[-1] if entry else None
+
+
 def _entry(name: str) -> _Entry:
     if name not in _REGISTRY:
         raise UserError(f"unknown model {name!r}; choose from: {', '.join(names())}")

@@ -320,6 +320,9 @@ class DINO(nn.Module):
         out_dim, hidden_dim, bottleneck_dim, norm_last_layer: see DINOHead.
         student_temp, warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs,
         center_momentum: see DINOLoss.
+        teacher_drop_path: the teacher keeps the student's stochastic depth on while training (paper A builds
+            its teacher with drop path 0.1 and never puts it in eval mode); False: the teacher runs in eval
+            mode, the full network giving the targets (DINO's own ViT teacher has no drop path).
     """
 
     def __init__(
@@ -337,14 +340,16 @@ class DINO(nn.Module):
         teacher_temp: float = 0.07,
         warmup_teacher_temp_epochs: float = 10,
         center_momentum: float = 0.9,
+        teacher_drop_path: bool = False,
     ):
         super().__init__()
+        self.teacher_drop_path = teacher_drop_path
         if hasattr(backbone, "_orig_mod"):
             raise ValueError("pass the uncompiled backbone to DINO: compiled wrappers rename state_dict keys")
         backbone.reset_classifier(0)
         head = DINOHead(backbone.num_features, out_dim, hidden_dim, bottleneck_dim, norm_last_layer)
         self.student = MultiCropModel(backbone, head)
-        self.teacher = make_teacher(self.student)
+        self.teacher = make_teacher(self.student).train(teacher_drop_path)
         if n_local < 0:
             raise UserError(f"DINO n_local (local crops per image) must be >= 0, got {n_local}")
         self.loss = DINOLoss(
@@ -360,7 +365,7 @@ class DINO(nn.Module):
 
     def train(self, mode: bool = True) -> "DINO":
         super().train(mode)
-        self.teacher.eval()  # the teacher never uses drop path / dropout
+        self.teacher.train(mode and self.teacher_drop_path)  # eval mode: no drop path in the teacher
         return self
 
     def forward(self, views: Sequence[torch.Tensor], epoch: float) -> torch.Tensor:
