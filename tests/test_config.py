@@ -26,7 +26,7 @@ def test_gani22_pretrain_is_spec_section_3():
 
 
 def test_drloc21_is_spec_section_2():
-    c = config.build({"batch_size": 128}, recipe="drloc21")
+    c = config.build({"batch_size": 128, "arch": "swin_t"}, recipe="drloc21")  # drop path 0.2: Swin only
     assert c.scaled_lr(world_size=1) == pytest.approx(5e-4 * 128 / 512)
     assert (c.warmup_epochs, c.weight_decay, c.grad_clip, c.drop_path, c.label_smoothing) == (20, 0.05, 5.0, 0.2, 0.1)
     assert c.drloc and c.drloc_mode == "l1" and c.drloc_pairs == 64 and c.drloc_abs
