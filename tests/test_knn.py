@@ -60,7 +60,9 @@ def test_a_tie_at_the_kth_place_takes_the_lower_index():
 
 def test_float32_features_agree_with_float64_on_well_separated_data():
     bank, bank_labels, queries, query_labels, num_classes = features_with_ties(n_bank=200, n_query=50, seed=1)
-    bank, queries = bank[:40], queries[5:]  # drop the deliberate ties: float32 rounding then changes nothing
+    # without the deliberate ties the smallest gaps (k-th vs (k+1)-th similarity 3.5e-4, votes 0.5% relative)
+    # are far above float32 rounding on any CPU's summation order
+    bank, queries = bank[:40], queries[5:]
     bank_labels = bank_labels[:40]
     query_labels = query_labels[5:]
     ranks32 = label_ranks(bank.float(), bank_labels, queries.float(), query_labels, num_classes)

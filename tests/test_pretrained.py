@@ -174,3 +174,13 @@ def test_finetune_init_and_eval_knn_take_a_paper_a_checkpoint(data_args, tmp_pat
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert (result["bank"], result["images"]) == (128, 64) and 0 <= result["knn_acc1"] <= 100
+
+
+@pytest.mark.parametrize("arch,eps", [("swin", 1e-6), ("swin_tiny", 1e-6), ("swin_t", 1e-5), ("swin_t_p2_w4", 1e-5)])
+def test_swin_layer_norm_eps_is_its_paper_s(arch, eps):
+    """Paper A's SwinTransformer defaults norm_layer to LayerNorm(eps=1e-6) (patch embed, blocks, merges, final);
+    paper B's Swin-T uses torch's 1e-5: a loaded paper A checkpoint gives its features only with its eps."""
+    with torch.device("meta"):
+        model = models.create(arch, img_size=models.default_img_size(arch), num_classes=0)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert norms and {m.eps for m in norms} == {eps}

@@ -88,6 +88,7 @@ class SwinBlock(nn.Module):
         mlp_ratio: float,
         drop_path: float,
         grid: tuple[int, int] | None = None,  # native (H, W): its index and mask are built once
+        eps: float = 1e-5,
     ):
         super().__init__()
         self.window = window
@@ -99,11 +100,11 @@ class SwinBlock(nn.Module):
             wh, ww, sh, sw = window_geometry(*grid, window, shifted)
             self.register_buffer("native_index", relative_index(wh, ww, window), persistent=False)
             self.register_buffer("native_mask", window_mask(*grid, wh, ww, sh, sw), persistent=False)
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, num_heads, qkv_bias=True)
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, num_heads))
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path)
 
@@ -145,9 +146,9 @@ class SwinBlock(nn.Module):
 class PatchMerging(nn.Module):
     """2x2 neighbourhood concat -> LayerNorm(4C) -> Linear(4C, 2C): (B, H, W, C) -> (B, H/2, W/2, 2C)."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
-        self.norm = nn.LayerNorm(4 * dim)
+        self.norm = nn.LayerNorm(4 * dim, eps=eps)
         self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -160,12 +161,12 @@ class PatchMerging(nn.Module):
 class SwinStage(nn.Module):
     """Blocks alternating regular / shifted windows, then an optional patch merging."""
 
-    def __init__(self, dim, depth, num_heads, window, mlp_ratio, rates, downsample, grid):
+    def __init__(self, dim, depth, num_heads, window, mlp_ratio, rates, downsample, grid, eps=1e-5):
         super().__init__()
         self.blocks = nn.ModuleList(
-            SwinBlock(dim, num_heads, window, i % 2 == 1, mlp_ratio, rates[i], grid) for i in range(depth)
+            SwinBlock(dim, num_heads, window, i % 2 == 1, mlp_ratio, rates[i], grid, eps) for i in range(depth)
         )
-        self.downsample = PatchMerging(dim) if downsample else nn.Identity()
+        self.downsample = PatchMerging(dim, eps) if downsample else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
@@ -189,6 +190,7 @@ class SwinTransformer(nn.Module):
         window_size: int = 4,
         mlp_ratio: float = 2.0,
         drop_path: float = 0.0,  # stochastic depth of the last block; linear from 0 over all blocks
+        eps: float = 1e-5,  # of every LayerNorm: paper A's Swin 1e-6, paper B's Swin-T 1e-5
         arch: str = "swin",
     ):
         super().__init__()
@@ -213,7 +215,7 @@ class SwinTransformer(nn.Module):
         self.grid_dims = [2 * d for d in dims[:-1]] + [dims[-1]]
         g = img_size // patch_size // 2 ** (len(depths) - 1)
         self.grid = (g, g)
-        self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size, norm=True)
+        self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size, norm=True, eps=eps)
         rates = linear_rates(drop_path, sum(depths))
         starts = [sum(depths[:i]) for i in range(len(depths))]
         side = img_size // patch_size  # stage i runs on a (side / 2^i)^2 grid
@@ -221,11 +223,11 @@ class SwinTransformer(nn.Module):
             SwinStage(
                 dims[i], depths[i], num_heads[i], window_size, mlp_ratio,
                 rates[starts[i] : starts[i] + depths[i]], downsample=i < len(depths) - 1,
-                grid=(side >> i, side >> i),
+                grid=(side >> i, side >> i), eps=eps,
             )
             for i in range(len(depths))
         )
-        self.norm = nn.LayerNorm(self.num_features)
+        self.norm = nn.LayerNorm(self.num_features, eps=eps)
         self.apply(trunc_normal_init)
         self.head = make_head(self.num_features, num_classes)
 
@@ -283,7 +285,7 @@ SWIN_T = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), mlp_r
 def swin(*, img_size: int, num_classes: int, in_chans: int = 3, drop_path: float = 0.0, **overrides):
     """Paper A Swin: embed 96, depths (2, 6, 4), heads (3, 6, 12), window 4, mlp ratio 2, patch 2/4/8
     (up to 32 px / up to 64 px / above)."""
-    config = dict(embed_dim=96, depths=(2, 6, 4), num_heads=(3, 6, 12), window_size=4, mlp_ratio=2.0)
+    config = dict(embed_dim=96, depths=(2, 6, 4), num_heads=(3, 6, 12), window_size=4, mlp_ratio=2.0, eps=1e-6)
     return _swin("swin", config, overrides, img_size=img_size, num_classes=num_classes,
                  in_chans=in_chans, drop_path=drop_path)
 
@@ -291,7 +293,7 @@ def swin(*, img_size: int, num_classes: int, in_chans: int = 3, drop_path: float
 @register(default_img_size=32)
 def swin_tiny(*, img_size: int, num_classes: int, in_chans: int = 3, drop_path: float = 0.0, **overrides):
     """Test/demo Swin: embed 32, depths (2, 2, 2), heads (1, 2, 4), window 4, mlp ratio 2, patch as `swin`."""
-    config = dict(embed_dim=32, depths=(2, 2, 2), num_heads=(1, 2, 4), window_size=4, mlp_ratio=2.0)
+    config = dict(embed_dim=32, depths=(2, 2, 2), num_heads=(1, 2, 4), window_size=4, mlp_ratio=2.0, eps=1e-6)
     return _swin("swin_tiny", config, overrides, img_size=img_size, num_classes=num_classes,
                  in_chans=in_chans, drop_path=drop_path)
 
