@@ -74,7 +74,10 @@ def test_a_two_epoch_pretrain_logs_knn_accuracy_every_epoch(fmnist_dir, cache_di
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = ["pretrain", "--arch", "vit_tiny", "--dataset", "fashion-mnist", "--data-dir", fmnist_dir, "--cache-dir",
             cache_dir, "--epochs", "2", "--steps-per-epoch", "2", "--subset", "128", "--batch-size", "32", "--n-local",
-            "2", "--dino-out-dim", "64", "--knn-bank", "256", "--knn-test", "128", "--out", out]
+            "2", "--dino-out-dim", "64", "--knn-bank", "256", "--knn-test", "128", "--out", out,
+            # paper A's loop options ride along: per-tensor clip, teacher drop path, its wd groups, a longer schedule
+            "--grad-clip", "3", "--clip-mode", "per-tensor", "--teacher-drop-path", "--wd-exclude", "1d",
+            "--schedule-epochs", "6"]
     r = subprocess.run([sys.executable, "-m", "fastvit", *map(str, args)], capture_output=True, text=True,
                        timeout=600, env=env)
     assert r.returncode == 0, r.stderr
@@ -82,6 +85,8 @@ def test_a_two_epoch_pretrain_logs_knn_accuracy_every_epoch(fmnist_dir, cache_di
     assert [row["epoch"] for row in rows] == [1, 2]
     for row in rows:
         assert 0 <= row["knn_acc1"] <= row["knn_acc5"] <= 100
+    # lr of the last step (3) on the 6-epoch schedule (12 steps, 2 warm-up): not the 2-epoch one (0.5 of peak)
+    assert rows[-1]["lr"] == pytest.approx(1e-6 + (1e-3 - 1e-6) * (1 + math.cos(math.pi * 1 / 10)) / 2)
     assert rows[-1]["knn_acc1"] > 30  # grey level codes the class (conftest): even a young backbone's kNN sees it
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
