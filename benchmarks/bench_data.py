@@ -21,7 +21,7 @@ import torch
 
 from benchmarks.conftest import CIFAR_MEAN, CIFAR_STD, record_rate, sync
 from benchmarks.reference_pipeline import finetune_loader, multicrop_loader
-from fastvit.loaders.augment import MultiCrop, build_train_transform
+from fastvit.augment import MultiCrop, build_train_transform
 from fastvit.loaders.pipeline import FFCVLoader, ResidentLoader
 
 BATCH = 256

@@ -31,9 +31,8 @@ def model_from_checkpoint(path: str | Path, *, ema: bool = False) -> tuple[torch
 
 def evaluate_checkpoint(path, *, dataset=None, data_dir=None, cache_dir=None, device="auto",
                         batch_size=256, precision="fp32", ema=False) -> dict:
-    from fastvit import train
+    from fastvit import augment, train
     from fastvit.config import Config
-    from fastvit.loaders import augment
 
     model, state = model_from_checkpoint(path, ema=ema)
     cfg = state["config"]

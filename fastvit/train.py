@@ -17,11 +17,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from fastvit import checkpoint, distributed, hostmem, knn, loaders, models, pretrained
+from fastvit import augment, checkpoint, distributed, hostmem, knn, loaders, models, pretrained
+from fastvit.augment import MultiCrop
 from fastvit.config import Config
 from fastvit.errors import UserError
-from fastvit.loaders import augment
-from fastvit.loaders.augment import MultiCrop
 from fastvit.objectives.dino import DINO, cancel_last_layer_grads, momentum_schedule
 from fastvit.objectives.drloc import Drloc, drloc_lambda
 from fastvit.schedules import cosine_schedule

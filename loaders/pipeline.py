@@ -1,6 +1,6 @@
 """Loaders that yield uint8 NCHW batches on the training device: `resident`, `ffcv`, `make_loader`.
 
-Both loaders share one iteration contract, so the augmentation stage (`fastvit.loaders.augment`) does
+Both loaders share one iteration contract, so the augmentation stage (`fastvit.augment`) does
 not care where a batch came from:
 
     loader = make_loader("auto", "cifar10-train.beton", batch_size=256, device="cuda", seed=0)

@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import fastvit.augment as A
+from fastvit.augment import ops as O
+from fastvit.augment import policies as P
 from fastvit.errors import UserError
-from fastvit.loaders import augment as A
-from fastvit.loaders import augment_ops as O
-from fastvit.loaders import augment_policies as P
 
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
@@ -351,23 +351,6 @@ def test_gaussian_blur_matches_scipy_per_sample_sigma():
     assert (O.gaussian_blur(x, torch.full((3,), 0.05), radius=3) - x).abs().max() < 1e-3
 
 
-def test_apply_grouped_runs_each_op_on_its_samples_only():
-    x = torch.zeros(7, 1, 2, 2)
-    choice = torch.tensor([2, -1, 0, 2, 1, -1, 0])
-    calls = []
-
-    def op(k):
-        def fn(xs, idx):
-            calls.append((k, sorted(idx.tolist())))
-            return xs + 10 * (k + 1) + idx.view(-1, 1, 1, 1).float()
-        return fn
-
-    y = O.apply_grouped(x, choice, [op(0), op(1), op(2)])
-    expect = torch.tensor([30 + 0, 0, 10 + 2, 30 + 3, 20 + 4, 0, 10 + 6]).float()
-    assert torch.equal(y[:, 0, 0, 0], expect)
-    assert sorted(calls) == [(0, [2, 6]), (1, [4]), (2, [0, 3])]
-
-
 # ---------------------------------------------------------------------------------------------------
 # AutoAugment / RandAugment
 
@@ -408,6 +391,33 @@ def _single_op(img, name, value, *, fill, mode):
           "color": O.adjust_saturation, "contrast": O.adjust_contrast, "brightness": O.adjust_brightness,
           "sharpness": O.adjust_sharpness}[name]
     return fn(img, float(value))
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_apply_op_slot_gives_each_sample_exactly_its_op(channels):
+    # every op of both policies (and ColorJitter's hue) on two samples each, plus untouched samples
+    names = list(dict.fromkeys(P.RANDAUGMENT_OPS + P.AUTOAUGMENT_OPS)) + ["hue"]
+    op = torch.tensor(list(range(len(names))) * 2 + [-1] * 4)
+    b = op.numel()
+    x = to_batch(natural_images(n=b, size=16, channels=channels, seed=3))
+    value = torch.rand(b, generator=gen(2)) * 0.2 + 0.1  # shear / translate / hue / blend-offset sized
+    big = {"rotate": 20.0, "posterize": 3.0, "solarize": 120.0, "solarize_add": 40.0}
+    value = torch.tensor([big.get(names[k], 1.0 if names[k] in P.BLEND_OPS else 0.0) if k >= 0 else 0.0
+                          for k in op.tolist()]) + value
+    modes = {"shear_x": "bilinear", "shear_y": "nearest", "translate_x": "nearest", "translate_y": "bilinear",
+             "rotate": "bilinear"}
+    fill = (125.0, 123.0, 114.0)[:channels]
+    out = P.apply_op_slot(x, op, value, names, fill=fill, modes=modes)
+    for i, k in enumerate(op.tolist()):
+        if k < 0:
+            assert torch.equal(out[i], x[i]), "no op: the sample is untouched"
+            continue
+        img = x[i:i + 1]
+        if names[k] == "hue":
+            ref = O.adjust_hue(img, float(value[i]))
+        else:
+            ref = _single_op(img, names[k], float(value[i]), fill=fill, mode=modes)
+        assert (out[i:i + 1] - ref).abs().max() < 1e-3, names[k]
 
 
 @pytest.mark.parametrize("policy", ["cifar10", "svhn", "imagenet"])

@@ -4,16 +4,18 @@ Every op takes a float32 batch ``x [n, C, H, W]`` with values in 0..255 (C = 1 o
 parameters (a Python number, or a tensor ``[n]``), and returns a float32 batch without modifying
 its input (ops that are identities for 1-channel images return the input itself); nothing is
 rounded between ops. Each op mirrors a PIL operation (named in its docstring) up to that rounding:
-PIL works on uint8 and rounds or truncates after every op, these do not.
+PIL works on uint8 and rounds or truncates after every op, these do not. No op reads device data back
+to the host: shapes never depend on pixel values.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from fastvit.errors import UserError
 
 # ITU-R 601-2 luma, as PIL's convert("L") and torchvision's rgb_to_grayscale
 _LUMA = (0.299, 0.587, 0.114)
@@ -40,25 +42,20 @@ def _fill_column(fill, x: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------
-# grouping: run each op once on the samples that chose it
+# batch conventions
 
 
-def apply_grouped(x: torch.Tensor, choice: torch.Tensor,
-                  fns: Sequence[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]) -> torch.Tensor:
-    """In place: the samples with ``choice == k`` go through ``fns[k](x[idx], idx)``; choice -1 = untouched.
+def check_images(x: torch.Tensor) -> None:
+    """A uint8 [B, C, H, W] batch with C = 1 or 3 (what the loaders deliver), else a UserError."""
+    if x.dim() != 4 or x.shape[1] not in (1, 3):
+        raise UserError(f"images must be a [B, C, H, W] batch with C = 1 or 3, got shape {tuple(x.shape)}")
+    if x.dtype != torch.uint8:
+        raise UserError(f"images must be uint8 (as the loaders deliver them), got {x.dtype}")
 
-    One sort and one host sync (the group sizes) per call, then one index_select / op / index_copy
-    per non-empty group: never a Python loop over samples.
-    """
-    counts = torch.bincount(choice + 1, minlength=len(fns) + 1).tolist()  # host sync
-    order = torch.argsort(choice, stable=True)
-    start = counts[0]
-    for k, cnt in enumerate(counts[1:]):
-        if cnt:
-            idx = order[start:start + cnt]
-            x.index_copy_(0, idx, fns[k](x.index_select(0, idx), idx))
-        start += cnt
-    return x
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 batch -> float32 in 0..255 (a float batch is returned as is)."""
+    return x.float() if x.dtype == torch.uint8 else x
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -92,7 +89,9 @@ def equalize(x: torch.Tensor) -> torch.Tensor:
     planes = n * c
     v = x.detach().clamp(0, 255).to(torch.uint8).reshape(planes, h * w).long()  # (n*C, H*W)
     offset = torch.arange(planes, device=x.device).view(planes, 1) * 256
-    hist = torch.bincount((v + offset).flatten(), minlength=planes * 256).view(planes, 256)
+    # a fixed-size scatter, not bincount (whose output size depends on the data: a host sync)
+    hist = torch.zeros(planes * 256, dtype=torch.long, device=x.device)
+    hist = hist.scatter_add_(0, (v + offset).flatten(), torch.ones_like(v).flatten()).view(planes, 256)
     # PIL: step = (number of pixels - count of the last occupied bin) // 255
     last = 255 - torch.argmax((hist.flip(1) > 0).long(), dim=1)
     step = (h * w - hist.gather(1, last.view(planes, 1))) // 255  # (n*C, 1)
@@ -126,51 +125,58 @@ def rgb_to_gray(x: torch.Tensor) -> torch.Tensor:
 
 def adjust_brightness(x: torch.Tensor, factor) -> torch.Tensor:
     """ImageEnhance.Brightness: blend with black."""
-    return (x * _col(factor, x)).clamp_(0, 255)
+    return blend(x, 0.0, factor)
 
 
-def adjust_contrast(x: torch.Tensor, factor) -> torch.Tensor:
-    """ImageEnhance.Contrast: blend with the image's mean luma (PIL rounds that mean; this does not)."""
+def mean_luma(x: torch.Tensor) -> torch.Tensor:
+    """Each image's mean luma, [n, 1, 1, 1]: ImageEnhance.Contrast's degenerate (PIL rounds it; this does not)."""
     # the mean luma is the luma of the channel means: no full grey image needed
     means = x.mean(dim=(2, 3))  # (n, C)
     if x.shape[1] == 3:
         means = means @ torch.tensor(_LUMA, device=x.device, dtype=x.dtype).view(3, 1)  # (n, 1)
-    f = _factor(factor, x)
-    # f * x + (1 - f) * mean, as one fused multiply-add
-    return torch.addcmul(means.view(-1, 1, 1, 1) * (1.0 - f), x, f).clamp_(0, 255)
+    return means.view(-1, 1, 1, 1)
 
 
-def adjust_saturation(x: torch.Tensor, factor) -> torch.Tensor:
-    """ImageEnhance.Color: blend with the luma image; identity on 1-channel images."""
-    if x.shape[1] == 1:
-        return x
-    f = _factor(factor, x)
-    base = rgb_to_gray(x).mul_(1.0 - f)  # (n, 1, H, W), broadcast over the channels below
-    return torch.addcmul(base, x, f).clamp_(0, 255)
-
-
-def adjust_sharpness(x: torch.Tensor, factor) -> torch.Tensor:
-    """ImageEnhance.Sharpness: blend with ImageFilter.SMOOTH (3x3, centre 5, others 1, / 13).
-
-    As in PIL, the one-pixel border of the smoothed image is the original image, so the border of the
-    result is the input.
-    """
+def smooth(x: torch.Tensor) -> torch.Tensor:
+    """ImageFilter.SMOOTH (3x3, centre 5, others 1, / 13); as in PIL, the one-pixel border is the input."""
     h, w = x.shape[-2:]
     if h < 3 or w < 3:
-        return x.clone()
-    f = _factor(factor, x)
-    inner = x[:, :, 1:-1, 1:-1]
+        return x
     # SMOOTH = (box3x3 sum + 4 * centre) / 13; separable sums of shifted views beat avg_pool2d and a
     # depthwise conv several times on CPU
     rows = x[..., :-2] + x[..., 1:-1]
     rows += x[..., 2:]  # (n, C, H, W-2)
     box = rows[..., :-2, :] + rows[..., 1:-1, :]
     box += rows[..., 2:, :]  # (n, C, H-2, W-2)
-    smooth = box.add_(inner, alpha=4.0).mul_(1.0 / 13.0)
     out = x.clone()
-    # f * x + (1 - f) * smooth on the interior
-    out[:, :, 1:-1, 1:-1] = torch.addcmul(smooth.mul_(1.0 - f), inner, f)
-    return out.clamp_(0, 255)
+    out[:, :, 1:-1, 1:-1] = box.add_(x[:, :, 1:-1, 1:-1], alpha=4.0).mul_(1.0 / 13.0)
+    return out
+
+
+def blend(x: torch.Tensor, degenerate: torch.Tensor | float, factor) -> torch.Tensor:
+    """ImageEnhance's blend: degenerate + factor * (x - degenerate), clipped to 0..255.
+
+    Computed as factor * x + (1 - factor) * degenerate, so factor 1 returns x exactly (for x in 0..255).
+    """
+    f = _factor(factor, x)
+    return torch.addcmul(degenerate * (1.0 - f), x, f).clamp_(0, 255)
+
+
+def adjust_contrast(x: torch.Tensor, factor) -> torch.Tensor:
+    """ImageEnhance.Contrast: blend with the image's mean luma (PIL rounds that mean; this does not)."""
+    return blend(x, mean_luma(x), factor)
+
+
+def adjust_saturation(x: torch.Tensor, factor) -> torch.Tensor:
+    """ImageEnhance.Color: blend with the luma image; identity on 1-channel images."""
+    if x.shape[1] == 1:
+        return x
+    return blend(x, rgb_to_gray(x), factor)
+
+
+def adjust_sharpness(x: torch.Tensor, factor) -> torch.Tensor:
+    """ImageEnhance.Sharpness: blend with `smooth` (so the one-pixel border keeps the input)."""
+    return blend(x, smooth(x), factor)
 
 
 def adjust_hue(x: torch.Tensor, shift) -> torch.Tensor:
@@ -228,8 +234,6 @@ def affine_grid_coefficients(matrix: torch.Tensor, h: int, w: int, *, mode: str
     """The grid `affine` samples: (coef [n, 6], xo [W], yo [H]), all float32, such that the normalized
     sampling position of output pixel (row i, col j) is gx = coef0*xo[j] + (coef1*yo[i] + coef2) and
     gy = coef3*xo[j] + (coef4*yo[i] + coef5) (grid_sample, align_corners=False).
-
-    Shared with the fused CPU executor so that both compute bit-identical sampling positions.
     """
     m = matrix.to(dtype=torch.float32)
     a, b, cc = m[:, 0, 0], m[:, 0, 1], m[:, 0, 2]
@@ -291,7 +295,8 @@ def gaussian_kernels(sigma: torch.Tensor, radius: int) -> torch.Tensor:
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, *, radius: int | None = None) -> torch.Tensor:
     """Separable Gaussian blur with a per-sample sigma [n] (reflect padding, as scipy's "mirror").
 
-    radius defaults to ceil(3 * max sigma), capped so the padding fits the image.
+    radius defaults to ceil(3 * max sigma) (read back from the device: pass it to avoid that host sync),
+    capped so the padding fits the image.
     """
     n, c, h, w = x.shape
     if radius is None:

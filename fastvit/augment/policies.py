@@ -1,9 +1,9 @@
 """AutoAugment (CIFAR10, SVHN, ImageNet policies) and RandAugment, batched with per-sample choices.
 
-Each sample draws its own sub-policy / ops, magnitudes and signs from the generator; then, for each op
-slot, the samples are grouped by op and every op runs once on its group (`apply_grouped`). All
-geometric ops of a slot that share an interpolation mode run as one `grid_sample` with per-sample
-affine matrices.
+Each sample draws its own sub-policy / ops, magnitudes and signs from the generator; then each op slot
+runs as fixed-shape batched ops with per-sample parameters (`apply_op_slot`): no host sync, no
+data-dependent shapes. All geometric ops of a slot that share an interpolation mode run as one
+`grid_sample` with per-sample affine matrices.
 
 Ops, magnitudes and fills follow the implementations the two papers trained with:
 - AutoAugment: the sub-policy tables of Cubuk et al. (2019) with the 10-bin magnitude ranges of the
@@ -18,25 +18,16 @@ Ops, magnitudes and fills follow the implementations the two papers trained with
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from . import augment_ops as O
+from fastvit.errors import UserError
+
+from . import ops as O
 
 # ---------------------------------------------------------------------------------------------------
-# op registry: pixel ops take (x, value [n]); geometric ops give an output->input matrix from (value, h, w)
-
-PIXEL_OPS = {
-    "invert": lambda x, v: O.invert(x),
-    "autocontrast": lambda x, v: O.autocontrast(x),
-    "equalize": lambda x, v: O.equalize(x),
-    "solarize": O.solarize,
-    "solarize_add": O.solarize_add,
-    "posterize": O.posterize,
-    "color": O.adjust_saturation,
-    "contrast": O.adjust_contrast,
-    "brightness": O.adjust_brightness,
-    "sharpness": O.adjust_sharpness,
-}
+# op registry: geometric ops give an output->input matrix from (value [n], h, w)
 
 GEOMETRIC_OPS = {
     "shear_x": lambda v, h, w: O.shear_x_matrix(v),
@@ -46,41 +37,75 @@ GEOMETRIC_OPS = {
     "translate_y": lambda v, h, w: O.translate_matrix(0.0, v * h),
     "rotate": lambda v, h, w: O.rotate_matrix(v, h, w),
 }
-
+# ImageEnhance blends: factor * x + (1 - factor) * degenerate; "color" is also ColorJitter's saturation
+BLEND_OPS = ("brightness", "contrast", "color", "sharpness")
+PIXEL_OPS = ("invert", "autocontrast", "equalize", "solarize", "solarize_add", "posterize", "hue")
 
 _IDENTITY = torch.eye(2, 3)
 
 
 def apply_op_slot(x: torch.Tensor, op: torch.Tensor, value: torch.Tensor, names: list[str], *,
-                  fill, modes: dict[str, str]) -> torch.Tensor:
-    """In place: sample i goes through op ``names[op[i]]`` with parameter value[i] (op -1: none).
+                  fill=128.0, modes: dict[str, str] | None = None) -> torch.Tensor:
+    """Sample i through op ``names[op[i]]`` with parameter value[i] (op -1: none); a new batch.
 
-    modes: interpolation per geometric op name; geometric ops sharing a mode run as one grid_sample.
+    No host sync and fixed shapes: every kind of op runs once on the whole batch with per-sample
+    parameters at which it is the identity for the samples that did not pick it (a blend factor 1, a
+    solarize threshold +inf, an autocontrast scale 1), or is selected per sample with torch.where
+    (geometric ops, posterize, equalize, hue), so each sample gets exactly its own op. Geometric ops
+    sharing an interpolation mode run as one grid_sample with per-sample matrices; blends share one
+    fused multiply-add whose degenerate image is picked per sample.
+    modes: interpolation per geometric op name ("nearest" | "bilinear" | "bicubic").
+    names: from GEOMETRIC_OPS, BLEND_OPS and PIXEL_OPS ("hue": torchvision's adjust_hue, value in turns).
     """
-    b, _, h, w = x.shape
-    group_names = sorted({modes[n] for n in names if n in GEOMETRIC_OPS})
-    geo_group = {mode: len(names) + i for i, mode in enumerate(group_names)}
-    group_of_op = [geo_group[modes[n]] if n in GEOMETRIC_OPS else i for i, n in enumerate(names)]
-    group_of_op = torch.tensor(group_of_op, device=x.device)
-    choice = torch.where(op >= 0, group_of_op[op.clamp(min=0)], -1)
+    b, c, h, w = x.shape
+    picked = {n: op == i for i, n in enumerate(names)}  # bool [b] per op
+    if c == 1:  # saturation and hue are identities on one channel
+        picked.pop("color", None)
+        picked.pop("hue", None)
+    rows = lambda mask: mask.view(b, 1, 1, 1)
+    none = torch.zeros_like(op, dtype=torch.bool)
 
-    matrix = None
-    if group_names:
-        # every geometric op's matrix for every sample: a few [B]-sized ops, cheaper than a host sync
-        matrix = _IDENTITY.to(x.device).expand(b, 2, 3)
-        for i, n in enumerate(names):
-            if n in GEOMETRIC_OPS:
-                matrix = torch.where((op == i).view(b, 1, 1), GEOMETRIC_OPS[n](value, h, w), matrix)
+    for mode in sorted({modes[n] for n in picked if n in GEOMETRIC_OPS}):
+        matrix, hit = _IDENTITY.to(x.device).expand(b, 2, 3), none
+        for n in picked:
+            if n in GEOMETRIC_OPS and modes[n] == mode:
+                matrix = torch.where(picked[n].view(b, 1, 1), GEOMETRIC_OPS[n](value, h, w), matrix)
+                hit = hit | picked[n]
+        x = torch.where(rows(hit), O.affine(x, matrix, fill=fill, mode=mode), x)
 
-    def pixel_fn(name):
-        return lambda xs, idx: PIXEL_OPS[name](xs, value[idx])
+    blends = [n for n in BLEND_OPS if n in picked]
+    if blends:
+        factor = torch.ones_like(value)
+        degenerate = torch.zeros((), device=x.device)  # brightness: black
+        for n in blends:
+            factor = torch.where(picked[n], value, factor)
+        if "contrast" in picked:
+            degenerate = torch.where(rows(picked["contrast"]), O.mean_luma(x), degenerate)
+        if "color" in picked:
+            degenerate = torch.where(rows(picked["color"]), O.rgb_to_gray(x), degenerate)
+        if "sharpness" in picked:
+            degenerate = torch.where(rows(picked["sharpness"]), O.smooth(x), degenerate)
+        x = O.blend(x, degenerate, factor)
 
-    def geometric_fn(mode):
-        return lambda xs, idx: O.affine(xs, matrix[idx], fill=fill, mode=mode)
-
-    fns = [pixel_fn(n) if n in PIXEL_OPS else None for n in names]
-    fns += [geometric_fn(mode) for mode in group_names]
-    return O.apply_grouped(x, choice, fns)
+    if "solarize" in picked or "invert" in picked:  # invert = solarize at threshold -inf
+        threshold = torch.full_like(value, math.inf)
+        if "solarize" in picked:
+            threshold = torch.where(picked["solarize"], value, threshold)
+        if "invert" in picked:
+            threshold = torch.where(picked["invert"], -math.inf, threshold)
+        x = O.solarize(x, threshold)
+    if "solarize_add" in picked:
+        x = O.solarize_add(x, torch.where(picked["solarize_add"], value, 0.0))
+    if "autocontrast" in picked:
+        x = torch.where(rows(picked["autocontrast"]), O.autocontrast(x), x)
+    if "posterize" in picked:
+        bits = torch.where(picked["posterize"], value, 8.0)  # other ops' values may be far out of 0..8
+        x = torch.where(rows(picked["posterize"]), O.posterize(x, bits), x)
+    if "equalize" in picked:
+        x = torch.where(rows(picked["equalize"]), O.equalize(x), x)
+    if "hue" in picked:
+        x = torch.where(rows(picked["hue"]), O.adjust_hue(x, torch.where(picked["hue"], value, 0.0)), x)
+    return x
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -175,8 +200,6 @@ def autoaugment_tables(policy: str, device=None) -> tuple[torch.Tensor, ...]:
 
 def _build_autoaugment_tables(policy: str, device) -> tuple[torch.Tensor, ...]:
     if policy not in _AUTOAUGMENT_POLICIES:
-        from fastvit.errors import UserError
-
         raise UserError(f"unknown AutoAugment policy {policy!r}; choose one of: "
                         f"{', '.join(_AUTOAUGMENT_POLICIES)}")
     rows = _AUTOAUGMENT_POLICIES[policy]
@@ -206,7 +229,7 @@ def autoaugment_params(b: int, policy: str, *, generator: torch.Generator | None
 
 def autoaugment_draws(b: int, subpolicies: int, *, generator: torch.Generator | None, device=None):
     """The generator calls of `autoaugment_params`, in its order: (sub-policy [b], per op slot u [2, b]:
-    apply?, sign). Shared with the fused CPU executor, which does the table lookups in numba."""
+    apply?, sign)."""
     sub = torch.randint(0, subpolicies, (b,), generator=generator, device=device)
     return sub, [torch.rand(2, b, generator=generator, device=device) for _ in range(2)]
 
@@ -215,7 +238,7 @@ def autoaugment_(x: torch.Tensor, policy: str, *, generator: torch.Generator | N
                  fill=128.0) -> torch.Tensor:
     """In place on a float 0..255 batch: each sample runs one random sub-policy of `policy`."""
     for op, value in autoaugment_params(x.shape[0], policy, generator=generator, device=x.device):
-        apply_op_slot(x, op, value, AUTOAUGMENT_OPS, fill=fill, modes=_AA_MODES)
+        x.copy_(apply_op_slot(x, op, value, AUTOAUGMENT_OPS, fill=fill, modes=_AA_MODES))
     return x
 
 
@@ -270,7 +293,7 @@ def randaugment_(x: torch.Tensor, *, generator: torch.Generator | None, magnitud
         sign = torch.where(u[1] < 0.5, -1.0, 1.0)
         value = randaugment_values(m, sign).gather(0, op.view(1, b)).view(b)
         op = torch.where(u[0] < p, op, -1)
-        apply_op_slot(x, op, value, RANDAUGMENT_OPS, fill=fill, modes=_RA_MODES)
+        x.copy_(apply_op_slot(x, op, value, RANDAUGMENT_OPS, fill=fill, modes=_RA_MODES))
     return x
 
 
