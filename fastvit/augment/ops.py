@@ -35,7 +35,7 @@ def _factor(v, x: torch.Tensor) -> torch.Tensor:
     return torch.tensor(float(v), device=x.device, dtype=x.dtype)
 
 
-def _fill_column(fill, x: torch.Tensor) -> torch.Tensor:
+def fill_column(fill, x: torch.Tensor) -> torch.Tensor:
     """A fill colour (number or per-channel sequence) as [1, C, 1, 1]."""
     t = torch.as_tensor(fill, dtype=x.dtype, device=x.device).flatten()
     return t[: x.shape[1]].expand(x.shape[1]).reshape(1, -1, 1, 1) if t.numel() > 1 else t.reshape(1, 1, 1, 1)
@@ -87,11 +87,10 @@ def equalize(x: torch.Tensor) -> torch.Tensor:
     """ImageOps.equalize, per image and channel, on the floored values (PIL's lookup-table algorithm)."""
     n, c, h, w = x.shape
     planes = n * c
-    v = x.detach().clamp(0, 255).to(torch.uint8).reshape(planes, h * w).long()  # (n*C, H*W)
-    offset = torch.arange(planes, device=x.device).view(planes, 1) * 256
+    v = x.detach().reshape(planes, h * w).clamp(0, 255).long()  # (n*C, H*W), floored (clamp on floats: fast)
     # a fixed-size scatter, not bincount (whose output size depends on the data: a host sync)
-    hist = torch.zeros(planes * 256, dtype=torch.long, device=x.device)
-    hist = hist.scatter_add_(0, (v + offset).flatten(), torch.ones_like(v).flatten()).view(planes, 256)
+    ones = torch.ones((), dtype=torch.long, device=x.device).expand(planes, h * w)
+    hist = torch.zeros(planes, 256, dtype=torch.long, device=x.device).scatter_add_(1, v, ones)
     # PIL: step = (number of pixels - count of the last occupied bin) // 255
     last = 255 - torch.argmax((hist.flip(1) > 0).long(), dim=1)
     step = (h * w - hist.gather(1, last.view(planes, 1))) // 255  # (n*C, 1)
@@ -103,12 +102,18 @@ def equalize(x: torch.Tensor) -> torch.Tensor:
 
 def autocontrast(x: torch.Tensor) -> torch.Tensor:
     """ImageOps.autocontrast (cutoff 0): stretch each channel's [min, max] to [0, 255]; flat: identity."""
+    scale, shift = autocontrast_coefficients(x)
+    return torch.addcmul(shift, x, scale).clamp_(0, 255)  # (x - lo) * scale in one pass
+
+
+def autocontrast_coefficients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) [n, C, 1, 1] such that autocontrast(x) = clamp(x * scale + shift, 0, 255)."""
     lo = x.amin(dim=(2, 3), keepdim=True)
     hi = x.amax(dim=(2, 3), keepdim=True)
     flat = hi <= lo
     scale = torch.where(flat, 1.0, 255.0 / (hi - lo).clamp(min=1e-6))
     shift = torch.where(flat, 0.0, -lo * scale)
-    return torch.addcmul(shift, x, scale).clamp_(0, 255)  # (x - lo) * scale in one pass
+    return scale, shift
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -216,39 +221,37 @@ def affine(x: torch.Tensor, matrix: torch.Tensor, *, fill=0.0, mode: str = "near
         the output pixel centre is X = x + 0.5). Outside the input: `fill` (number or per channel).
     mode: "nearest" | "bilinear" | "bicubic".
     """
-    n, c, h, w = x.shape
-    coef, xo, yo = affine_grid_coefficients(matrix.to(x.device), h, w, mode=mode)
-    col = lambda v: v.view(n, 1, 1)  # (n, 1, 1) per-sample coefficient
-    gx = col(coef[:, 0]) * xo.view(1, 1, w) + (col(coef[:, 1]) * yo.view(1, h, 1) + col(coef[:, 2]))
-    gy = col(coef[:, 3]) * xo.view(1, 1, w) + (col(coef[:, 4]) * yo.view(1, h, 1) + col(coef[:, 5]))
-    grid = torch.stack([gx, gy], dim=3)  # (n, H, W, 2)
-    fill_t = _fill_column(fill, x)
+    h, w = x.shape[-2:]
+    grid = affine_grid(matrix.to(x.device), h, w, nearest=mode == "nearest")
+    fill_t = fill_column(fill, x)
     # sampling x - fill with zero padding puts exactly `fill` outside the image
     out = F.grid_sample(x - fill_t, grid, mode=mode, padding_mode="zeros", align_corners=False)
     out = out + fill_t
     return out.clamp_(0, 255) if mode == "bicubic" else out
 
 
-def affine_grid_coefficients(matrix: torch.Tensor, h: int, w: int, *, mode: str
-                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The grid `affine` samples: (coef [n, 6], xo [W], yo [H]), all float32, such that the normalized
-    sampling position of output pixel (row i, col j) is gx = coef0*xo[j] + (coef1*yo[i] + coef2) and
-    gy = coef3*xo[j] + (coef4*yo[i] + coef5) (grid_sample, align_corners=False).
+def affine_grid(matrix: torch.Tensor, h: int, w: int, *, nearest: bool | torch.Tensor) -> torch.Tensor:
+    """The [n, H, W, 2] grid_sample grid (align_corners=False) of `affine`'s output->input matrices.
+
+    nearest: the samples (a bool, or a per-sample [n] mask) sampled with mode "nearest", whose
+    positions get nudged so that grid_sample's rounding agrees with PIL's floor.
     """
+    n = matrix.shape[0]
     m = matrix.to(dtype=torch.float32)
     a, b, cc = m[:, 0, 0], m[:, 0, 1], m[:, 0, 2]
     d, e, ff = m[:, 1, 0], m[:, 1, 1], m[:, 1, 2]
-    if mode == "nearest":
-        # PIL takes floor(u), grid_sample rounds u - 1/2 half-to-even: nudge exact ties upwards
-        cc, ff = cc + 1e-4, ff + 1e-4
+    # PIL takes floor(u), grid_sample rounds u - 1/2 half-to-even: nudge exact ties upwards
+    nudge = torch.where(nearest, 1e-4, 0.0) if isinstance(nearest, torch.Tensor) else 1e-4 * nearest
+    cc, ff = cc + nudge, ff + nudge
     # normalized coords (align_corners=False): X = (xn + 1) * w / 2 and u = (un + 1) * w / 2
     # the grid by broadcasting: affine_grid's bmm with 3x2 matrices is slow on CPU
     dev = m.device
-    xo = (torch.arange(w, device=dev, dtype=torch.float32) * 2.0 + 1.0) / w - 1.0  # (W,)
-    yo = (torch.arange(h, device=dev, dtype=torch.float32) * 2.0 + 1.0) / h - 1.0  # (H,)
-    coef = torch.stack([a, b * h / w, a + b * h / w + 2.0 * cc / w - 1.0,
-                        d * w / h, e, d * w / h + e + 2.0 * ff / h - 1.0], dim=1)
-    return coef, xo, yo
+    xo = ((torch.arange(w, device=dev, dtype=torch.float32) * 2.0 + 1.0) / w - 1.0).view(1, 1, w)
+    yo = ((torch.arange(h, device=dev, dtype=torch.float32) * 2.0 + 1.0) / h - 1.0).view(1, h, 1)
+    col = lambda v: v.view(n, 1, 1)  # (n, 1, 1) per-sample coefficient
+    gx = col(a) * xo + (col(b * h / w) * yo + col(a + b * h / w + 2.0 * cc / w - 1.0))
+    gy = col(d * w / h) * xo + (col(e) * yo + col(d * w / h + e + 2.0 * ff / h - 1.0))
+    return torch.stack([gx, gy], dim=3)  # (n, H, W, 2)
 
 
 def _matrix(a, b, c, d, e, f) -> torch.Tensor:

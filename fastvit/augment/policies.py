@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from fastvit.errors import UserError
 
@@ -44,6 +45,53 @@ PIXEL_OPS = ("invert", "autocontrast", "equalize", "solarize", "solarize_add", "
 _IDENTITY = torch.eye(2, 3)
 
 
+_SOLARIZE_OPS = ("solarize", "invert", "solarize_add")
+
+
+def _level_maps(x: torch.Tensor, picked: dict, value: torch.Tensor, rows) -> torch.Tensor:
+    """The blends, solarize / invert / solarize_add and autocontrast of one slot as one fused pass:
+    out = clamp(x >= t ? a2 * x + b2 : a1 * x + b1 + c * D, 0, 255) with per-sample (per-channel for
+    autocontrast) coefficients and degenerate image D (luma for color, SMOOTH for sharpness). A sample
+    that picked none of them gets a1 = 1, b1 = c = 0, t = +inf: exactly x."""
+    b = x.shape[0]
+    col = lambda v: v.view(b, 1, 1, 1)
+    a1, b1 = torch.ones_like(x[:, :, :1, :1]), torch.zeros_like(x[:, :, :1, :1])  # (b, C, 1, 1)
+    for n in BLEND_OPS:
+        if n in picked:
+            a1 = torch.where(rows(picked[n]), col(value), a1)
+    if "contrast" in picked:  # blend with the mean luma: a constant per sample
+        b1 = torch.where(rows(picked["contrast"]), (1.0 - col(value)) * O.mean_luma(x), b1)
+    if "autocontrast" in picked:
+        scale, shift = O.autocontrast_coefficients(x)
+        a1 = torch.where(rows(picked["autocontrast"]), scale, a1)
+        b1 = torch.where(rows(picked["autocontrast"]), shift, b1)
+    if "solarize_add" in picked:
+        b1 = torch.where(rows(picked["solarize_add"]), col(value), b1)
+    lower = b1
+    images = [n for n in ("color", "sharpness") if n in picked]
+    if images:
+        degenerate = O.rgb_to_gray(x) if "color" in picked else O.smooth(x)
+        if len(images) == 2:
+            degenerate = torch.where(rows(picked["color"]), degenerate, O.smooth(x))
+        hit = picked[images[0]] | picked[images[-1]]
+        lower = torch.addcmul(b1, degenerate, torch.where(col(hit), 1.0 - col(value), 0.0))
+    out = torch.addcmul(lower, x, a1)
+    if any(n in picked for n in _SOLARIZE_OPS):
+        threshold = torch.full_like(value, math.inf)
+        if "solarize" in picked:
+            threshold = torch.where(picked["solarize"], value, threshold)
+        if "invert" in picked:
+            threshold = torch.where(picked["invert"], -math.inf, threshold)
+        if "solarize_add" in picked:  # below 128: + value (b1 above); from 128 on: unchanged
+            threshold = torch.where(picked["solarize_add"], 128.0, threshold)
+            upper_scale = torch.where(col(picked["solarize_add"]), 1.0, -1.0)
+            upper = torch.addcmul(torch.where(col(picked["solarize_add"]), 0.0, 255.0), x, upper_scale)
+        else:
+            upper = 255.0 - x
+        out = torch.where(x >= col(threshold), upper, out)
+    return out.clamp_(0, 255)
+
+
 def apply_op_slot(x: torch.Tensor, op: torch.Tensor, value: torch.Tensor, names: list[str], *,
                   fill=128.0, modes: dict[str, str] | None = None) -> torch.Tensor:
     """Sample i through op ``names[op[i]]`` with parameter value[i] (op -1: none); a new batch.
@@ -52,8 +100,8 @@ def apply_op_slot(x: torch.Tensor, op: torch.Tensor, value: torch.Tensor, names:
     parameters at which it is the identity for the samples that did not pick it (a blend factor 1, a
     solarize threshold +inf, an autocontrast scale 1), or is selected per sample with torch.where
     (geometric ops, posterize, equalize, hue), so each sample gets exactly its own op. Geometric ops
-    sharing an interpolation mode run as one grid_sample with per-sample matrices; blends share one
-    fused multiply-add whose degenerate image is picked per sample.
+    share one per-sample matrix and grid, one grid_sample per interpolation mode; the blends, solarize,
+    invert and autocontrast as one fused pass of per-sample level maps (`_level_maps`).
     modes: interpolation per geometric op name ("nearest" | "bilinear" | "bicubic").
     names: from GEOMETRIC_OPS, BLEND_OPS and PIXEL_OPS ("hue": torchvision's adjust_hue, value in turns).
     """
@@ -65,39 +113,29 @@ def apply_op_slot(x: torch.Tensor, op: torch.Tensor, value: torch.Tensor, names:
     rows = lambda mask: mask.view(b, 1, 1, 1)
     none = torch.zeros_like(op, dtype=torch.bool)
 
-    for mode in sorted({modes[n] for n in picked if n in GEOMETRIC_OPS}):
+    geometric = [n for n in picked if n in GEOMETRIC_OPS]
+    if geometric:
+        # one matrix per sample, one grid, one grid_sample per interpolation mode in use
         matrix, hit = _IDENTITY.to(x.device).expand(b, 2, 3), none
-        for n in picked:
-            if n in GEOMETRIC_OPS and modes[n] == mode:
-                matrix = torch.where(picked[n].view(b, 1, 1), GEOMETRIC_OPS[n](value, h, w), matrix)
-                hit = hit | picked[n]
-        x = torch.where(rows(hit), O.affine(x, matrix, fill=fill, mode=mode), x)
+        by_mode = {}
+        for n in geometric:
+            matrix = torch.where(picked[n].view(b, 1, 1), GEOMETRIC_OPS[n](value, h, w), matrix)
+            hit = hit | picked[n]
+            by_mode[modes[n]] = by_mode.get(modes[n], none) | picked[n]
+        grid = O.affine_grid(matrix, h, w, nearest=by_mode.get("nearest", none))
+        fill_t = O.fill_column(fill, x)
+        shifted = x - fill_t  # zero padding of x - fill puts exactly `fill` outside the image
+        sampled = None
+        for mode, mask in sorted(by_mode.items()):
+            out = F.grid_sample(shifted, grid, mode=mode, padding_mode="zeros", align_corners=False)
+            sampled = out if sampled is None else torch.where(rows(mask), out, sampled)
+        sampled = sampled + fill_t
+        if "bicubic" in by_mode:
+            sampled = sampled.clamp_(0, 255)
+        x = torch.where(rows(hit), sampled, x)
 
-    blends = [n for n in BLEND_OPS if n in picked]
-    if blends:
-        factor = torch.ones_like(value)
-        degenerate = torch.zeros((), device=x.device)  # brightness: black
-        for n in blends:
-            factor = torch.where(picked[n], value, factor)
-        if "contrast" in picked:
-            degenerate = torch.where(rows(picked["contrast"]), O.mean_luma(x), degenerate)
-        if "color" in picked:
-            degenerate = torch.where(rows(picked["color"]), O.rgb_to_gray(x), degenerate)
-        if "sharpness" in picked:
-            degenerate = torch.where(rows(picked["sharpness"]), O.smooth(x), degenerate)
-        x = O.blend(x, degenerate, factor)
-
-    if "solarize" in picked or "invert" in picked:  # invert = solarize at threshold -inf
-        threshold = torch.full_like(value, math.inf)
-        if "solarize" in picked:
-            threshold = torch.where(picked["solarize"], value, threshold)
-        if "invert" in picked:
-            threshold = torch.where(picked["invert"], -math.inf, threshold)
-        x = O.solarize(x, threshold)
-    if "solarize_add" in picked:
-        x = O.solarize_add(x, torch.where(picked["solarize_add"], value, 0.0))
-    if "autocontrast" in picked:
-        x = torch.where(rows(picked["autocontrast"]), O.autocontrast(x), x)
+    if any(n in picked for n in (*BLEND_OPS, *_SOLARIZE_OPS, "autocontrast")):
+        x = _level_maps(x, picked, value, rows)
     if "posterize" in picked:
         bits = torch.where(picked["posterize"], value, 8.0)  # other ops' values may be far out of 0..8
         x = torch.where(rows(picked["posterize"]), O.posterize(x, bits), x)
