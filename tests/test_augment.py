@@ -934,3 +934,34 @@ def test_same_seed_same_batch_different_seed_different_batch(name):
 def test_random_ops_at_zero_strength_are_the_identity(op):
     x = images(b=16)
     assert torch.equal(op(x, gen()), x.float())
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_multicrop_apply_equals_a_per_view_loop_with_the_same_draws(channels):
+    # every op on about half the views, so each one's selection is checked both ways
+    mc = A.MultiCrop(32, 16, n_local=2, mean=MEAN[:channels], std=STD[:channels], jitter_p=0.5, gray_p=0.5,
+                     blur_p=(0.5, 0.5, 0.5), solarize_p=0.5)
+    x = torch.from_numpy(natural_images(n=6, size=24, channels=channels, seed=5)).permute(0, 3, 1, 2).contiguous()
+    solarize_p = torch.full((12,), 0.5)
+    for size, copies, scale, solar in ((32, 2, mc.global_scale, solarize_p), (16, 2, mc.local_scale, None)):
+        d = mc.draw(x.shape, copies, scale, torch.full((12,), 0.5), solar, gen(8), "cpu")
+        out = mc.apply(x, d, size)
+        src = x.repeat(copies, 1, 1, 1).double()
+        for i in range(12):
+            t, l, h, w = (int(v[i]) for v in (d.top, d.left, d.height, d.width))
+            v = F.interpolate(src[i:i + 1, :, t:t + h, l:l + w], size=(size, size), mode="bicubic",
+                              align_corners=False, antialias=h > size or w > size).clamp(0, 255).float()
+            if d.flip[i]:
+                v = v.flip(3)
+            if d.jitter_on[i]:
+                for k in d.jitter_order[i].tolist():
+                    f = d.jitter[k, i:i + 1]
+                    v = [O.adjust_brightness, O.adjust_contrast, O.adjust_saturation, O.adjust_hue][k](v, f)
+            if d.gray is not None and d.gray[i]:
+                v = O.grayscale(v)
+            if d.blur[i]:
+                v = O.gaussian_blur(v, d.sigma[i:i + 1], radius=6)
+            if d.solarize is not None and d.solarize[i]:
+                v = O.solarize(v, 128.0)
+            ref = A.Normalize(MEAN[:channels], STD[:channels])(v)
+            assert (out[i:i + 1] - ref).abs().max() < 1e-3, (size, i)
