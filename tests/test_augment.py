@@ -821,17 +821,23 @@ def test_gani22_finetune_with_its_random_ops_off_is_the_basic_recipe():
     assert torch.equal(off(x, y, gen(3))[0], basic(x, y, gen(3))[0])
 
 
-def test_gani22_finetune_composes_crop_autoaugment_erasing_and_mixing_in_order():
+@pytest.mark.parametrize("variants, erase, mix", [
+    ((), dict(mode="constant", fill=MEAN, aspect="uniform", tries=100), dict(mode="batch")),  # paper A's code
+    (("timm-erasing", "pair-mixing"), dict(mode="mean"), dict(mode="pair")),  # fastvit's earlier choices
+])
+def test_gani22_finetune_composes_crop_autoaugment_erasing_and_mixing_in_order(variants, erase, mix):
     x, y = images(b=16), torch.arange(16) % 10
+    overrides = {k: v for name in variants for k, v in A.VARIANTS[name].items()}
     t = A.build_train_transform("gani22-finetune", img_size=32, mean=MEAN, std=STD, num_classes=10,
-                                policy="svhn", erase_p=0.5)
+                                policy="svhn", erase_p=0.5, **overrides)
     out, target = t(x, y, gen(4))
     g = gen(4)
     ref = A.random_crop(x, 32, padding=4, flip_p=0.5, generator=g).float()
     ref = P.autoaugment_(ref, "svhn", generator=g)
-    ref = A.random_erasing_(A.Normalize(MEAN, STD)(ref), p=0.5, max_area=0.4, min_aspect=0.3, generator=g)
+    ref = A.random_erasing_(A.Normalize(MEAN, STD)(ref), p=0.5, max_area=0.4, min_aspect=0.3, generator=g,
+                            **erase)
     ref, ref_target = A.mixup_cutmix_(ref, y, num_classes=10, mixup_alpha=1.0, cutmix_alpha=1.0, prob=0.5,
-                                      switch_prob=0.5, label_smoothing=0.1, generator=g)
+                                      switch_prob=0.5, label_smoothing=0.1, generator=g, **mix)
     assert (out - ref).abs().max() < 1e-5
     assert torch.allclose(target, ref_target)
 
@@ -965,3 +971,113 @@ def test_multicrop_apply_equals_a_per_view_loop_with_the_same_draws(channels):
                 v = O.solarize(v, 128.0)
             ref = A.Normalize(MEAN[:channels], STD[:channels])(v)
             assert (out[i:i + 1] - ref).abs().max() < 1e-3, (size, i)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the papers' variants (issue #14): per-batch mixing, paper A's erasing, drloc21 without jitter, eval crop
+
+
+def test_batch_mixup_is_one_lambda_and_a_random_permutation():
+    b = 64
+    x = torch.rand(b, 3, 8, 8, generator=gen(9)) * 4 - 2
+    labels = torch.arange(b) % 10
+    y, t = A.mixup_cutmix(x, labels, num_classes=10, mixup_alpha=0.8, cutmix_alpha=0.0, prob=1.0, mode="batch",
+                          generator=gen(3))
+    g = gen(3)  # the same draws, replayed: permutation, (mix?, switch), lam
+    perm = torch.randperm(b, generator=g)
+    torch.rand(2, 1, generator=g)
+    lam = float(A.sample_beta(0.8, 1, generator=g))
+    ref = lam * x.double() + (1 - lam) * x.double()[perm]
+    assert (y.double() - ref).abs().max() < 1e-5
+    one_hot = F.one_hot(labels, 10).double()
+    assert (t.double() - (lam * one_hot + (1 - lam) * one_hot[perm])).abs().max() < 1e-6
+    assert sorted(perm.tolist()) == list(range(b)) and perm.tolist() != list(range(b - 1, -1, -1))
+
+
+def test_batch_cutmix_pastes_one_box_with_one_lambda_per_batch():
+    untouched = 0
+    for seed in range(200):
+        x = torch.rand(8, 1, 16, 16, generator=gen(seed))
+        labels = torch.arange(8)
+        y, t = A.mixup_cutmix(x, labels, num_classes=8, mixup_alpha=1.0, cutmix_alpha=1.0, prob=0.5,
+                              switch_prob=1.0, mode="batch", generator=gen(seed))
+        g = gen(seed)  # replay: permutation, (mix?, switch), Mixup lam, CutMix lam, box centre
+        perm = torch.randperm(8, generator=g)
+        mixed = float(torch.rand(2, 1, generator=g)[0, 0]) < 0.5
+        torch.rand(1, generator=g)
+        cut = np.sqrt(1.0 - float(torch.rand(1, generator=g)))
+        cy, cx = int(torch.randint(0, 16, (1,), generator=g)), int(torch.randint(0, 16, (1,), generator=g))
+        ch = cw = int(cut * 16)
+        y0, y1, x0, x1 = max(cy - ch // 2, 0), min(cy + ch // 2, 16), max(cx - cw // 2, 0), min(cx + cw // 2, 16)
+        ref = x.clone()
+        if mixed:
+            ref[:, :, y0:y1, x0:x1] = x[perm][:, :, y0:y1, x0:x1]
+        else:
+            untouched += 1
+        lam = 1.0 - (y1 - y0) * (x1 - x0) / 256 if mixed else 1.0
+        one_hot = F.one_hot(labels, 8).double()
+        assert torch.equal(y, ref)
+        assert (t.double() - (lam * one_hot + (1 - lam) * one_hot[perm])).abs().max() < 1e-6
+    assert abs(untouched / 200 - 0.5) < 0.12  # whole batches are mixed with probability 0.5
+
+
+def test_paper_a_erasing_uniform_aspect_constant_fill_matches_a_float64_loop():
+    b, side, tries, fill = 3000, 16, 100, (0.4914, 0.4822, 0.4465)
+    x = torch.full((b, 3, side, side), 100.0)
+    y = A.random_erasing(x, p=0.5, max_area=0.4, min_aspect=0.3, mode="constant", fill=fill, aspect="uniform",
+                         tries=tries, generator=gen(1))
+    g = gen(1)  # Zhong et al.'s algorithm per sample in float64, on the same uniform draws
+    area_u, aspect_u = torch.rand(b, tries, generator=g).double(), torch.rand(b, tries, generator=g).double()
+    u = [torch.rand(b, generator=g).double() for _ in range(3)]
+    same, aspects = 0, []
+    for i in range(b):
+        ref = torch.zeros(side, side, dtype=torch.bool)
+        for k in range(tries):
+            area = (float(area_u[i, k]) * (0.4 - 0.02) + 0.02) * side * side
+            r = float(aspect_u[i, k]) * (1 / 0.3 - 0.3) + 0.3
+            h, w = round(np.sqrt(area * r)), round(np.sqrt(area / r))
+            if 0 < h < side and 0 < w < side:
+                if float(u[0][i]) < 0.5:
+                    top, left = int(float(u[1][i]) * (side - h + 1)), int(float(u[2][i]) * (side - w + 1))
+                    ref[top:top + h, left:left + w] = True
+                    aspects.append(h / w)
+                break
+        got = y[i, 0] != 100.0
+        same += bool(torch.equal(got, ref))
+        assert torch.equal(y[i][:, got], torch.tensor(fill).view(3, 1).expand(3, int(got.sum())))
+    assert same >= 0.995 * b  # float32 vs float64 rounding may move a box edge at an exact .5
+    # uniform in [0.3, 3.33] (mean 1.82) and not log-uniform (mean 1.26), up to pixel rounding
+    assert 1.65 < np.mean(aspects) < 2.0
+
+
+def test_drloc21_runs_no_color_jitter_with_randaugment_and_keeps_it_as_a_variant():
+    x, y = images(b=16), torch.randint(0, 100, (16,), generator=gen())
+    kw = dict(img_size=32, mean=MEAN, std=STD, num_classes=100, erase_p=0, mixup_alpha=0, cutmix_alpha=0,
+              label_smoothing=0)
+    out, _ = A.build_train_transform("drloc21", **kw)(x, y, gen(7))
+    g = gen(7)
+    ref = A.random_resized_crop(x, 32, flip_p=0.5, generator=g)
+    ref = A.Normalize(MEAN, STD)(P.randaugment_(ref, generator=g, fill=(125.0, 123.0, 114.0)))
+    assert (out - ref).abs().max() < 1e-5
+    jitter, _ = A.build_train_transform("drloc21", **kw, **A.VARIANTS["jitter-with-randaugment"])(x, y, gen(7))
+    g = gen(7)
+    ref = A.color_jitter(A.random_resized_crop(x, 32, flip_p=0.5, generator=g), 0.4, 0.4, 0.4, 0.0, generator=g)
+    ref = A.Normalize(MEAN, STD)(P.randaugment_(ref, generator=g, fill=(125.0, 123.0, 114.0)))
+    assert (jitter - ref).abs().max() < 1e-5
+
+
+def test_eval_resize_then_centre_crop_matches_pil():
+    from PIL import Image
+
+    arr = natural_images(n=2, size=32)
+    t = A.build_eval_transform(img_size=224, mean=MEAN, std=STD, resize=256)
+    out = t(torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous())
+    assert out.shape == (2, 3, 224, 224)
+    ref = pil_batch(arr, lambda im: im.resize((256, 256), Image.BICUBIC).crop((16, 16, 240, 240)))
+    levels = out.double() * torch.tensor(STD, dtype=torch.float64).view(1, 3, 1, 1) * 255 + torch.tensor(
+        MEAN, dtype=torch.float64).view(1, 3, 1, 1) * 255
+    diff = (levels - ref).abs()
+    # the same kernel (a = -0.5); PIL rounds to uint8 between its two separable passes, this once at the end
+    assert diff.max() < 1 + 1e-3 and float(diff.mean()) < 0.3
+    with pytest.raises(UserError, match="eval resize 200 must be at least the image size 224"):
+        A.build_eval_transform(img_size=224, mean=MEAN, std=STD, resize=200)

@@ -26,7 +26,9 @@ def batch(b=32, c=3, side=32):
     ("gani22-finetune", {}, 1, 28, 32),
     ("gani22-finetune", {"policy": "svhn"}, 3, 32, 32),
     ("gani22-finetune", {"policy": "imagenet", "erase_mode": "pixel"}, 3, 32, 32),
+    ("gani22-finetune", {"mix_mode": "pair", "erase_mode": "mean", "erase_aspect": "log"}, 3, 32, 32),
     ("drloc21", {}, 3, 32, 32),
+    ("drloc21", {"color_jitter": 0.4, "mix_mode": "pair"}, 3, 32, 32),
     ("drloc21", {}, 3, 32, 64),  # upsampling crops
     ("drloc21", {}, 1, 28, 32),
 ])
@@ -40,6 +42,14 @@ def test_train_transforms_do_not_sync(recipe, params, c, side, img_size):
         out, _ = t(x, y, g)
         evaluate(x)
     assert out.shape[-1] == img_size
+    assert c_.total == 0, c_.by_name
+
+
+def test_paper_b_eval_transform_does_not_sync():
+    x, _ = batch(b=4)
+    evaluate = A.build_eval_transform(img_size=224, mean=MEAN, std=STD, resize=256)
+    with count_host_syncs() as c_:
+        evaluate(x)
     assert c_.total == 0, c_.by_name
 
 

@@ -33,12 +33,12 @@ from .mixing import (
 from .multicrop import MultiCrop
 from .photometric import color_jitter, random_gaussian_blur, random_grayscale, random_solarize
 from .policies import autoaugment, randaugment
-from .transforms import RECIPES, AugmentParams, Normalize, build_eval_transform, build_train_transform
+from .transforms import RECIPES, VARIANTS, AugmentParams, Normalize, build_eval_transform, build_train_transform
 
 __all__ = [
     "AugmentParams", "MultiCrop", "Normalize", "RECIPES", "autoaugment", "build_eval_transform",
     "build_train_transform", "color_jitter", "crop_flip", "fit_to_size", "mixup_cutmix", "mixup_cutmix_",
     "randaugment", "random_crop", "random_erasing", "random_erasing_", "random_gaussian_blur",
     "random_grayscale", "random_hflip", "random_resized_crop", "random_solarize", "resample_boxes",
-    "resample_weights", "resized_crop_boxes", "sample_beta", "smooth_one_hot",
+    "resample_weights", "resized_crop_boxes", "sample_beta", "smooth_one_hot", "VARIANTS",
 ]

@@ -126,9 +126,9 @@ def apply_op_slot(x: torch.Tensor, op: torch.Tensor, value: torch.Tensor, names:
         fill_t = O.fill_column(fill, x)
         shifted = x - fill_t  # zero padding of x - fill puts exactly `fill` outside the image
         sampled = None
-        for mode, mask in sorted(by_mode.items()):
+        for mode in sorted(by_mode):
             out = F.grid_sample(shifted, grid, mode=mode, padding_mode="zeros", align_corners=False)
-            sampled = out if sampled is None else torch.where(rows(mask), out, sampled)
+            sampled = out if sampled is None else torch.where(rows(by_mode[mode]), out, sampled)
         sampled = sampled + fill_t
         if "bicubic" in by_mode:
             sampled = sampled.clamp_(0, 255)

@@ -17,12 +17,13 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from fastvit.errors import UserError
 
 from . import policies as P
 from .crops import fit_to_size, random_crop, random_resized_crop
-from .mixing import mixup_cutmix_, random_erasing_
+from .mixing import ERASE_ASPECTS, ERASE_MODES, MIX_MODES, mixup_cutmix_, random_erasing_
 from .ops import check_images, to_float
 from .photometric import color_jitter_
 
@@ -83,18 +84,26 @@ class AugmentParams:
     rand_mstd: float = 0.5  # RandAugment magnitude noise std
     rand_ops: int = 2  # RandAugment ops per image
     erase_p: float = 0.0  # RandomErasing probability
-    erase_mode: str = "mean"  # "mean" (dataset mean) | "pixel" (N(0,1) noise after normalization)
+    # "mean" (0: the dataset mean after normalization) | "pixel" (N(0,1) noise after normalization) |
+    # "constant" (the dataset mean in 0..1 units written into the normalized tensor: paper A's code)
+    erase_mode: str = "mean"
     erase_max_area: float = 0.4  # largest erased fraction of the image
     erase_min_aspect: float = 0.3  # erased box aspect in [min, 1/min]
+    erase_aspect: str = "log"  # aspect distribution: "log" (log-uniform, timm) | "uniform" (paper A's code)
+    erase_tries: int = 10  # box draws per sample before giving up (paper A's code: 100)
     label_smoothing: float = 0.0
     mixup_alpha: float = 0.0  # Beta(a, a) for Mixup; 0 disables
     cutmix_alpha: float = 0.0  # Beta(a, a) for CutMix; 0 disables
     mix_prob: float = 1.0  # probability that a sample is mixed
     switch_prob: float = 0.5  # probability of CutMix rather than Mixup when both are enabled
+    # "batch": one draw per batch and a random partner permutation (both papers' code) | "pair": per sample,
+    # partner B-1-i
+    mix_mode: str = "batch"
 
     def validate(self) -> None:
         choices = {"crop": ("pad", "resized"), "interpolation": ("bilinear", "bicubic"),
-                   "policy": (None, "cifar10", "svhn", "imagenet"), "erase_mode": ("mean", "pixel")}
+                   "policy": (None, "cifar10", "svhn", "imagenet"), "erase_mode": ERASE_MODES,
+                   "erase_aspect": ERASE_ASPECTS, "mix_mode": MIX_MODES}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise UserError(f"augmentation {name}={getattr(self, name)!r} is invalid; choose one of: "
@@ -102,6 +111,8 @@ class AugmentParams:
         for name in ("flip_p", "erase_p", "label_smoothing", "mix_prob", "switch_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise UserError(f"augmentation {name} must be in [0, 1], got {getattr(self, name)}")
+        if self.erase_tries < 1:
+            raise UserError(f"augmentation erase_tries must be >= 1, got {self.erase_tries}")
         for name in ("padding", "color_jitter", "mixup_alpha", "cutmix_alpha", "rand_mstd", "rand_ops"):
             if getattr(self, name) < 0:
                 raise UserError(f"augmentation {name} must be >= 0, got {getattr(self, name)}")
@@ -122,14 +133,23 @@ class AugmentParams:
 RECIPES: dict[str, dict] = {
     # random crop pad 4 + flip (the demo)
     "basic": {},
-    # paper A fine-tuning (SPEC section 4)
-    "gani22-finetune": dict(policy="cifar10", erase_p=0.25, erase_mode="mean", erase_max_area=0.4,
-                            label_smoothing=0.1, mixup_alpha=1.0, cutmix_alpha=1.0, mix_prob=0.5,
-                            switch_prob=0.5),
-    # paper B (SPEC section 2.9), timm's ImageNet recipe as Swin uses it
-    "drloc21": dict(crop="resized", interpolation="bicubic", color_jitter=0.4, rand_magnitude=9.0,
+    # paper A fine-tuning (SPEC section 4), as its code runs it: Zhong et al.'s RandomErasing (uniform
+    # aspect, the dataset mean written into the normalized tensor, 100 tries), per-batch Mixup/CutMix
+    "gani22-finetune": dict(policy="cifar10", erase_p=0.25, erase_mode="constant", erase_aspect="uniform",
+                            erase_tries=100, erase_max_area=0.4, label_smoothing=0.1, mixup_alpha=1.0,
+                            cutmix_alpha=1.0, mix_prob=0.5, switch_prob=0.5),
+    # paper B (SPEC section 2.9), timm's ImageNet recipe as Swin uses it: timm applies no ColorJitter
+    # when RandAugment is on
+    "drloc21": dict(crop="resized", interpolation="bicubic", color_jitter=0.0, rand_magnitude=9.0,
                     rand_mstd=0.5, erase_p=0.25, erase_mode="pixel", erase_max_area=1 / 3,
                     label_smoothing=0.1, mixup_alpha=0.8, cutmix_alpha=1.0, mix_prob=1.0, switch_prob=0.5),
+}
+
+# fastvit's earlier choices, kept as named variants: overrides on top of a recipe
+VARIANTS: dict[str, dict] = {
+    "pair-mixing": dict(mix_mode="pair"),  # per-sample Mixup/CutMix with the mirrored batch
+    "timm-erasing": dict(erase_mode="mean", erase_aspect="log", erase_tries=10),  # fill 0, log-uniform aspect
+    "jitter-with-randaugment": dict(color_jitter=0.4),  # drloc21 with ColorJitter 0.4 before RandAugment
 }
 
 
@@ -146,6 +166,7 @@ class TrainTransform:
         self.normalize = Normalize(mean, std)
         # RandAugment fills uncovered areas with the dataset mean colour (as timm)
         self.mean_fill = [min(255.0, round(255.0 * m)) for m in self.normalize.mean.tolist()]
+        self.erase_fill = self.normalize.mean.tolist()  # erase_mode "constant": the mean in 0..1 units
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor,
                  generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,7 +190,8 @@ class TrainTransform:
         x = self.normalize(x)
         if p.erase_p > 0:
             random_erasing_(x, p=p.erase_p, max_area=p.erase_max_area, min_aspect=p.erase_min_aspect,
-                            mode=p.erase_mode, generator=g)
+                            mode=p.erase_mode, fill=self.erase_fill, aspect=p.erase_aspect,
+                            tries=p.erase_tries, generator=g)
         return self._mix(x, labels, g)
 
     def _mix(self, x: torch.Tensor, labels: torch.Tensor, g) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,7 +200,7 @@ class TrainTransform:
             return x, labels
         return mixup_cutmix_(x, labels, num_classes=self.num_classes, mixup_alpha=p.mixup_alpha,
                              cutmix_alpha=p.cutmix_alpha, prob=p.mix_prob, switch_prob=p.switch_prob,
-                             label_smoothing=p.label_smoothing, generator=g)
+                             label_smoothing=p.label_smoothing, mode=p.mix_mode, generator=g)
 
 
 def build_train_transform(recipe: str, *, img_size: int, mean: Sequence[float], std: Sequence[float],
@@ -208,13 +230,25 @@ def build_train_transform(recipe: str, *, img_size: int, mean: Sequence[float], 
                           num_classes=num_classes)
 
 
-def build_eval_transform(*, img_size: int, mean: Sequence[float], std: Sequence[float]) -> Callable:
-    """callable(images uint8 [B,C,H,W]) -> float32 [B, C, img_size, img_size]: fit_to_size + normalize."""
+def build_eval_transform(*, img_size: int, mean: Sequence[float], std: Sequence[float],
+                         resize: int | None = None) -> Callable:
+    """callable(images uint8 [B,C,H,W]) -> float32 [B, C, img_size, img_size], normalized.
+
+    resize None: `fit_to_size` (pad or resize straight to img_size). resize N: paper B's eval of 224-px
+    models (timm's, resize 256 -> centre crop 224): resize to N x N bicubic as PIL does (torch's
+    antialiased kernel, a = -0.5), rounded to uint8, then the centre img_size x img_size crop.
+    """
     normalize = Normalize(mean, std)
+    if resize is not None and resize < img_size:
+        raise UserError(f"eval resize {resize} must be at least the image size {img_size}")
 
     def transform(images: torch.Tensor) -> torch.Tensor:
-        return normalize(fit_to_size(images, img_size))
+        if resize is None:
+            return normalize(fit_to_size(images, img_size))
+        check_images(images)
+        x = F.interpolate(images.float(), size=(resize, resize), mode="bicubic", align_corners=False,
+                          antialias=True).round_().clamp_(0, 255).to(torch.uint8)
+        top = int(round((resize - img_size) / 2.0))  # timm's CenterCrop
+        return normalize(x[:, :, top:top + img_size, top:top + img_size])
 
     return transform
-
-
