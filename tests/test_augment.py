@@ -404,6 +404,7 @@ def test_apply_op_slot_gives_each_sample_exactly_its_op(channels):
     big = {"rotate": 20.0, "posterize": 3.0, "solarize": 120.0, "solarize_add": 40.0}
     value = torch.tensor([big.get(names[k], 1.0 if names[k] in P.BLEND_OPS else 0.0) if k >= 0 else 0.0
                           for k in op.tolist()]) + value
+    value[op == names.index("posterize")] = torch.tensor([3.0, 6.0])  # bits are whole numbers in both policies
     modes = {"shear_x": "bilinear", "shear_y": "nearest", "translate_x": "nearest", "translate_y": "bilinear",
              "rotate": "bilinear"}
     fill = (125.0, 123.0, 114.0)[:channels]

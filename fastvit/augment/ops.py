@@ -85,19 +85,33 @@ def posterize(x: torch.Tensor, bits) -> torch.Tensor:
 
 def equalize(x: torch.Tensor) -> torch.Tensor:
     """ImageOps.equalize, per image and channel, on the floored values (PIL's lookup-table algorithm)."""
+    levels = floored_levels(x)
+    return apply_lut(equalize_lut(levels, x.shape[-2] * x.shape[-1]), levels, x)
+
+
+def floored_levels(x: torch.Tensor) -> torch.Tensor:
+    """The floored 0..255 values as the int64 [n*C, H*W] indices a lookup table takes."""
     n, c, h, w = x.shape
-    planes = n * c
-    v = x.detach().reshape(planes, h * w).clamp(0, 255).long()  # (n*C, H*W), floored (clamp on floats: fast)
+    return x.detach().reshape(n * c, h * w).clamp(0, 255).long()  # clamp on floats: fast
+
+
+def equalize_lut(levels: torch.Tensor, pixels: int) -> torch.Tensor:
+    """[planes, 256] int64: each plane's ImageOps.equalize table, from `floored_levels`."""
+    planes, dev = levels.shape[0], levels.device
     # a fixed-size scatter, not bincount (whose output size depends on the data: a host sync)
-    ones = torch.ones((), dtype=torch.long, device=x.device).expand(planes, h * w)
-    hist = torch.zeros(planes, 256, dtype=torch.long, device=x.device).scatter_add_(1, v, ones)
+    ones = torch.ones((), dtype=torch.long, device=dev).expand_as(levels)
+    hist = torch.zeros(planes, 256, dtype=torch.long, device=dev).scatter_add_(1, levels, ones)
     # PIL: step = (number of pixels - count of the last occupied bin) // 255
     last = 255 - torch.argmax((hist.flip(1) > 0).long(), dim=1)
-    step = (h * w - hist.gather(1, last.view(planes, 1))) // 255  # (n*C, 1)
+    step = (pixels - hist.gather(1, last.view(planes, 1))) // 255  # (planes, 1)
     before = torch.cumsum(hist, dim=1) - hist  # pixels strictly below each value
     lut = ((before + step // 2) // step.clamp(min=1)).clamp_(max=255)
-    lut = torch.where(step > 0, lut, torch.arange(256, device=x.device).view(1, 256))
-    return lut.gather(1, v).to(x.dtype).view(n, c, h, w)
+    return torch.where(step > 0, lut, torch.arange(256, device=dev).view(1, 256))
+
+
+def apply_lut(lut: torch.Tensor, levels: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Per-plane tables [planes, 256] looked up at `floored_levels(x)`: a float batch shaped like x."""
+    return lut.gather(1, levels).to(x.dtype).view(x.shape)
 
 
 def autocontrast(x: torch.Tensor) -> torch.Tensor:

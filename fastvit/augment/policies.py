@@ -99,7 +99,8 @@ def apply_op_slot(x: torch.Tensor, op: torch.Tensor, value: torch.Tensor, names:
     No host sync and fixed shapes: every kind of op runs once on the whole batch with per-sample
     parameters at which it is the identity for the samples that did not pick it (a blend factor 1, a
     solarize threshold +inf, an autocontrast scale 1), or is selected per sample with torch.where
-    (geometric ops, posterize, equalize, hue), so each sample gets exactly its own op. Geometric ops
+    (geometric ops, hue, and posterize / equalize as one per-plane table lookup of the floored levels;
+    posterize bits are whole numbers, as both policies draw them), so each sample gets exactly its own op. Geometric ops
     share one per-sample matrix and grid, one grid_sample per interpolation mode; the blends, solarize,
     invert and autocontrast as one fused pass of per-sample level maps (`_level_maps`).
     modes: interpolation per geometric op name ("nearest" | "bilinear" | "bicubic").
@@ -136,11 +137,19 @@ def apply_op_slot(x: torch.Tensor, op: torch.Tensor, value: torch.Tensor, names:
 
     if any(n in picked for n in (*BLEND_OPS, *_SOLARIZE_OPS, "autocontrast")):
         x = _level_maps(x, picked, value, rows)
-    if "posterize" in picked:
-        bits = torch.where(picked["posterize"], value, 8.0)  # other ops' values may be far out of 0..8
-        x = torch.where(rows(picked["posterize"]), O.posterize(x, bits), x)
-    if "equalize" in picked:
-        x = torch.where(rows(picked["equalize"]), O.equalize(x), x)
+    tables = [n for n in ("posterize", "equalize") if n in picked]
+    if tables:  # both are tables of the floored levels: one lookup for the two
+        levels = O.floored_levels(x)
+        hit = picked[tables[0]] | picked[tables[-1]]
+        lut = torch.arange(256, device=x.device).expand(b, 256)
+        if "posterize" in picked:  # keep the top `bits` bits (other ops' values may be far out of 0..8)
+            keep = torch.pow(2.0, 8.0 - torch.where(picked["posterize"], value, 8.0)).long().view(b, 1)
+            lut = torch.where(picked["posterize"].view(b, 1), lut // keep * keep, lut)
+        lut = lut.repeat_interleave(c, dim=0)  # (b*C, 256): one table per plane
+        if "equalize" in picked:
+            lut = torch.where(picked["equalize"].repeat_interleave(c).view(b * c, 1),
+                              O.equalize_lut(levels, h * w), lut)
+        x = torch.where(rows(hit), O.apply_lut(lut, levels, x), x)
     if "hue" in picked:
         x = torch.where(rows(picked["hue"]), O.adjust_hue(x, torch.where(picked["hue"], value, 0.0)), x)
     return x
