@@ -419,6 +419,8 @@ def test_apply_op_slot_gives_each_sample_exactly_its_op(channels):
         else:
             ref = _single_op(img, names[k], float(value[i]), fill=fill, mode=modes)
         assert (out[i:i + 1] - ref).abs().max() < 1e-3, names[k]
+    with pytest.raises(ValueError, match="unknown op\\(s\\) \\['blur'\\]"):
+        P.apply_op_slot(x, op, value, ["blur"])
 
 
 @pytest.mark.parametrize("policy", ["cifar10", "svhn", "imagenet"])

@@ -106,6 +106,9 @@ def apply_op_slot(x: torch.Tensor, op: torch.Tensor, value: torch.Tensor, names:
     modes: interpolation per geometric op name ("nearest" | "bilinear" | "bicubic").
     names: from GEOMETRIC_OPS, BLEND_OPS and PIXEL_OPS ("hue": torchvision's adjust_hue, value in turns).
     """
+    unknown = set(names) - set(GEOMETRIC_OPS) - set(BLEND_OPS) - set(PIXEL_OPS)
+    if unknown:
+        raise ValueError(f"apply_op_slot: unknown op(s) {sorted(unknown)}")
     b, c, h, w = x.shape
     picked = {n: op == i for i, n in enumerate(names)}  # bool [b] per op
     if c == 1:  # saturation and hue are identities on one channel
