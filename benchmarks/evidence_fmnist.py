@@ -53,9 +53,8 @@ def random_init_knn(arch: str, knn_test: int) -> float:
     """k-NN top-1 of a randomly initialised backbone (seed 0), same bank and test images as the monitor."""
     import torch
 
-    from fastvit import knn, loaders, models
+    from fastvit import augment, knn, loaders, models
     from fastvit.config import Config
-    from fastvit.loaders import augment
 
     train_path, test_path = loaders.ensure_prepared("fashion-mnist", data_dir=None,
                                                     cache_dir=Config().resolved_cache_dir())

@@ -57,9 +57,8 @@ def knn_checkpoint(path, *, dataset=None, data_dir=None, cache_dir=None, device=
                    precision="fp32", bank=None, test=None) -> dict:
     """k-NN top-1/top-5 (fastvit.knn) of a checkpoint's backbone features on a dataset: a fastvit pretrain
     checkpoint's teacher backbone, a supervised one's model, or paper A's train_ssl.py teacher."""
-    from fastvit import knn, pretrained
+    from fastvit import augment, knn, pretrained
     from fastvit.config import Config
-    from fastvit.loaders import augment
 
     raw = pretrained.read_raw(path)
     fmt = pretrained.checkpoint_format(raw)
