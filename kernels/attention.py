@@ -111,17 +111,24 @@ if triton is not None:
                                mask=row_ok[:, None] & col_ok[None, :], other=0.0)
                 s += bias.to(tl.float32) * _LOG2E
             s = tl.where(col_ok[None, :], s, float("-inf"))  # padded keys get no weight
-            # m_new >= m_i; alpha rescales what was accumulated under the old max.
+            # m_new >= m_i; alpha rescales what was accumulated under the old max. While every key seen so
+            # far is -inf (masked), m_new = -inf: subtract 0 instead, so p = alpha = 0, never -inf - -inf.
             m_new = tl.maximum(m_i, tl.max(s, 1))
-            alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(s - m_new[:, None])
+            m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp2(m_i - m_sub)
+            p = tl.exp2(s - m_sub[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
             m_i = m_new
 
-        acc = acc / l_i[:, None]
+        # A row whose every key is -inf has l = 0: output 0 (as torch's SDPA) and lse2 = +inf, so that the
+        # backward's p = exp2(s2 - lse2) is 0 there and its gradients are 0 too.
+        seen = l_i > 0
+        l_div = tl.where(seen, l_i, 1.0)
+        acc = acc / l_div[:, None]
         # lse2 = log2(sum_j exp2(s2_j)): the backward recomputes p = exp2(s2 - lse2) without a max pass.
-        tl.store(Lse + pid_bh * N_Q + offs_m, m_i + tl.log2(l_i), mask=row_ok)
+        lse2 = tl.where(seen, m_i + tl.log2(l_div), float("inf"))
+        tl.store(Lse + pid_bh * N_Q + offs_m, lse2, mask=row_ok)
         out_ptrs = Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
         tl.store(out_ptrs, acc.to(Out.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
 

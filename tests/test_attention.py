@@ -141,6 +141,59 @@ def test_triton_many_blocks_per_program(monkeypatch, n):
     check_against_reference("triton", 2, 2, n, n, 16, "window", "heads", torch.float32, seed=n)
 
 
+def masked_bias(kind, B, H, n, g):
+    """An additive bias with -inf entries (fp32 leaf, (nb, H, N, N) windowed with nb = 2) and the rows it masks
+    completely. kind: "first-block" (rows whose first 16 keys, one interpreter block, are -inf; later keys
+    finite), "rows" (some rows entirely -inf, the rest random), "swin" (a Swin shift mask written with -inf
+    instead of -100: blocks of tokens see only their own region)."""
+    table = torch.randn(H, n, n, generator=g, dtype=torch.float64)
+    mask = torch.zeros(2, 1, n, n, dtype=torch.float64)
+    inf = float("-inf")
+    if kind == "first-block":
+        mask[0, :, ::2, :16] = inf  # every other row: the whole first key block, later keys finite
+        mask[1, :, 1::3, : n - 1] = inf  # one visible key, the last one
+    elif kind == "rows":
+        mask[0, :, 3] = inf
+        mask[1, :, [0, n - 1]] = inf
+        mask[1, :, 5, ::2] = inf
+    else:  # "swin": region r(i) = i * 3 // n; a token attends to keys of its own region only (window 1)
+        region = torch.arange(n) * 3 // n
+        mask[1, :] = torch.where(region[:, None] == region[None, :], 0.0, inf)
+    full_rows = torch.isinf(mask).all(-1)  # (2, 1, N)
+    return table, mask, full_rows
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("kind", ["first-block", "rows", "swin"])
+def test_triton_minus_inf_rows_match_float64(monkeypatch, kind, dtype):
+    """-inf in the bias: a row whose first key block is all -inf is exact, a fully masked row gives output 0
+    and contributes 0 to every gradient (torch 2.13's SDPA on CPU, math and flash alike, does this), and no
+    NaN reaches dQ, dK, dV or dbias. 16-wide blocks, so N = 40 spans three key blocks."""
+    monkeypatch.setattr(attn, "_CPU_BLOCK", 16)
+    B, H, n, D = 4, 2, 40, 16
+    g = torch.Generator().manual_seed(31)
+    q, k, v, dout = (torch.randn(B, H, n, D, generator=g, dtype=torch.float64) for _ in range(4))
+    table, mask, full_rows = masked_bias(kind, B, H, n, g)
+    rows = full_rows.expand(2, H, n).repeat(B // 2, 1, 1)  # (B, H, N): batch b reads window b % 2
+    # float64 expectation: fully masked rows get a finite bias and no upstream gradient, then output 0
+    ref = [t.clone().requires_grad_() for t in (q, k, v, table)]
+    ref_out = reference.attention(*ref[:3], ref[3] + mask.masked_fill(full_rows[..., None], 0.0))
+    ref_out.backward(dout.masked_fill(rows[..., None], 0.0))
+    expected = ref_out.detach().masked_fill(rows[..., None], 0.0)
+
+    low = [t.to(dtype).requires_grad_() for t in (q, k, v)] + [table.float().requires_grad_()]
+    out = attn.attention(*low[:3], low[3] + mask.float(), backend="triton")
+    out.backward(dout.to(dtype))
+    grads = [t.grad for t in low]
+    for name, tensor in zip(("out", "dq", "dk", "dv", "dbias"), (out, *grads), strict=True):
+        assert torch.isfinite(tensor).all(), name
+    assert (out[rows] == 0).all() and (grads[0][rows] == 0).all()
+    tol = {torch.float32: 1e-4, torch.float16: TOL[torch.float16]}[dtype]
+    errors = {name: rel_err(a.cpu(), b) for name, a, b in
+              zip(("out", "dq", "dk", "dv", "dbias"), (out, *grads), (expected, *(t.grad for t in ref)), strict=True)}
+    assert all(err < tol for err in errors.values()), errors
+
+
 def test_windowed_dbias_partials_are_summed_per_program():
     """B // nb = 10 batches per window: the dQ kernel sums dS over groups of 8 in registers, so the
     dbias partial buffer has cdiv(10, 8) = 2 rows per window instead of 10."""
