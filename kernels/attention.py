@@ -348,9 +348,7 @@ def _prune(configs, named_args, program_block, accumulators, **kwargs):
     kept = [
         c for c in configs
         if all(floor[name] <= c.kwargs[name] <= cap[name] for name in cap)
-        and c.kwargs[program_block] * args["BLOCK_D"] * accumulators <= 64 * 32 * c.num_warps
-        # S, P (and dP, dS) tiles: past 32 fp32 per thread each, ptxas spills on sm_90
-        and c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 32 * 32 * c.num_warps
+        and (not args.get("SPILL_RULE", True) or _fits_registers(c, args, program_block, accumulators))
     ]
     if kept:
         return kept
@@ -358,6 +356,16 @@ def _prune(configs, named_args, program_block, accumulators, **kwargs):
     program_tile = floor[program_block] * args["BLOCK_D"] * accumulators
     return [triton.Config({"BLOCK_M": floor["BLOCK_M"], "BLOCK_N": floor["BLOCK_N"]},
                           num_warps=4 if program_tile <= 64 * 32 * 4 else 8, num_stages=2)]
+
+
+def _fits_registers(config, args, program_block, accumulators):
+    """The sm_90 spill rule (from `python -m benchmarks.attention --sm90-report --unpruned`): a config is
+    kept when its fp32 accumulators fit ~64 registers per thread and its S, P (and dP, dS) tiles ~32 fp32
+    per thread each; past that ptxas spills and the config is never the fastest."""
+    threads = 32 * config.num_warps
+    bm, bn = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]
+    return (config.kwargs[program_block] * args["BLOCK_D"] * accumulators <= 64 * threads
+            and bm * bn <= 32 * threads)
 
 
 @functools.cache
@@ -383,9 +391,38 @@ def _cpu_blocks(n_q, n_k):
     return {"BLOCK_M": min(_CPU_BLOCK, _pow2_block(n_q)), "BLOCK_N": min(_CPU_BLOCK, _pow2_block(n_k))}
 
 
+_deterministic = False  # set_deterministic: one pinned config per shape on CUDA instead of the autotuner
+
+
+def set_deterministic(enabled: bool) -> None:
+    """Pin the CUDA launch config per shape (True) or autotune (False, the default).
+
+    The autotuner times the candidates and keeps the fastest, which can differ between runs and GPUs;
+    the blocks decide the order of the online-softmax and dK/dV reductions, so results differ in the last
+    bits. Pinned, every shape gets `pinned_config`: a fixed choice, the same reduction order every run."""
+    global _deterministic
+    _deterministic = bool(enabled)
+
+
+def pinned_config(name, args):
+    """The config `set_deterministic(True)` launches kernel `name` ("fwd", "dq", "dkdv") with: of the
+    candidates `_prune` keeps for these arguments (token counts, head dim, dtype, flags), the first in
+    `_GPU_CANDIDATES` order, i.e. the smallest tiles and fewest warps that fit the shape without spilling
+    (e.g. 16x16/2 warps for Swin's 16-token windows, 32x32/2 warps for N = 65 or 197 at head dim <= 64)."""
+    tuned = _tuned_kernels()[name]
+    return tuned.early_config_prune(tuned.configs, args)[0]
+
+
 def _launch(name, raw_kernel, args, consts, programs, program_len, program_block):
-    """Launch on grid (programs, cdiv(program_len, block)): autotuned on CUDA, fixed blocks when interpreted."""
+    """Launch on grid (programs, cdiv(program_len, block)): autotuned (or pinned) on CUDA, fixed blocks when
+    interpreted."""
     if args[0].is_cuda:
+        if _deterministic:
+            config = pinned_config(name, {**consts, "ELEMENT_BYTES": args[0].element_size()})
+            grid = (programs, triton.cdiv(program_len, config.kwargs[program_block]))
+            raw_kernel[grid](*args, **consts, **config.kwargs, num_warps=config.num_warps,
+                             num_stages=config.num_stages)
+            return
         grid = lambda meta: (programs, triton.cdiv(program_len, meta[program_block]))
         _tuned_kernels()[name][grid](*args, **consts)
     else:
@@ -408,14 +445,25 @@ def _ds_group(n_groups, n_k, cuda):
     return max(1, min(DS_GROUP_MAX, n_groups))
 
 
-def _common_consts(q, k, bias, scale, scale_value):
+def dot_precision(dtype, device_type, tf32=None):
+    """tl.dot's input_precision for inputs of `dtype`: "tf32" for fp32 inputs on CUDA when `tf32` is True,
+    or, with tf32=None, when torch allows TF32 matmuls (`torch.backends.cuda.matmul.allow_tf32`), which
+    the run's precision choice sets; otherwise "ieee" (full fp32, ~1e-6 relative error, no tensor cores;
+    the interpreter always computes fp32). fp16/bf16 operands run on tensor cores whatever this says."""
+    if dtype != torch.float32:
+        return "tf32"
+    if tf32 is None:
+        tf32 = torch.backends.cuda.matmul.allow_tf32
+    return "tf32" if tf32 and device_type == "cuda" else "ieee"
+
+
+def _common_consts(q, k, bias, scale, scale_value, precision):
     B, H, n_q, d = q.shape
     return {
         "H": H, "NB": bias.shape[0] if bias is not None else 1, "N_Q": n_q, "N_K": k.shape[2],
         "scale_value": scale_value, "HEAD_DIM": d, "BLOCK_D": _pow2_block(d),
         "HAS_BIAS": bias is not None, "PER_HEAD_SCALE": scale is not None,
-        # fp32 inputs must not silently drop to tf32 (the fp32 contract is ~1e-6 relative error)
-        "DOT_PRECISION": "ieee" if q.dtype == torch.float32 else "tf32",
+        "DOT_PRECISION": precision or dot_precision(q.dtype, q.device.type),
     }
 
 
@@ -435,10 +483,12 @@ def _aligned_bias(bias):
     return padded.copy_(bias)  # the padding columns are never read (masked)
 
 
-def attention_forward(q, k, v, bias, scale, scale_value):
-    """out (B, H, N_Q, D) in q's dtype and lse2 (B, H, N_Q) fp32 = log2-sum-exp2 of the base-2 scores.
+def attention_forward(q, k, v, bias, scale, scale_value, precision=None):
+    """out (B, H, N_Q, D) in q's dtype and lse2 (B, H, N_Q) fp32 = log2-sum-exp2 of the base-2 scores
+    (+inf for a row whose every key is -inf; its output is 0).
 
     bias: None or (NB, H, N_Q, N_K) (expanded view, NB divides B); scale: None or (H,) fp32, else scale_value.
+    precision: tl.dot input precision "ieee" / "tf32" (None: `dot_precision(q.dtype, q.device.type)`).
     """
     B, H, n_q, d = q.shape
     bias = _aligned_bias(bias)
@@ -447,14 +497,15 @@ def attention_forward(q, k, v, bias, scale, scale_value):
     dummy = q  # stands in for absent optional pointers; never dereferenced (constexpr-guarded)
     args = (q, k, v, bias if bias is not None else dummy, scale if scale is not None else dummy, out, lse,
             *q.stride(), *k.stride(), *v.stride(), *_bias_strides(bias), *out.stride())
-    consts = _common_consts(q, k, bias, scale, scale_value)
+    consts = _common_consts(q, k, bias, scale, scale_value, precision)
     _launch("fwd", _attn_fwd_kernel, args, consts, B * H, n_q, "BLOCK_M")
     return out, lse
 
 
-def attention_backward(do, q, k, v, out, lse, bias, scale, scale_value, bias_grad, scale_grad):
+def attention_backward(do, q, k, v, out, lse, bias, scale, scale_value, bias_grad, scale_grad, precision=None):
     """dq, dk, dv, plus if bias_grad ds (chunks, NB, H, N_Q, N_K) fp32, partial sums of dS whose sum over
-    dim 0 is dbias, and if scale_grad dscale_rows (B, H, N_Q) fp32, whose sum over (0, 2) is dscale."""
+    dim 0 is dbias, and if scale_grad dscale_rows (B, H, N_Q) fp32, whose sum over (0, 2) is dscale.
+    precision: as `attention_forward` (pass the forward's)."""
     B, H, n_q, d = q.shape
     n_k = k.shape[2]
     nb = bias.shape[0] if bias is not None else 1
@@ -471,7 +522,7 @@ def attention_backward(do, q, k, v, out, lse, bias, scale, scale_value, bias_gra
     dummy = q
     bias_ptr = bias if bias is not None else dummy
     scale_ptr = scale if scale is not None else dummy
-    consts = _common_consts(q, k, bias, scale, scale_value)
+    consts = _common_consts(q, k, bias, scale, scale_value, precision)
 
     dq_args = (q, k, v, bias_ptr, scale_ptr, out, do, lse, delta if delta is not None else dummy, dq, dk, dv,
                ds if ds is not None else dummy, dscale_rows if dscale_rows is not None else dummy,
@@ -494,13 +545,14 @@ def attention_backward(do, q, k, v, out, lse, bias, scale, scale_value, bias_gra
 # --------------------------------------------------------------------------------------------------
 @torch.library.custom_op("fastvit::attention_fwd", mutates_args=())
 def _attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
-                      scale: torch.Tensor | None, scale_value: float) -> tuple[torch.Tensor, torch.Tensor]:
+                      scale: torch.Tensor | None, scale_value: float,
+                      precision: str) -> tuple[torch.Tensor, torch.Tensor]:
     scale32 = scale.float().contiguous() if scale is not None else None
-    return attention_forward(q, k, v, bias, scale32, scale_value)
+    return attention_forward(q, k, v, bias, scale32, scale_value, precision)
 
 
 @_attention_fwd_op.register_fake
-def _(q, k, v, bias, scale, scale_value):
+def _(q, k, v, bias, scale, scale_value, precision):
     return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
@@ -508,12 +560,12 @@ def _(q, k, v, bias, scale, scale_value):
 def _attention_bwd_op(
     do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
     lse: torch.Tensor, bias: torch.Tensor | None, scale: torch.Tensor | None, scale_value: float,
-    bias_grad: bool, scale_grad: bool,
+    bias_grad: bool, scale_grad: bool, precision: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """dq, dk, dv, dbias (NB, H, N_Q, N_K) or empty, dscale (H,) or empty."""
     scale32 = scale.float().contiguous() if scale is not None else None
     dq, dk, dv, ds, dscale_rows = attention_backward(do, q, k, v, out, lse, bias, scale32, scale_value,
-                                                     bias_grad, scale_grad)
+                                                     bias_grad, scale_grad, precision)
     dbias = q.new_empty(0)  # outputs may not alias each other: one fresh empty per absent gradient
     if bias_grad:  # batch b = i * nb + w reads bias[w]: the rest of the sum over i, deterministic
         dbias = ds.sum(0).to(bias.dtype)  # (chunks, nb, H, N_Q, N_K) -> (nb, H, N_Q, N_K)
@@ -522,17 +574,17 @@ def _attention_bwd_op(
 
 
 @_attention_bwd_op.register_fake
-def _(do, q, k, v, out, lse, bias, scale, scale_value, bias_grad, scale_grad):
+def _(do, q, k, v, out, lse, bias, scale, scale_value, bias_grad, scale_grad, precision):
     dbias = bias.new_empty(bias.shape) if bias_grad else q.new_empty(0)
     dscale = scale.new_empty(scale.shape) if scale_grad else q.new_empty(0)
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dbias, dscale
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, bias, scale, scale_value = inputs
+    q, k, v, bias, scale, scale_value, precision = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, bias, scale)
-    ctx.scale_value = scale_value
+    ctx.scale_value, ctx.precision = scale_value, precision
     ctx.bias_grad = bias is not None and ctx.needs_input_grad[3]
     ctx.scale_grad = scale is not None and ctx.needs_input_grad[4]
     ctx.mark_non_differentiable(lse)
@@ -541,8 +593,8 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, dout, _dlse):
     q, k, v, out, lse, bias, scale = ctx.saved_tensors
     dq, dk, dv, dbias, dscale = _attention_bwd_op(dout, q, k, v, out, lse, bias, scale, ctx.scale_value,
-                                                  ctx.bias_grad, ctx.scale_grad)
-    return dq, dk, dv, dbias if ctx.bias_grad else None, dscale if ctx.scale_grad else None, None
+                                                  ctx.bias_grad, ctx.scale_grad, ctx.precision)
+    return dq, dk, dv, dbias if ctx.bias_grad else None, dscale if ctx.scale_grad else None, None, None
 
 
 _attention_fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -641,7 +693,7 @@ class TritonBackend:
         else:
             scale_value = d**-0.5 if scale is None else float(scale)
             scale = None
-        out, _ = _attention_fwd_op(q, k, v, bias, scale, scale_value)
+        out, _ = _attention_fwd_op(q, k, v, bias, scale, scale_value, dot_precision(q.dtype, q.device.type))
         return out
 
 
@@ -774,7 +826,9 @@ def attention(q, k, v, bias=None, scale=None, backend=None):
         scale = q.shape[-1] ** -0.5 if scale is None else scale   # tensor: scale.view(H, 1, 1)
         out = torch.softmax(q @ k.transpose(-2, -1) * scale + bias, dim=-1) @ v
     Precision: fp32 accumulation on every backend that can; the Triton path computes fp32 inputs in
-    full IEEE fp32 (no tf32) and fp16/bf16 inputs on tensor cores with fp32 softmax statistics.
+    full IEEE fp32, or in TF32 on tensor cores when `torch.backends.cuda.matmul.allow_tf32` is set
+    (`dot_precision`), and fp16/bf16 inputs on tensor cores with fp32 softmax statistics. A row whose
+    every key is masked (-inf bias) gives 0 and zero gradients on the triton and sdpa backends.
     """
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise UserError(f"attention takes (B, H, N, D) tensors; got q {tuple(q.shape)}, k {tuple(k.shape)}, "
@@ -791,4 +845,4 @@ def attention(q, k, v, bias=None, scale=None, backend=None):
 
 
 __all__ = ["BACKENDS", "AttentionInputs", "attention", "attention_backward", "attention_forward",
-           "select_backend"]
+           "dot_precision", "pinned_config", "select_backend", "set_deterministic"]

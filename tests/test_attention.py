@@ -272,6 +272,45 @@ def test_gpu_autotune_candidates_fit_the_shape():
     assert {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in small} == {(16, 16)}
 
 
+def test_deterministic_mode_pins_one_documented_config_per_shape():
+    """set_deterministic(True): every launch of a shape gets pinned_config, the first candidate `_prune`
+    keeps (CPU-checkable, like the autotune candidates); the autotuner stays the default."""
+    tuned = attn._tuned_kernels()
+    assert attn._deterministic is False
+    for n, d in ((16, 32), (49, 32), (65, 16), (197, 64)):
+        args = {"N_Q": n, "N_K": n, "BLOCK_D": attn._pow2_block(d), "DS_GROUP": 1,
+                "FUSED_DKDV": attn._fused_dkdv(n, cuda=True), "DOT_PRECISION": "tf32", "ELEMENT_BYTES": 2}
+        for name in ("fwd", "dq", "dkdv"):
+            pinned = attn.pinned_config(name, args)
+            assert pinned is attn.pinned_config(name, dict(args))  # the same object every call
+            assert pinned is tuned[name].early_config_prune(tuned[name].configs, args)[0]
+    small = attn.pinned_config("fwd", {"N_Q": 16, "N_K": 16, "BLOCK_D": 32})
+    assert (small.kwargs["BLOCK_M"], small.kwargs["BLOCK_N"], small.num_warps) == (16, 16, 2)
+    try:
+        attn.set_deterministic(True)
+        assert attn._deterministic is True
+    finally:
+        attn.set_deterministic(False)
+
+
+@pytest.fixture
+def restore_tf32():
+    saved = torch.backends.cuda.matmul.allow_tf32  # a property of torch's cuBLAS module: monkeypatch cannot
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_tf32_only_for_fp32_on_cuda_when_torch_allows_it(restore_tf32):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    assert attn.dot_precision(torch.float32, "cuda") == "ieee"  # IEEE stays the fp32 default
+    assert attn.dot_precision(torch.float32, "cuda", tf32=True) == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = True
+    assert attn.dot_precision(torch.float32, "cuda") == "tf32"
+    assert attn.dot_precision(torch.float32, "cuda", tf32=False) == "ieee"
+    assert attn.dot_precision(torch.float32, "cpu") == "ieee"  # the interpreter computes fp32 anyway
+    assert attn.dot_precision(torch.bfloat16, "cuda") == attn.dot_precision(torch.float16, "cpu") == "tf32"
+
+
 COMPILE_SCRIPT = """
 import importlib
 from benchmarks.attention import Shape, compile_sm90
@@ -348,7 +387,7 @@ def test_custom_op_passes_opcheck():
     q, k, v = (torch.randn(2, 2, 16, 16, generator=g, requires_grad=True) for _ in range(3))
     bias = torch.randn(1, 2, 16, 16, generator=g, requires_grad=True)
     scale = torch.rand(2, generator=g, requires_grad=True)
-    torch.library.opcheck(attn._attention_fwd_op, (q, k, v, bias, scale, 0.0),
+    torch.library.opcheck(attn._attention_fwd_op, (q, k, v, bias, scale, 0.0, "ieee"),
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
 
