@@ -202,7 +202,8 @@ def correctness(section, device, smoke):
     precisions = ("fp32", "fp16") if smoke else ("fp32", "tf32", "bf16", "fp16")
     for case in attention_cases(smoke):
         for precision in precisions:
-            section.run(f"attention {case.label} {precision}", lambda c=case, p=precision: check_attention(c, p, device))
+            label = f"attention {case.label} {precision}"
+            section.run(label, lambda c=case, p=precision: check_attention(c, p, device))
     shapes = [(2, 3, 4, 8, 12)] if smoke else [(256, 8, 8, 192, 64), (64, 7, 7, 768, 64)]  # vit/swin, swin-t
     for shape in shapes:
         for sum_halves in (False, True):
@@ -227,7 +228,6 @@ def timing_shapes(smoke):
 
 def providers(shape, device):
     """name -> fn(q, k, v, bias) with bias windowed (nb, H, N, N) or None."""
-    import torch
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -419,8 +419,10 @@ def end_to_end(section, device, smoke):
         ref_images = big if big is not None else images
         ref = section.run(f"reference {arch} {recipe}", lambda a=arch, b=batch, r=ref_images: reference_rate(
             a, r, labels[: len(r)], b, ref_steps, device, ref_workers))
-        own = section.run(f"fastvit {arch} {recipe}", lambda a=arch, r=recipe, b=batch, s=img_size, e=epochs: fastvit_rate(
-            root, a, r, b, images_per_run(b), s, e, **extra))
+        def own_run(a=arch, r=recipe, b=batch, s=img_size, e=epochs):
+            return fastvit_rate(root, a, r, b, images_per_run(b), s, e, **extra)
+
+        own = section.run(f"fastvit {arch} {recipe}", own_run)
         if "images_per_s" in ref and "images_per_s" in own:
             own["ratio_vs_reference"] = round(own["images_per_s"] / ref["images_per_s"], 2)
 
