@@ -352,20 +352,30 @@ def _prune(configs, named_args, program_block, accumulators, **kwargs):
     ]
     if kept:
         return kept
-    # nothing fits the budget: the smallest legal tiles, with 8 warps if their accumulators are large
-    program_tile = floor[program_block] * args["BLOCK_D"] * accumulators
-    return [triton.Config({"BLOCK_M": floor["BLOCK_M"], "BLOCK_N": floor["BLOCK_N"]},
-                          num_warps=4 if program_tile <= 64 * 32 * 4 else 8, num_stages=2)]
+    # nothing fits the budget: the smallest legal tiles, with 8 warps unless 4 fit
+    smallest = [triton.Config({"BLOCK_M": floor["BLOCK_M"], "BLOCK_N": floor["BLOCK_N"]}, num_warps=w, num_stages=2)
+                for w in (4, 8)]
+    return [next((c for c in smallest if _fits_registers(c, args, program_block, accumulators)), smallest[1])]
+
+
+def _element_bytes(args):
+    """Bytes per q/k/v element of a launch (the autotuner passes the tensors; reports pass ELEMENT_BYTES)."""
+    if "ELEMENT_BYTES" in args:
+        return args["ELEMENT_BYTES"]
+    return args["Q"].element_size() if "Q" in args else 2
 
 
 def _fits_registers(config, args, program_block, accumulators):
-    """The sm_90 spill rule (from `python -m benchmarks.attention --sm90-report --unpruned`): a config is
-    kept when its fp32 accumulators fit ~64 registers per thread and its S, P (and dP, dS) tiles ~32 fp32
-    per thread each; past that ptxas spills and the config is never the fastest."""
+    """The sm_90 spill rule, fitted to `python -m benchmarks.attention --sm90-report --unpruned` (ptxas,
+    triton 3.8): a config is kept when its fp32 accumulators fit ~64 registers per thread and its score
+    tiles (S, P; the fused backward also holds dP, dS and dK/dV partials: twice that) ~32 registers per
+    thread at 16-bit inputs, half that at fp32 inputs (IEEE or TF32: fp32 operand tiles). Measured spills
+    it removes: the fused 64x64 backward at 4 warps (bf16: 132-152 B; fp32: 15 KB, 12 B at 8 warps), the
+    fp32 64x64 forward at 4 warps (40 B); kept configs measured 0 spills."""
     threads = 32 * config.num_warps
     bm, bn = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]
-    return (config.kwargs[program_block] * args["BLOCK_D"] * accumulators <= 64 * threads
-            and bm * bn <= 32 * threads)
+    tile_cost = bm * bn * max(1, _element_bytes(args) // 2) * (2 if args.get("FUSED_DKDV", False) else 1)
+    return config.kwargs[program_block] * args["BLOCK_D"] * accumulators <= 64 * threads and tile_cost <= 32 * threads
 
 
 @functools.cache
@@ -430,10 +440,12 @@ def _launch(name, raw_kernel, args, consts, programs, program_len, program_block
         raw_kernel[(programs, triton.cdiv(program_len, blocks[program_block]))](*args, **consts, **blocks)
 
 
-def _fused_dkdv(n_q, cuda):
+def _fused_dkdv(n_q, cuda, element_bytes=2):
     """True if one query block covers N_Q (<= FUSED_BWD_MAX_N), so the dQ program can also finish dK and
-    dV: one backward kernel, one read of q, k, v, O, dO (Swin windows of 16 and 49 tokens)."""
-    return n_q <= FUSED_BWD_MAX_N and (cuda or _cpu_blocks(n_q, 1)["BLOCK_M"] >= n_q)
+    dV: one backward kernel, one read of q, k, v, O, dO (Swin windows of 16 and 49 tokens). fp32 inputs
+    fuse only up to 32 queries on CUDA: the fused 64-row fp32 tile spills even at 8 warps (sm_90 report)."""
+    limit = FUSED_BWD_MAX_N if not cuda or element_bytes <= 2 else min(FUSED_BWD_MAX_N, 32)
+    return n_q <= limit and (cuda or _cpu_blocks(n_q, 1)["BLOCK_M"] >= n_q)
 
 
 def _ds_group(n_groups, n_k, cuda):
@@ -515,7 +527,7 @@ def attention_backward(do, q, k, v, out, lse, bias, scale, scale_value, bias_gra
     dq = _empty(q.shape, q.dtype, q.device)
     dk = _empty(k.shape, k.dtype, k.device)
     dv = _empty(v.shape, v.dtype, v.device)
-    fused = _fused_dkdv(n_q, q.is_cuda)
+    fused = _fused_dkdv(n_q, q.is_cuda, q.element_size())
     delta = _empty((B, H, n_q), torch.float32, q.device) if not fused else None
     ds = _empty((chunks, nb, H, n_q, n_k), torch.float32, q.device) if bias_grad else None
     dscale_rows = _empty((B, H, n_q), torch.float32, q.device) if scale_grad else None

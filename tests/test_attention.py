@@ -272,6 +272,25 @@ def test_gpu_autotune_candidates_fit_the_shape():
     assert {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in small} == {(16, 16)}
 
 
+@pytest.mark.parametrize("name,bm,bn,warps,elem,fused,spills", [
+    # measured by `python -m benchmarks.attention --sm90-report --unpruned` (swin-t 7x7 windows, D = 32):
+    ("dq", 64, 64, 4, 2, True, True),  # bf16 fused backward: 132 B spilled
+    ("dq", 64, 64, 8, 2, True, False),  # ... 8 warps: 0
+    ("dq", 64, 64, 8, 4, True, True),  # fp32 IEEE fused backward, 8 warps: 12 B (4 warps: 15 KB)
+    ("fwd", 64, 64, 4, 4, False, True),  # fp32 IEEE forward: 40 B
+    ("fwd", 64, 64, 4, 2, False, False),  # bf16 forward: 207 registers, 0 spilled
+    ("fwd", 64, 32, 4, 4, False, False),  # fp32 TF32 forward: 128 registers
+])
+def test_sm90_spill_rule_prunes_the_measured_spills(name, bm, bn, warps, elem, fused, spills):
+    import triton
+
+    config = triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=2)
+    args = {"BLOCK_D": 32, "ELEMENT_BYTES": elem, "FUSED_DKDV": fused}
+    assert attn._fits_registers(config, args, "BLOCK_M", 1) is not spills
+    # fp32 never fuses 49-query windows on CUDA, so its backward always has a config that fits
+    assert attn._fused_dkdv(49, cuda=True, element_bytes=2) and not attn._fused_dkdv(49, cuda=True, element_bytes=4)
+
+
 def test_deterministic_mode_pins_one_documented_config_per_shape():
     """set_deterministic(True): every launch of a shape gets pinned_config, the first candidate `_prune`
     keeps (CPU-checkable, like the autotune candidates); the autotuner stays the default."""
