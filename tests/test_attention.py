@@ -332,7 +332,7 @@ def test_tf32_only_for_fp32_on_cuda_when_torch_allows_it(restore_tf32):
 
 COMPILE_SCRIPT = """
 import importlib
-from benchmarks.attention import Shape, compile_sm90
+from benchmarks.attention import Shape, compile_generic_sm90, compile_sm90
 attn = importlib.import_module("fastvit.kernels.attention")
 shape = Shape("swin window", B=64, H=3, N=17, D=24, nb=4)
 base = dict(HEAD_DIM=24, BLOCK_D=32, BLOCK_M=16, BLOCK_N=16, HAS_BIAS=True, PER_HEAD_SCALE=True, DOT_PRECISION="tf32")
@@ -344,17 +344,30 @@ variants = [("bf16", attn._attn_fwd_kernel, {}), ("fp32", attn._attn_fwd_kernel,
 for dtype, kernel, extra in variants:
     use = compile_sm90(kernel, shape, dtype, num_warps=2, num_stages=1, **{**base, **extra})
     assert use["registers"] > 0 and use["spill_stores"] == 0, use
-print("compiled", len(variants))
+    if dtype == "fp32":  # IEEE fp32: no tensor-core instruction
+        assert use["wgmma"] == use["mma"] == 0, use
+# fp32 inputs with TF32 allowed: tensor cores (wgmma for a 64-row tile)
+tf32 = compile_sm90(attn._attn_fwd_kernel, shape, "fp32", num_warps=4, num_stages=2,
+                    **{**base, "BLOCK_M": 64, "BLOCK_N": 32, "DOT_PRECISION": "tf32"})
+assert tf32["wgmma"] > 0 and tf32["spill_stores"] == 0, tf32
+drloc = importlib.import_module("fastvit.kernels.drloc_pairs")
+import triton.language as tl
+for kernel, consts in ((drloc._drloc_pairs_fwd_kernel, dict(SAMPLE=True, USE_ABS=True, BLOCK_M=32, BLOCK_C=128)),
+                       (drloc._drloc_pairs_bwd_kernel, dict(BLOCK_S=32, BLOCK_C=256))):
+    use = compile_generic_sm90(kernel, "bf16", num_warps=4, SUM_HALVES=True, ACC=tl.float32, **consts)
+    assert use["registers"] > 0 and use["spill_stores"] == 0, use
+print("compiled", len(variants) + 3)
 """
 
 
 def test_kernels_compile_for_h100():
     """The interpreter accepts code the compiler rejects (e.g. non-constexpr globals): build every kernel
-    variant for sm_90 through ptxas, which needs no GPU, in a process without TRITON_INTERPRET."""
+    variant (attention bf16/fp16, fp32 IEEE without tensor cores, fp32 TF32 with them; drloc_pairs) for
+    sm_90 through ptxas, which needs no GPU, in a process without TRITON_INTERPRET."""
     env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
     result = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT], cwd=Path(__file__).resolve().parents[1],
                             env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0 and "compiled 5" in result.stdout, result.stderr[-3000:]
+    assert result.returncode == 0 and "compiled 8" in result.stdout, result.stderr[-3000:]
 
 
 # ----- the torch backends, same reference --------------------------------------------------------------
