@@ -10,7 +10,9 @@ Layers, bottom up:
      partials (dscale per (b, h, row); dS per (b, h), or summed in registers over up to 8 batches that
      share a window's bias) and reduced by torch, so gradients are bitwise deterministic.
   2. Launchers `attention_forward` / `attention_backward`: shapes, strides, grids, block sizes
-     (autotuned per head dim and token count on CUDA; fixed blocks under the CPU interpreter).
+     (autotuned per head dim and token count on CUDA over candidates pruned by an sm_90 spill rule, or
+     one pinned config per shape after `set_deterministic(True)`; fixed blocks under the CPU
+     interpreter), and the dot precision (`dot_precision`: IEEE fp32, or TF32 when torch allows it).
   3. `torch.library` custom ops `fastvit::attention_fwd` / `fastvit::attention_bwd` with fake
      implementations and autograd, so `torch.compile` traces through the kernel as one opaque node.
   4. Backends (`triton`, `xformers`, `sdpa`, `math`) that each answer `not_supported_reasons`, the
@@ -345,11 +347,17 @@ def _prune(configs, named_args, program_block, accumulators, **kwargs):
     fused = args.get("FUSED_DKDV", False)
     if fused:
         floor["BLOCK_M"] = cap["BLOCK_M"]
+    spill_rule = args.get("SPILL_RULE", True)
     kept = [
         c for c in configs
         if all(floor[name] <= c.kwargs[name] <= cap[name] for name in cap)
-        and (not args.get("SPILL_RULE", True) or _fits_registers(c, args, program_block, accumulators))
+        and (not spill_rule or _fits_registers(c, args, program_block, accumulators))
     ]
+    if spill_rule and args.get("DOT_PRECISION") == "ieee" and _element_bytes(args) == 4 and args["BLOCK_D"] >= 64:
+        # IEEE fp32 dots run on FMA units with both operand tiles in registers: at head dim 64 every
+        # candidate reaches 255 registers and spills (sm_90 report, T2T 197 tokens: fwd 4-480 B, dQ 76-380 B,
+        # dK/dV 628-860 B); 8 warps spill least. TF32 (tensor cores) spills in none of them.
+        kept = [c for c in kept if c.num_warps == 8] or kept
     if kept:
         return kept
     # nothing fits the budget: the smallest legal tiles, with 8 warps unless 4 fit

@@ -291,6 +291,17 @@ def test_sm90_spill_rule_prunes_the_measured_spills(name, bm, bn, warps, elem, f
     assert attn._fused_dkdv(49, cuda=True, element_bytes=2) and not attn._fused_dkdv(49, cuda=True, element_bytes=4)
 
 
+def test_ieee_fp32_at_head_dim_64_prefers_8_warps_and_tf32_keeps_the_rest():
+    """Every IEEE fp32 candidate spills at D = 64 (sm_90 report), 8 warps least; TF32 candidates do not spill."""
+    tuned = attn._tuned_kernels()
+    for name in ("fwd", "dq", "dkdv"):
+        args = {"N_Q": 197, "N_K": 197, "BLOCK_D": 64, "ELEMENT_BYTES": 4, "DS_GROUP": 1, "FUSED_DKDV": False}
+        ieee = tuned[name].early_config_prune(tuned[name].configs, {**args, "DOT_PRECISION": "ieee"})
+        tf32 = tuned[name].early_config_prune(tuned[name].configs, {**args, "DOT_PRECISION": "tf32"})
+        assert ieee and all(c.num_warps == 8 for c in ieee), name
+        assert set(ieee) < set(tf32), name
+
+
 def test_deterministic_mode_pins_one_documented_config_per_shape():
     """set_deterministic(True): every launch of a shape gets pinned_config, the first candidate `_prune`
     keeps (CPU-checkable, like the autotune candidates); the autotuner stays the default."""
