@@ -322,8 +322,9 @@ def sm90_report(shapes=SHAPES, precisions=PRECISIONS, unpruned=False):
 def _report_shape(attn, tuned, shape, label, dtype, dot_precision, unpruned):
     common = {"HEAD_DIM": shape.D, "BLOCK_D": attn._pow2_block(shape.D), "HAS_BIAS": bool(shape.nb),
               "PER_HEAD_SCALE": False, "DOT_PRECISION": dot_precision}
-    fused = attn._fused_dkdv(shape.N, cuda=True, element_bytes=4 if dtype == "fp32" else 2)
-    group = attn._ds_group(shape.B // max(shape.nb, 1), shape.N, cuda=True) if shape.nb else 1
+    elem = 4 if dtype == "fp32" else 2
+    fused = attn._fused_dkdv(shape.N, cuda=True, element_bytes=elem)
+    group = attn._ds_group(shape.B // max(shape.nb, 1), shape.N, cuda=True, element_bytes=elem) if shape.nb else 1
     dq = {**common, "STORE_DS": bool(shape.nb), "DS_GROUP": group, "STORE_DSCALE": False, "FUSED_DKDV": fused}
     variants = {"fwd": ("fwd", common), "dq+dkdv" if fused else "dq": ("dq", dq)}
     if not fused:

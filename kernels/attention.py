@@ -456,11 +456,13 @@ def _fused_dkdv(n_q, cuda, element_bytes=2):
     return n_q <= limit and (cuda or _cpu_blocks(n_q, 1)["BLOCK_M"] >= n_q)
 
 
-def _ds_group(n_groups, n_k, cuda):
+def _ds_group(n_groups, n_k, cuda, element_bytes=2):
     """Batches per dQ program whose dS are summed in registers for dbias. Needs every key in one block
-    (windowed Swin attention: N_K = 16 or 49); cuts the dS buffer (and its torch reduction) by that factor."""
+    (windowed Swin attention: N_K = 16 or 49); cuts the dS buffer (and its torch reduction) by that factor.
+    fp32 inputs group only up to 32 keys on CUDA: at Swin-T's 49 the extra fp32 tile spills (sm_90 report,
+    TF32: 44-72 B grouped, 0 ungrouped)."""
     key_block = _pow2_block(n_k) if cuda else _cpu_blocks(1, n_k)["BLOCK_N"]
-    if key_block < n_k or key_block > 64:
+    if key_block < n_k or key_block > 64 or (cuda and element_bytes > 2 and key_block > 32):
         return 1
     return max(1, min(DS_GROUP_MAX, n_groups))
 
@@ -530,7 +532,7 @@ def attention_backward(do, q, k, v, out, lse, bias, scale, scale_value, bias_gra
     n_k = k.shape[2]
     nb = bias.shape[0] if bias is not None else 1
     bias = _aligned_bias(bias)
-    group = _ds_group(B // nb, n_k, q.is_cuda) if bias_grad else 1
+    group = _ds_group(B // nb, n_k, q.is_cuda, q.element_size()) if bias_grad else 1
     chunks = triton.cdiv(B // nb, group)
     dq = _empty(q.shape, q.dtype, q.device)
     dk = _empty(k.shape, k.dtype, k.device)

@@ -289,6 +289,9 @@ def test_sm90_spill_rule_prunes_the_measured_spills(name, bm, bn, warps, elem, f
     assert attn._fits_registers(config, args, "BLOCK_M", 1) is not spills
     # fp32 never fuses 49-query windows on CUDA, so its backward always has a config that fits
     assert attn._fused_dkdv(49, cuda=True, element_bytes=2) and not attn._fused_dkdv(49, cuda=True, element_bytes=4)
+    # ... nor sums Swin-T's dS over batches in registers (the extra fp32 tile spills: 44-72 B measured)
+    assert attn._ds_group(10, 49, cuda=True, element_bytes=4) == 1 and attn._ds_group(10, 49, cuda=True) == 8
+    assert attn._ds_group(10, 16, cuda=True, element_bytes=4) == 8
 
 
 def test_ieee_fp32_at_head_dim_64_prefers_8_warps_and_tf32_keeps_the_rest():
