@@ -229,14 +229,7 @@ def compile_sm90(kernel, shape, dtype="bf16", num_warps=4, num_stages=3, **const
     """Compile one kernel variant for H100 (sm_90) on a machine without a GPU, specialized as a launch on
     `shape` would be (ints equal to 1 become constants, multiples of 16 and 16-byte aligned pointers
     carry divisibility hints, which is what lets loads vectorize), and return ptxas' resource use:
-    {"registers", "spill_stores", "spill_loads", "shared"}. Needs TRITON_INTERPRET unset."""
-    import re
-    import subprocess
-    import tempfile
-
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.backends.nvidia.compiler import get_ptxas
+    {"registers", "spill_stores", "spill_loads", "shared", "wgmma", "mma"}. Needs TRITON_INTERPRET unset."""
     from triton.compiler import ASTSource
 
     ints, stride = launch_ints(shape)
@@ -258,7 +251,39 @@ def compile_sm90(kernel, shape, dtype="bf16", num_warps=4, num_stages=3, **const
                 signature[name] = "i32"
                 if value % 16 == 0:
                     attrs[(i,)] = [["tt.divisibility", 16]]
-    source = ASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=attrs)
+    return _ptxas_use(ASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=attrs),
+                      num_warps, num_stages)
+
+
+def compile_generic_sm90(kernel, dtype="bf16", num_warps=4, num_stages=3, **constexprs):
+    """compile_sm90 for kernels named in the `*_ptr` style (drloc_pairs): tensors `*_ptr` (positions int64,
+    targets fp32, the rest `dtype`), every other non-constexpr argument a 32-bit int (64-bit for seeds)."""
+    from triton.compiler import ASTSource
+
+    pointer_types = {"pos_ptr": "*i64", "targets_ptr": "*fp32"}
+    signature, attrs = {}, {}
+    for i, name in enumerate(kernel.arg_names):
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            signature[name] = pointer_types.get(name, f"*{dtype}")
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        else:
+            signature[name] = "i64" if "seed" in name else "i32"
+    return _ptxas_use(ASTSource(fn=kernel, signature=signature, constexprs=dict(constexprs), attrs=attrs),
+                      num_warps, num_stages)
+
+
+def _ptxas_use(source, num_warps, num_stages):
+    """Compile for sm_90 and read ptxas -v: registers, spills, shared memory, tensor-core instructions."""
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import get_ptxas
+
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
                               options={"num_warps": num_warps, "num_stages": num_stages})
     with tempfile.NamedTemporaryFile("w", suffix=".ptx") as ptx:
@@ -267,46 +292,86 @@ def compile_sm90(kernel, shape, dtype="bf16", num_warps=4, num_stages=3, **const
         report = subprocess.run([get_ptxas(90).path, "-v", "--gpu-name=sm_90a", ptx.name, "-o", os.devnull],
                                 capture_output=True, text=True, check=True).stderr
     number = lambda pattern: int(m.group(1)) if (m := re.search(pattern, report)) else 0
+    ptx_text = compiled.asm["ptx"]
     return {"registers": number(r"Used (\d+) registers"), "spill_stores": number(r"(\d+) bytes spill stores"),
-            "spill_loads": number(r"(\d+) bytes spill loads"), "shared": compiled.metadata.shared}
+            "spill_loads": number(r"(\d+) bytes spill loads"), "shared": compiled.metadata.shared,
+            # tensor-core instructions in the PTX: Hopper wgmma (async warpgroup) and Ampere-style mma.sync
+            "wgmma": ptx_text.count("wgmma.mma_async"), "mma": ptx_text.count("mma.sync")}
 
 
-def sm90_report(shapes=SHAPES):
-    """ptxas registers / spills of every pruned autotune candidate of each kernel launch of fwd+bwd on
-    `shapes` (bias gradient on for windowed shapes): the static half of tuning for H100, no GPU needed."""
+# (label, pointer dtype, tl.dot input_precision): the three paths a launch can take
+PRECISIONS = (("bf16", "bf16", "tf32"), ("fp32 ieee", "fp32", "ieee"), ("fp32 tf32", "fp32", "tf32"))
+
+
+def sm90_report(shapes=SHAPES, precisions=PRECISIONS, unpruned=False):
+    """ptxas registers / spills and tensor-core instruction counts of every autotune candidate of each
+    kernel launch of fwd+bwd on `shapes` (bias gradient on for windowed shapes), for bf16 and the fp32 IEEE
+    and TF32 paths, then the drloc_pairs kernels: the static half of tuning for H100, no GPU needed.
+    unpruned: every candidate the shape admits, spill rule off (the data the rule was derived from)."""
     attn = importlib.import_module("fastvit.kernels.attention")
     tuned = attn._tuned_kernels()
-    print("| shape | kernel | BLOCK_M | BLOCK_N | warps | stages | registers | spill stores B | shared B |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| shape | precision | kernel | BLOCK_M | BLOCK_N | warps | stages | registers | spill stores B | "
+          "shared B | wgmma | mma |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for shape in shapes:
-        common = {"HEAD_DIM": shape.D, "BLOCK_D": attn._pow2_block(shape.D), "HAS_BIAS": bool(shape.nb),
-                  "PER_HEAD_SCALE": False, "DOT_PRECISION": "tf32"}
-        fused = attn._fused_dkdv(shape.N, cuda=True)
-        group = attn._ds_group(shape.B // max(shape.nb, 1), shape.N, cuda=True) if shape.nb else 1
-        dq = {**common, "STORE_DS": bool(shape.nb), "DS_GROUP": group, "STORE_DSCALE": False, "FUSED_DKDV": fused}
-        variants = {"fwd": ("fwd", common), "dq+dkdv" if fused else "dq": ("dq", dq)}
-        if not fused:
-            variants["dkdv"] = ("dkdv", common)
-        for label, (name, consts) in variants.items():
-            args = {"N_Q": shape.N, "N_K": shape.N, **consts}
-            for config in tuned[name].early_config_prune(tuned[name].configs, args):
-                use = compile_sm90(tuned[name].fn, shape, num_warps=config.num_warps,
-                                   num_stages=config.num_stages, **consts, **config.kwargs)
-                print(f"| {shape.label} | {label} | {config.kwargs['BLOCK_M']} | {config.kwargs['BLOCK_N']} | "
-                      f"{config.num_warps} | {config.num_stages} | {use['registers']} | {use['spill_stores']} | "
-                      f"{use['shared']} |", flush=True)
+        for label, dtype, dot_precision in precisions:
+            _report_shape(attn, tuned, shape, label, dtype, dot_precision, unpruned)
+    drloc_sm90_report()
+
+
+def _report_shape(attn, tuned, shape, label, dtype, dot_precision, unpruned):
+    common = {"HEAD_DIM": shape.D, "BLOCK_D": attn._pow2_block(shape.D), "HAS_BIAS": bool(shape.nb),
+              "PER_HEAD_SCALE": False, "DOT_PRECISION": dot_precision}
+    elem = 4 if dtype == "fp32" else 2
+    fused = attn._fused_dkdv(shape.N, cuda=True, element_bytes=elem)
+    group = attn._ds_group(shape.B // max(shape.nb, 1), shape.N, cuda=True, element_bytes=elem) if shape.nb else 1
+    dq = {**common, "STORE_DS": bool(shape.nb), "DS_GROUP": group, "STORE_DSCALE": False, "FUSED_DKDV": fused}
+    variants = {"fwd": ("fwd", common), "dq+dkdv" if fused else "dq": ("dq", dq)}
+    if not fused:
+        variants["dkdv"] = ("dkdv", common)
+    for kernel_label, (name, consts) in variants.items():
+        args = {"N_Q": shape.N, "N_K": shape.N, "ELEMENT_BYTES": 4 if dtype == "fp32" else 2,
+                "SPILL_RULE": not unpruned, **consts}
+        for config in tuned[name].early_config_prune(tuned[name].configs, args):
+            use = compile_sm90(tuned[name].fn, shape, dtype, num_warps=config.num_warps,
+                               num_stages=config.num_stages, **consts, **config.kwargs)
+            print(f"| {shape.label} | {label} | {kernel_label} | {config.kwargs['BLOCK_M']} | "
+                  f"{config.kwargs['BLOCK_N']} | {config.num_warps} | {config.num_stages} | {use['registers']} | "
+                  f"{use['spill_stores']} | {use['shared']} | {use['wgmma']} | {use['mma']} |", flush=True)
+
+
+def drloc_sm90_report():
+    """The same ptxas figures for the L_drloc pair kernels (fastvit.kernels.drloc_pairs) at CUDA block sizes."""
+    import triton.language as tl
+
+    drloc = importlib.import_module("fastvit.kernels.drloc_pairs")
+    print("\n| drloc_pairs kernel | variant | registers | spill stores B | shared B |")
+    print("|---|---|---|---|---|")
+    for dtype in ("bf16", "fp32"):
+        for sum_halves in (False, True):
+            variants = (("fwd", drloc._drloc_pairs_fwd_kernel, {"SAMPLE": True, "USE_ABS": True,
+                                                                 "BLOCK_M": 32, "BLOCK_C": 128}),
+                        ("bwd", drloc._drloc_pairs_bwd_kernel, {"BLOCK_S": 32, "BLOCK_C": 256}))
+            for name, kernel, consts in variants:
+                use = compile_generic_sm90(kernel, dtype, num_warps=4,
+                                           **consts, SUM_HALVES=sum_halves, ACC=tl.float32)
+                variant = f"{dtype}, {'pair sum' if sum_halves else 'concat'}"
+                print(f"| {name} | {variant} | {use['registers']} | {use['spill_stores']} | {use['shared']} |",
+                      flush=True)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check-only", action="store_true", help="skip timing even on a GPU")
     parser.add_argument("--sm90-report", action="store_true",
-                        help="compile every pruned autotune candidate for H100 (no GPU needed) and print ptxas "
-                             "registers and spills")
+                        help="compile every pruned autotune candidate for H100 (no GPU needed; bf16, fp32 IEEE, "
+                             "fp32 TF32, drloc_pairs) and print ptxas registers, spills and wgmma/mma counts")
+    parser.add_argument("--unpruned", action="store_true",
+                        help="with --sm90-report: also the candidates the spill rule removes")
     args = parser.parse_args(argv)
     if args.sm90_report:
         os.environ.pop("TRITON_INTERPRET", None)  # compiled kernels, not interpreted ones
-        sm90_report()
+        sm90_report(unpruned=args.unpruned)
         return 0
     print("H100 roofline (989 TFLOP/s dense bf16, 3.35 TB/s), bf16 q/k/v, fp32 bias and LSE:")
     print(roofline_table())

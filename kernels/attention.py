@@ -10,7 +10,9 @@ Layers, bottom up:
      partials (dscale per (b, h, row); dS per (b, h), or summed in registers over up to 8 batches that
      share a window's bias) and reduced by torch, so gradients are bitwise deterministic.
   2. Launchers `attention_forward` / `attention_backward`: shapes, strides, grids, block sizes
-     (autotuned per head dim and token count on CUDA; fixed blocks under the CPU interpreter).
+     (autotuned per head dim and token count on CUDA over candidates pruned by an sm_90 spill rule, or
+     one pinned config per shape after `set_deterministic(True)`; fixed blocks under the CPU
+     interpreter), and the dot precision (`dot_precision`: IEEE fp32, or TF32 when torch allows it).
   3. `torch.library` custom ops `fastvit::attention_fwd` / `fastvit::attention_bwd` with fake
      implementations and autograd, so `torch.compile` traces through the kernel as one opaque node.
   4. Backends (`triton`, `xformers`, `sdpa`, `math`) that each answer `not_supported_reasons`, the
@@ -111,17 +113,24 @@ if triton is not None:
                                mask=row_ok[:, None] & col_ok[None, :], other=0.0)
                 s += bias.to(tl.float32) * _LOG2E
             s = tl.where(col_ok[None, :], s, float("-inf"))  # padded keys get no weight
-            # m_new >= m_i; alpha rescales what was accumulated under the old max.
+            # m_new >= m_i; alpha rescales what was accumulated under the old max. While every key seen so
+            # far is -inf (masked), m_new = -inf: subtract 0 instead, so p = alpha = 0, never -inf - -inf.
             m_new = tl.maximum(m_i, tl.max(s, 1))
-            alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(s - m_new[:, None])
+            m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp2(m_i - m_sub)
+            p = tl.exp2(s - m_sub[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
             m_i = m_new
 
-        acc = acc / l_i[:, None]
+        # A row whose every key is -inf has l = 0: output 0 (as torch's SDPA) and lse2 = +inf, so that the
+        # backward's p = exp2(s2 - lse2) is 0 there and its gradients are 0 too.
+        seen = l_i > 0
+        l_div = tl.where(seen, l_i, 1.0)
+        acc = acc / l_div[:, None]
         # lse2 = log2(sum_j exp2(s2_j)): the backward recomputes p = exp2(s2 - lse2) without a max pass.
-        tl.store(Lse + pid_bh * N_Q + offs_m, m_i + tl.log2(l_i), mask=row_ok)
+        lse2 = tl.where(seen, m_i + tl.log2(l_div), float("inf"))
+        tl.store(Lse + pid_bh * N_Q + offs_m, lse2, mask=row_ok)
         out_ptrs = Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
         tl.store(out_ptrs, acc.to(Out.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
 
@@ -338,19 +347,43 @@ def _prune(configs, named_args, program_block, accumulators, **kwargs):
     fused = args.get("FUSED_DKDV", False)
     if fused:
         floor["BLOCK_M"] = cap["BLOCK_M"]
+    spill_rule = args.get("SPILL_RULE", True)
     kept = [
         c for c in configs
         if all(floor[name] <= c.kwargs[name] <= cap[name] for name in cap)
-        and c.kwargs[program_block] * args["BLOCK_D"] * accumulators <= 64 * 32 * c.num_warps
-        # S, P (and dP, dS) tiles: past 32 fp32 per thread each, ptxas spills on sm_90
-        and c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 32 * 32 * c.num_warps
+        and (not spill_rule or _fits_registers(c, args, program_block, accumulators))
     ]
+    if spill_rule and args.get("DOT_PRECISION") == "ieee" and _element_bytes(args) == 4 and args["BLOCK_D"] >= 64:
+        # IEEE fp32 dots run on FMA units with both operand tiles in registers: at head dim 64 every
+        # candidate reaches 255 registers and spills (sm_90 report, T2T 197 tokens: fwd 4-480 B, dQ 76-380 B,
+        # dK/dV 628-860 B); 8 warps spill least. TF32 (tensor cores) spills in none of them.
+        kept = [c for c in kept if c.num_warps == 8] or kept
     if kept:
         return kept
-    # nothing fits the budget: the smallest legal tiles, with 8 warps if their accumulators are large
-    program_tile = floor[program_block] * args["BLOCK_D"] * accumulators
-    return [triton.Config({"BLOCK_M": floor["BLOCK_M"], "BLOCK_N": floor["BLOCK_N"]},
-                          num_warps=4 if program_tile <= 64 * 32 * 4 else 8, num_stages=2)]
+    # nothing fits the budget: the smallest legal tiles, with 8 warps unless 4 fit
+    smallest = [triton.Config({"BLOCK_M": floor["BLOCK_M"], "BLOCK_N": floor["BLOCK_N"]}, num_warps=w, num_stages=2)
+                for w in (4, 8)]
+    return [next((c for c in smallest if _fits_registers(c, args, program_block, accumulators)), smallest[1])]
+
+
+def _element_bytes(args):
+    """Bytes per q/k/v element of a launch (the autotuner passes the tensors; reports pass ELEMENT_BYTES)."""
+    if "ELEMENT_BYTES" in args:
+        return args["ELEMENT_BYTES"]
+    return args["Q"].element_size() if "Q" in args else 2
+
+
+def _fits_registers(config, args, program_block, accumulators):
+    """The sm_90 spill rule, fitted to `python -m benchmarks.attention --sm90-report --unpruned` (ptxas,
+    triton 3.8): a config is kept when its fp32 accumulators fit ~64 registers per thread and its score
+    tiles (S, P; the fused backward also holds dP, dS and dK/dV partials: twice that) ~32 registers per
+    thread at 16-bit inputs, half that at fp32 inputs (IEEE or TF32: fp32 operand tiles). Measured spills
+    it removes: the fused 64x64 backward at 4 warps (bf16: 132-152 B; fp32: 15 KB, 12 B at 8 warps), the
+    fp32 64x64 forward at 4 warps (40 B); kept configs measured 0 spills."""
+    threads = 32 * config.num_warps
+    bm, bn = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]
+    tile_cost = bm * bn * max(1, _element_bytes(args) // 2) * (2 if args.get("FUSED_DKDV", False) else 1)
+    return config.kwargs[program_block] * args["BLOCK_D"] * accumulators <= 64 * threads and tile_cost <= 32 * threads
 
 
 @functools.cache
@@ -376,9 +409,38 @@ def _cpu_blocks(n_q, n_k):
     return {"BLOCK_M": min(_CPU_BLOCK, _pow2_block(n_q)), "BLOCK_N": min(_CPU_BLOCK, _pow2_block(n_k))}
 
 
+_deterministic = False  # set_deterministic: one pinned config per shape on CUDA instead of the autotuner
+
+
+def set_deterministic(enabled: bool) -> None:
+    """Pin the CUDA launch config per shape (True) or autotune (False, the default).
+
+    The autotuner times the candidates and keeps the fastest, which can differ between runs and GPUs;
+    the blocks decide the order of the online-softmax and dK/dV reductions, so results differ in the last
+    bits. Pinned, every shape gets `pinned_config`: a fixed choice, the same reduction order every run."""
+    global _deterministic
+    _deterministic = bool(enabled)
+
+
+def pinned_config(name, args):
+    """The config `set_deterministic(True)` launches kernel `name` ("fwd", "dq", "dkdv") with: of the
+    candidates `_prune` keeps for these arguments (token counts, head dim, dtype, flags), the first in
+    `_GPU_CANDIDATES` order, i.e. the smallest tiles and fewest warps that fit the shape without spilling
+    (e.g. 16x16/2 warps for Swin's 16-token windows, 32x32/2 warps for N = 65 or 197 at head dim <= 64)."""
+    tuned = _tuned_kernels()[name]
+    return tuned.early_config_prune(tuned.configs, args)[0]
+
+
 def _launch(name, raw_kernel, args, consts, programs, program_len, program_block):
-    """Launch on grid (programs, cdiv(program_len, block)): autotuned on CUDA, fixed blocks when interpreted."""
+    """Launch on grid (programs, cdiv(program_len, block)): autotuned (or pinned) on CUDA, fixed blocks when
+    interpreted."""
     if args[0].is_cuda:
+        if _deterministic:
+            config = pinned_config(name, {**consts, "ELEMENT_BYTES": args[0].element_size()})
+            grid = (programs, triton.cdiv(program_len, config.kwargs[program_block]))
+            raw_kernel[grid](*args, **consts, **config.kwargs, num_warps=config.num_warps,
+                             num_stages=config.num_stages)
+            return
         grid = lambda meta: (programs, triton.cdiv(program_len, meta[program_block]))
         _tuned_kernels()[name][grid](*args, **consts)
     else:
@@ -386,29 +448,44 @@ def _launch(name, raw_kernel, args, consts, programs, program_len, program_block
         raw_kernel[(programs, triton.cdiv(program_len, blocks[program_block]))](*args, **consts, **blocks)
 
 
-def _fused_dkdv(n_q, cuda):
+def _fused_dkdv(n_q, cuda, element_bytes=2):
     """True if one query block covers N_Q (<= FUSED_BWD_MAX_N), so the dQ program can also finish dK and
-    dV: one backward kernel, one read of q, k, v, O, dO (Swin windows of 16 and 49 tokens)."""
-    return n_q <= FUSED_BWD_MAX_N and (cuda or _cpu_blocks(n_q, 1)["BLOCK_M"] >= n_q)
+    dV: one backward kernel, one read of q, k, v, O, dO (Swin windows of 16 and 49 tokens). fp32 inputs
+    fuse only up to 32 queries on CUDA: the fused 64-row fp32 tile spills even at 8 warps (sm_90 report)."""
+    limit = FUSED_BWD_MAX_N if not cuda or element_bytes <= 2 else min(FUSED_BWD_MAX_N, 32)
+    return n_q <= limit and (cuda or _cpu_blocks(n_q, 1)["BLOCK_M"] >= n_q)
 
 
-def _ds_group(n_groups, n_k, cuda):
+def _ds_group(n_groups, n_k, cuda, element_bytes=2):
     """Batches per dQ program whose dS are summed in registers for dbias. Needs every key in one block
-    (windowed Swin attention: N_K = 16 or 49); cuts the dS buffer (and its torch reduction) by that factor."""
+    (windowed Swin attention: N_K = 16 or 49); cuts the dS buffer (and its torch reduction) by that factor.
+    fp32 inputs group only up to 32 keys on CUDA: at Swin-T's 49 the extra fp32 tile spills (sm_90 report,
+    TF32: 44-72 B grouped, 0 ungrouped)."""
     key_block = _pow2_block(n_k) if cuda else _cpu_blocks(1, n_k)["BLOCK_N"]
-    if key_block < n_k or key_block > 64:
+    if key_block < n_k or key_block > 64 or (cuda and element_bytes > 2 and key_block > 32):
         return 1
     return max(1, min(DS_GROUP_MAX, n_groups))
 
 
-def _common_consts(q, k, bias, scale, scale_value):
+def dot_precision(dtype, device_type, tf32=None):
+    """tl.dot's input_precision for inputs of `dtype`: "tf32" for fp32 inputs on CUDA when `tf32` is True,
+    or, with tf32=None, when torch allows TF32 matmuls (`torch.backends.cuda.matmul.allow_tf32`), which
+    the run's precision choice sets; otherwise "ieee" (full fp32, ~1e-6 relative error, no tensor cores;
+    the interpreter always computes fp32). fp16/bf16 operands run on tensor cores whatever this says."""
+    if dtype != torch.float32:
+        return "tf32"
+    if tf32 is None:
+        tf32 = torch.backends.cuda.matmul.allow_tf32
+    return "tf32" if tf32 and device_type == "cuda" else "ieee"
+
+
+def _common_consts(q, k, bias, scale, scale_value, precision):
     B, H, n_q, d = q.shape
     return {
         "H": H, "NB": bias.shape[0] if bias is not None else 1, "N_Q": n_q, "N_K": k.shape[2],
         "scale_value": scale_value, "HEAD_DIM": d, "BLOCK_D": _pow2_block(d),
         "HAS_BIAS": bias is not None, "PER_HEAD_SCALE": scale is not None,
-        # fp32 inputs must not silently drop to tf32 (the fp32 contract is ~1e-6 relative error)
-        "DOT_PRECISION": "ieee" if q.dtype == torch.float32 else "tf32",
+        "DOT_PRECISION": precision or dot_precision(q.dtype, q.device.type),
     }
 
 
@@ -428,10 +505,12 @@ def _aligned_bias(bias):
     return padded.copy_(bias)  # the padding columns are never read (masked)
 
 
-def attention_forward(q, k, v, bias, scale, scale_value):
-    """out (B, H, N_Q, D) in q's dtype and lse2 (B, H, N_Q) fp32 = log2-sum-exp2 of the base-2 scores.
+def attention_forward(q, k, v, bias, scale, scale_value, precision=None):
+    """out (B, H, N_Q, D) in q's dtype and lse2 (B, H, N_Q) fp32 = log2-sum-exp2 of the base-2 scores
+    (+inf for a row whose every key is -inf; its output is 0).
 
     bias: None or (NB, H, N_Q, N_K) (expanded view, NB divides B); scale: None or (H,) fp32, else scale_value.
+    precision: tl.dot input precision "ieee" / "tf32" (None: `dot_precision(q.dtype, q.device.type)`).
     """
     B, H, n_q, d = q.shape
     bias = _aligned_bias(bias)
@@ -440,31 +519,32 @@ def attention_forward(q, k, v, bias, scale, scale_value):
     dummy = q  # stands in for absent optional pointers; never dereferenced (constexpr-guarded)
     args = (q, k, v, bias if bias is not None else dummy, scale if scale is not None else dummy, out, lse,
             *q.stride(), *k.stride(), *v.stride(), *_bias_strides(bias), *out.stride())
-    consts = _common_consts(q, k, bias, scale, scale_value)
+    consts = _common_consts(q, k, bias, scale, scale_value, precision)
     _launch("fwd", _attn_fwd_kernel, args, consts, B * H, n_q, "BLOCK_M")
     return out, lse
 
 
-def attention_backward(do, q, k, v, out, lse, bias, scale, scale_value, bias_grad, scale_grad):
+def attention_backward(do, q, k, v, out, lse, bias, scale, scale_value, bias_grad, scale_grad, precision=None):
     """dq, dk, dv, plus if bias_grad ds (chunks, NB, H, N_Q, N_K) fp32, partial sums of dS whose sum over
-    dim 0 is dbias, and if scale_grad dscale_rows (B, H, N_Q) fp32, whose sum over (0, 2) is dscale."""
+    dim 0 is dbias, and if scale_grad dscale_rows (B, H, N_Q) fp32, whose sum over (0, 2) is dscale.
+    precision: as `attention_forward` (pass the forward's)."""
     B, H, n_q, d = q.shape
     n_k = k.shape[2]
     nb = bias.shape[0] if bias is not None else 1
     bias = _aligned_bias(bias)
-    group = _ds_group(B // nb, n_k, q.is_cuda) if bias_grad else 1
+    group = _ds_group(B // nb, n_k, q.is_cuda, q.element_size()) if bias_grad else 1
     chunks = triton.cdiv(B // nb, group)
     dq = _empty(q.shape, q.dtype, q.device)
     dk = _empty(k.shape, k.dtype, k.device)
     dv = _empty(v.shape, v.dtype, v.device)
-    fused = _fused_dkdv(n_q, q.is_cuda)
+    fused = _fused_dkdv(n_q, q.is_cuda, q.element_size())
     delta = _empty((B, H, n_q), torch.float32, q.device) if not fused else None
     ds = _empty((chunks, nb, H, n_q, n_k), torch.float32, q.device) if bias_grad else None
     dscale_rows = _empty((B, H, n_q), torch.float32, q.device) if scale_grad else None
     dummy = q
     bias_ptr = bias if bias is not None else dummy
     scale_ptr = scale if scale is not None else dummy
-    consts = _common_consts(q, k, bias, scale, scale_value)
+    consts = _common_consts(q, k, bias, scale, scale_value, precision)
 
     dq_args = (q, k, v, bias_ptr, scale_ptr, out, do, lse, delta if delta is not None else dummy, dq, dk, dv,
                ds if ds is not None else dummy, dscale_rows if dscale_rows is not None else dummy,
@@ -487,13 +567,14 @@ def attention_backward(do, q, k, v, out, lse, bias, scale, scale_value, bias_gra
 # --------------------------------------------------------------------------------------------------
 @torch.library.custom_op("fastvit::attention_fwd", mutates_args=())
 def _attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
-                      scale: torch.Tensor | None, scale_value: float) -> tuple[torch.Tensor, torch.Tensor]:
+                      scale: torch.Tensor | None, scale_value: float,
+                      precision: str) -> tuple[torch.Tensor, torch.Tensor]:
     scale32 = scale.float().contiguous() if scale is not None else None
-    return attention_forward(q, k, v, bias, scale32, scale_value)
+    return attention_forward(q, k, v, bias, scale32, scale_value, precision)
 
 
 @_attention_fwd_op.register_fake
-def _(q, k, v, bias, scale, scale_value):
+def _(q, k, v, bias, scale, scale_value, precision):
     return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
@@ -501,12 +582,12 @@ def _(q, k, v, bias, scale, scale_value):
 def _attention_bwd_op(
     do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
     lse: torch.Tensor, bias: torch.Tensor | None, scale: torch.Tensor | None, scale_value: float,
-    bias_grad: bool, scale_grad: bool,
+    bias_grad: bool, scale_grad: bool, precision: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """dq, dk, dv, dbias (NB, H, N_Q, N_K) or empty, dscale (H,) or empty."""
     scale32 = scale.float().contiguous() if scale is not None else None
     dq, dk, dv, ds, dscale_rows = attention_backward(do, q, k, v, out, lse, bias, scale32, scale_value,
-                                                     bias_grad, scale_grad)
+                                                     bias_grad, scale_grad, precision)
     dbias = q.new_empty(0)  # outputs may not alias each other: one fresh empty per absent gradient
     if bias_grad:  # batch b = i * nb + w reads bias[w]: the rest of the sum over i, deterministic
         dbias = ds.sum(0).to(bias.dtype)  # (chunks, nb, H, N_Q, N_K) -> (nb, H, N_Q, N_K)
@@ -515,17 +596,17 @@ def _attention_bwd_op(
 
 
 @_attention_bwd_op.register_fake
-def _(do, q, k, v, out, lse, bias, scale, scale_value, bias_grad, scale_grad):
+def _(do, q, k, v, out, lse, bias, scale, scale_value, bias_grad, scale_grad, precision):
     dbias = bias.new_empty(bias.shape) if bias_grad else q.new_empty(0)
     dscale = scale.new_empty(scale.shape) if scale_grad else q.new_empty(0)
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dbias, dscale
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, bias, scale, scale_value = inputs
+    q, k, v, bias, scale, scale_value, precision = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, bias, scale)
-    ctx.scale_value = scale_value
+    ctx.scale_value, ctx.precision = scale_value, precision
     ctx.bias_grad = bias is not None and ctx.needs_input_grad[3]
     ctx.scale_grad = scale is not None and ctx.needs_input_grad[4]
     ctx.mark_non_differentiable(lse)
@@ -534,8 +615,8 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, dout, _dlse):
     q, k, v, out, lse, bias, scale = ctx.saved_tensors
     dq, dk, dv, dbias, dscale = _attention_bwd_op(dout, q, k, v, out, lse, bias, scale, ctx.scale_value,
-                                                  ctx.bias_grad, ctx.scale_grad)
-    return dq, dk, dv, dbias if ctx.bias_grad else None, dscale if ctx.scale_grad else None, None
+                                                  ctx.bias_grad, ctx.scale_grad, ctx.precision)
+    return dq, dk, dv, dbias if ctx.bias_grad else None, dscale if ctx.scale_grad else None, None, None
 
 
 _attention_fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -634,7 +715,7 @@ class TritonBackend:
         else:
             scale_value = d**-0.5 if scale is None else float(scale)
             scale = None
-        out, _ = _attention_fwd_op(q, k, v, bias, scale, scale_value)
+        out, _ = _attention_fwd_op(q, k, v, bias, scale, scale_value, dot_precision(q.dtype, q.device.type))
         return out
 
 
@@ -767,7 +848,9 @@ def attention(q, k, v, bias=None, scale=None, backend=None):
         scale = q.shape[-1] ** -0.5 if scale is None else scale   # tensor: scale.view(H, 1, 1)
         out = torch.softmax(q @ k.transpose(-2, -1) * scale + bias, dim=-1) @ v
     Precision: fp32 accumulation on every backend that can; the Triton path computes fp32 inputs in
-    full IEEE fp32 (no tf32) and fp16/bf16 inputs on tensor cores with fp32 softmax statistics.
+    full IEEE fp32, or in TF32 on tensor cores when `torch.backends.cuda.matmul.allow_tf32` is set
+    (`dot_precision`), and fp16/bf16 inputs on tensor cores with fp32 softmax statistics. A row whose
+    every key is masked (-inf bias) gives 0 and zero gradients on the triton and sdpa backends.
     """
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise UserError(f"attention takes (B, H, N, D) tensors; got q {tuple(q.shape)}, k {tuple(k.shape)}, "
@@ -784,4 +867,4 @@ def attention(q, k, v, bias=None, scale=None, backend=None):
 
 
 __all__ = ["BACKENDS", "AttentionInputs", "attention", "attention_backward", "attention_forward",
-           "select_backend"]
+           "dot_precision", "pinned_config", "select_backend", "set_deterministic"]

@@ -141,6 +141,59 @@ def test_triton_many_blocks_per_program(monkeypatch, n):
     check_against_reference("triton", 2, 2, n, n, 16, "window", "heads", torch.float32, seed=n)
 
 
+def masked_bias(kind, B, H, n, g):
+    """An additive bias with -inf entries (fp32 leaf, (nb, H, N, N) windowed with nb = 2) and the rows it masks
+    completely. kind: "first-block" (rows whose first 16 keys, one interpreter block, are -inf; later keys
+    finite), "rows" (some rows entirely -inf, the rest random), "swin" (a Swin shift mask written with -inf
+    instead of -100: blocks of tokens see only their own region)."""
+    table = torch.randn(H, n, n, generator=g, dtype=torch.float64)
+    mask = torch.zeros(2, 1, n, n, dtype=torch.float64)
+    inf = float("-inf")
+    if kind == "first-block":
+        mask[0, :, ::2, :16] = inf  # every other row: the whole first key block, later keys finite
+        mask[1, :, 1::3, : n - 1] = inf  # one visible key, the last one
+    elif kind == "rows":
+        mask[0, :, 3] = inf
+        mask[1, :, [0, n - 1]] = inf
+        mask[1, :, 5, ::2] = inf
+    else:  # "swin": region r(i) = i * 3 // n; a token attends to keys of its own region only (window 1)
+        region = torch.arange(n) * 3 // n
+        mask[1, :] = torch.where(region[:, None] == region[None, :], 0.0, inf)
+    full_rows = torch.isinf(mask).all(-1)  # (2, 1, N)
+    return table, mask, full_rows
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("kind", ["first-block", "rows", "swin"])
+def test_triton_minus_inf_rows_match_float64(monkeypatch, kind, dtype):
+    """-inf in the bias: a row whose first key block is all -inf is exact, a fully masked row gives output 0
+    and contributes 0 to every gradient (torch 2.13's SDPA on CPU, math and flash alike, does this), and no
+    NaN reaches dQ, dK, dV or dbias. 16-wide blocks, so N = 40 spans three key blocks."""
+    monkeypatch.setattr(attn, "_CPU_BLOCK", 16)
+    B, H, n, D = 4, 2, 40, 16
+    g = torch.Generator().manual_seed(31)
+    q, k, v, dout = (torch.randn(B, H, n, D, generator=g, dtype=torch.float64) for _ in range(4))
+    table, mask, full_rows = masked_bias(kind, B, H, n, g)
+    rows = full_rows.expand(2, H, n).repeat(B // 2, 1, 1)  # (B, H, N): batch b reads window b % 2
+    # float64 expectation: fully masked rows get a finite bias and no upstream gradient, then output 0
+    ref = [t.clone().requires_grad_() for t in (q, k, v, table)]
+    ref_out = reference.attention(*ref[:3], ref[3] + mask.masked_fill(full_rows[..., None], 0.0))
+    ref_out.backward(dout.masked_fill(rows[..., None], 0.0))
+    expected = ref_out.detach().masked_fill(rows[..., None], 0.0)
+
+    low = [t.to(dtype).requires_grad_() for t in (q, k, v)] + [table.float().requires_grad_()]
+    out = attn.attention(*low[:3], low[3] + mask.float(), backend="triton")
+    out.backward(dout.to(dtype))
+    grads = [t.grad for t in low]
+    for name, tensor in zip(("out", "dq", "dk", "dv", "dbias"), (out, *grads), strict=True):
+        assert torch.isfinite(tensor).all(), name
+    assert (out[rows] == 0).all() and (grads[0][rows] == 0).all()
+    tol = {torch.float32: 1e-4, torch.float16: TOL[torch.float16]}[dtype]
+    errors = {name: rel_err(a.cpu(), b) for name, a, b in
+              zip(("out", "dq", "dk", "dv", "dbias"), (out, *grads), (expected, *(t.grad for t in ref)), strict=True)}
+    assert all(err < tol for err in errors.values()), errors
+
+
 def test_windowed_dbias_partials_are_summed_per_program():
     """B // nb = 10 batches per window: the dQ kernel sums dS over groups of 8 in registers, so the
     dbias partial buffer has cdiv(10, 8) = 2 rows per window instead of 10."""
@@ -219,9 +272,81 @@ def test_gpu_autotune_candidates_fit_the_shape():
     assert {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in small} == {(16, 16)}
 
 
+@pytest.mark.parametrize("name,bm,bn,warps,elem,fused,spills", [
+    # measured by `python -m benchmarks.attention --sm90-report --unpruned` (swin-t 7x7 windows, D = 32):
+    ("dq", 64, 64, 4, 2, True, True),  # bf16 fused backward: 132 B spilled
+    ("dq", 64, 64, 8, 2, True, False),  # ... 8 warps: 0
+    ("dq", 64, 64, 8, 4, True, True),  # fp32 IEEE fused backward, 8 warps: 12 B (4 warps: 15 KB)
+    ("fwd", 64, 64, 4, 4, False, True),  # fp32 IEEE forward: 40 B
+    ("fwd", 64, 64, 4, 2, False, False),  # bf16 forward: 207 registers, 0 spilled
+    ("fwd", 64, 32, 4, 4, False, False),  # fp32 TF32 forward: 128 registers
+])
+def test_sm90_spill_rule_prunes_the_measured_spills(name, bm, bn, warps, elem, fused, spills):
+    import triton
+
+    config = triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=2)
+    args = {"BLOCK_D": 32, "ELEMENT_BYTES": elem, "FUSED_DKDV": fused}
+    assert attn._fits_registers(config, args, "BLOCK_M", 1) is not spills
+    # fp32 never fuses 49-query windows on CUDA, so its backward always has a config that fits
+    assert attn._fused_dkdv(49, cuda=True, element_bytes=2) and not attn._fused_dkdv(49, cuda=True, element_bytes=4)
+    # ... nor sums Swin-T's dS over batches in registers (the extra fp32 tile spills: 44-72 B measured)
+    assert attn._ds_group(10, 49, cuda=True, element_bytes=4) == 1 and attn._ds_group(10, 49, cuda=True) == 8
+    assert attn._ds_group(10, 16, cuda=True, element_bytes=4) == 8
+
+
+def test_ieee_fp32_at_head_dim_64_prefers_8_warps_and_tf32_keeps_the_rest():
+    """Every IEEE fp32 candidate spills at D = 64 (sm_90 report), 8 warps least; TF32 candidates do not spill."""
+    tuned = attn._tuned_kernels()
+    for name in ("fwd", "dq", "dkdv"):
+        args = {"N_Q": 197, "N_K": 197, "BLOCK_D": 64, "ELEMENT_BYTES": 4, "DS_GROUP": 1, "FUSED_DKDV": False}
+        ieee = tuned[name].early_config_prune(tuned[name].configs, {**args, "DOT_PRECISION": "ieee"})
+        tf32 = tuned[name].early_config_prune(tuned[name].configs, {**args, "DOT_PRECISION": "tf32"})
+        assert ieee and all(c.num_warps == 8 for c in ieee), name
+        assert set(ieee) < set(tf32), name
+
+
+def test_deterministic_mode_pins_one_documented_config_per_shape():
+    """set_deterministic(True): every launch of a shape gets pinned_config, the first candidate `_prune`
+    keeps (CPU-checkable, like the autotune candidates); the autotuner stays the default."""
+    tuned = attn._tuned_kernels()
+    assert attn._deterministic is False
+    for n, d in ((16, 32), (49, 32), (65, 16), (197, 64)):
+        args = {"N_Q": n, "N_K": n, "BLOCK_D": attn._pow2_block(d), "DS_GROUP": 1,
+                "FUSED_DKDV": attn._fused_dkdv(n, cuda=True), "DOT_PRECISION": "tf32", "ELEMENT_BYTES": 2}
+        for name in ("fwd", "dq", "dkdv"):
+            pinned = attn.pinned_config(name, args)
+            assert pinned is attn.pinned_config(name, dict(args))  # the same object every call
+            assert pinned is tuned[name].early_config_prune(tuned[name].configs, args)[0]
+    small = attn.pinned_config("fwd", {"N_Q": 16, "N_K": 16, "BLOCK_D": 32})
+    assert (small.kwargs["BLOCK_M"], small.kwargs["BLOCK_N"], small.num_warps) == (16, 16, 2)
+    try:
+        attn.set_deterministic(True)
+        assert attn._deterministic is True
+    finally:
+        attn.set_deterministic(False)
+
+
+@pytest.fixture
+def restore_tf32():
+    saved = torch.backends.cuda.matmul.allow_tf32  # a property of torch's cuBLAS module: monkeypatch cannot
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_tf32_only_for_fp32_on_cuda_when_torch_allows_it(restore_tf32):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    assert attn.dot_precision(torch.float32, "cuda") == "ieee"  # IEEE stays the fp32 default
+    assert attn.dot_precision(torch.float32, "cuda", tf32=True) == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = True
+    assert attn.dot_precision(torch.float32, "cuda") == "tf32"
+    assert attn.dot_precision(torch.float32, "cuda", tf32=False) == "ieee"
+    assert attn.dot_precision(torch.float32, "cpu") == "ieee"  # the interpreter computes fp32 anyway
+    assert attn.dot_precision(torch.bfloat16, "cuda") == attn.dot_precision(torch.float16, "cpu") == "tf32"
+
+
 COMPILE_SCRIPT = """
 import importlib
-from benchmarks.attention import Shape, compile_sm90
+from benchmarks.attention import Shape, compile_generic_sm90, compile_sm90
 attn = importlib.import_module("fastvit.kernels.attention")
 shape = Shape("swin window", B=64, H=3, N=17, D=24, nb=4)
 base = dict(HEAD_DIM=24, BLOCK_D=32, BLOCK_M=16, BLOCK_N=16, HAS_BIAS=True, PER_HEAD_SCALE=True, DOT_PRECISION="tf32")
@@ -233,17 +358,30 @@ variants = [("bf16", attn._attn_fwd_kernel, {}), ("fp32", attn._attn_fwd_kernel,
 for dtype, kernel, extra in variants:
     use = compile_sm90(kernel, shape, dtype, num_warps=2, num_stages=1, **{**base, **extra})
     assert use["registers"] > 0 and use["spill_stores"] == 0, use
-print("compiled", len(variants))
+    if dtype == "fp32":  # IEEE fp32: no tensor-core instruction
+        assert use["wgmma"] == use["mma"] == 0, use
+# fp32 inputs with TF32 allowed: tensor cores (wgmma for a 64-row tile)
+tf32 = compile_sm90(attn._attn_fwd_kernel, shape, "fp32", num_warps=4, num_stages=2,
+                    **{**base, "BLOCK_M": 64, "BLOCK_N": 32, "DOT_PRECISION": "tf32"})
+assert tf32["wgmma"] > 0 and tf32["spill_stores"] == 0, tf32
+drloc = importlib.import_module("fastvit.kernels.drloc_pairs")
+import triton.language as tl
+for kernel, consts in ((drloc._drloc_pairs_fwd_kernel, dict(SAMPLE=True, USE_ABS=True, BLOCK_M=32, BLOCK_C=128)),
+                       (drloc._drloc_pairs_bwd_kernel, dict(BLOCK_S=32, BLOCK_C=256))):
+    use = compile_generic_sm90(kernel, "bf16", num_warps=4, SUM_HALVES=True, ACC=tl.float32, **consts)
+    assert use["registers"] > 0 and use["spill_stores"] == 0, use
+print("compiled", len(variants) + 3)
 """
 
 
 def test_kernels_compile_for_h100():
     """The interpreter accepts code the compiler rejects (e.g. non-constexpr globals): build every kernel
-    variant for sm_90 through ptxas, which needs no GPU, in a process without TRITON_INTERPRET."""
+    variant (attention bf16/fp16, fp32 IEEE without tensor cores, fp32 TF32 with them; drloc_pairs) for
+    sm_90 through ptxas, which needs no GPU, in a process without TRITON_INTERPRET."""
     env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
     result = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT], cwd=Path(__file__).resolve().parents[1],
                             env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0 and "compiled 5" in result.stdout, result.stderr[-3000:]
+    assert result.returncode == 0 and "compiled 8" in result.stdout, result.stderr[-3000:]
 
 
 # ----- the torch backends, same reference --------------------------------------------------------------
@@ -295,7 +433,7 @@ def test_custom_op_passes_opcheck():
     q, k, v = (torch.randn(2, 2, 16, 16, generator=g, requires_grad=True) for _ in range(3))
     bias = torch.randn(1, 2, 16, 16, generator=g, requires_grad=True)
     scale = torch.rand(2, generator=g, requires_grad=True)
-    torch.library.opcheck(attn._attention_fwd_op, (q, k, v, bias, scale, 0.0),
+    torch.library.opcheck(attn._attention_fwd_op, (q, k, v, bias, scale, 0.0, "ieee"),
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
 

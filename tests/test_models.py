@@ -74,10 +74,17 @@ def test_forward_backward_shapes_and_finite_grads(name, img_size):
         assert p.grad is not None, n
         assert torch.isfinite(p.grad).all(), n
         if n in no_signal:
-            # softmax over a single key is 1 whatever q and k are: their gradient is 0 up to rounding
-            assert p.grad.abs().max() < 1e-6, n
+            # softmax over a single key is 1 whatever q and k are: their gradient is 0 up to rounding, which
+            # is ~eps * D * |v| |k| times the upstream gradient (the v projection's): bounded with slack 2^10
+            upstream = max(m.get_parameter(v).grad.abs().max() for v in no_signal_upstream(no_signal))
+            assert p.grad.abs().max() <= 2**10 * torch.finfo(torch.float32).eps * upstream, n
         else:
             assert p.grad.abs().sum() > 0, n  # every parameter receives signal: no dead branch
+
+
+def no_signal_upstream(no_signal):
+    """The v-projection parameters beside the given q/k ones (their gradient carries the same upstream)."""
+    return {n.replace(".attn.q.", ".attn.v.").replace(".attn.k.", ".attn.v.") for n in no_signal}
 
 
 def one_key_query_key_params(m, name, img_size):
@@ -460,10 +467,13 @@ def test_attention_backends_agree(name, backend, monkeypatch):
     x = _images(2, 3, 32)
     ref = _outputs_and_grads(m, x, "math", monkeypatch)
     got = _outputs_and_grads(m, x, backend, monkeypatch)
-    torch.testing.assert_close(got[0], ref[0], rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(got[1], ref[1], rtol=1e-4, atol=1e-5)
-    for n, g in ref[2].items():
-        torch.testing.assert_close(got[2][n], g, rtol=1e-3, atol=1e-5, msg=lambda m, n=n: f"{n}: {m}")
+    # Normwise per tensor, floored at the model's largest gradient norm: an element-wise rtol fails on
+    # whichever entry cancels on a given CPU's BLAS; the attention rounding (fp32) is ~1e-6 of the norms.
+    floor = 1e-3 * max(g.norm() for g in ref[2].values())
+    for name_, a, b in (("logits", got[0], ref[0]), ("grid", got[1], ref[1]),
+                        *((n, got[2][n], g) for n, g in ref[2].items())):
+        scale = b.norm() + (floor if name_ not in ("logits", "grid") else 0)
+        assert (a - b).norm() <= 1e-4 * scale, (name_, (a - b).norm().item(), scale.item())
 
 
 # ---------------------------------------------------------------- parameter counts (SPEC §1)
