@@ -44,13 +44,13 @@ def base(fmnist_dir, cache_dir, tmp_path):
 
 def test_unknown_arch_lists_the_choices(base, tmp_path):
     r = fastvit("train", "--arch", "vit_huge_nope", *base)
-    assert_one_line_error(r, "unknown arch 'vit_huge_nope'", "vit_tiny", "swin")
+    assert_one_line_error(r, "--arch", "'vit_huge_nope'", "vit_tiny", "swin")
     assert not (tmp_path / "run").exists()
 
 
 def test_unknown_dataset_lists_the_choices(tmp_path):
     r = fastvit("train", "--arch", "vit_tiny", "--dataset", "mnist-nope", "--out", str(tmp_path / "run"))
-    assert_one_line_error(r, "unknown dataset 'mnist-nope'", "cifar10", "fashion-mnist")
+    assert_one_line_error(r, "--dataset", "'mnist-nope'", "cifar10", "fashion-mnist")
     assert not (tmp_path / "run").exists()
 
 
@@ -143,8 +143,102 @@ def test_data_info_of_a_missing_file(tmp_path):
 @pytest.mark.parametrize("command", [[str(Path(sys.executable).with_name("fastvit"))],
                                      [sys.executable, "-m", "fastvit"]])
 def test_console_script_and_module_exit_2_on_bad_input(command):
-    r = subprocess.run([*command, "train", "--arch", "nope", "--print-config"], capture_output=True, text=True,
-                       env={**os.environ}, timeout=120)
-    assert r.returncode == 0  # --print-config only resolves the config; the arch is checked when training
+    r = subprocess.run([*command, "train", "--arch", "vit_tiny", "--print-config"], capture_output=True,
+                       text=True, env={**os.environ}, timeout=120)
+    assert r.returncode == 0 and json.loads(r.stdout)["arch"] == "vit_tiny", r.stderr
     r = subprocess.run([*command, "train", "--epochs", "0"], capture_output=True, text=True, timeout=120)
     assert_one_line_error(r, "--epochs must be positive")
+
+
+# ---------------------------------------------------------------- help: what each command takes
+
+
+def help_entries(text: str) -> dict[str, str]:
+    """{"--flag": its help text} from argparse's help output (an entry runs until the next option)."""
+    entries, current = {}, None
+    for line in text.splitlines():
+        stripped = line.strip()
+        if line.startswith("  -"):
+            current = stripped.split()[0].rstrip(",")
+            entries[current] = stripped
+        elif current and line.startswith("    "):
+            entries[current] += " " + stripped
+        else:
+            current = None
+    return entries
+
+
+@pytest.mark.parametrize("command,has,lacks", [
+    ("train", ["--drloc", "--drloc-mode", "--augment", "--label-smoothing", "--eval-every", "--lr"],
+     ["--init", "--dino-out-dim", "--teacher-temp", "--local-scale", "--n-local"]),
+    ("pretrain", ["--dino-out-dim", "--teacher-temp", "--local-scale", "--n-local", "--freeze-last-layer", "--lr"],
+     ["--init", "--drloc", "--drloc-mode", "--drloc-lambda", "--augment", "--label-smoothing", "--eval-every"]),
+    ("finetune", ["--init", "--drloc", "--augment", "--eval-every", "--lr"],
+     ["--dino-out-dim", "--teacher-temp", "--local-scale"]),
+])  # fmt: skip
+def test_help_shows_only_the_flags_of_the_command(command, has, lacks):
+    r = fastvit(command, "--help")
+    assert r.returncode == 0, r.stderr
+    entries = help_entries(r.stdout)
+    assert set(has) <= set(entries), set(has) - set(entries)
+    assert not set(lacks) & set(entries), set(lacks) & set(entries)
+    for heading in ("what to run:", "data:", "optimisation", "runtime:"):
+        assert f"\n{heading}" in r.stdout, heading
+    assert ("L_drloc auxiliary loss" in r.stdout) == (command != "pretrain")
+    assert ("self-supervised pretraining: DINO" in r.stdout) == (command == "pretrain")
+
+
+def test_flags_of_other_commands_are_refused():
+    assert_one_line_error(fastvit("pretrain", "--drloc", "--print-config"), "unrecognized arguments: --drloc")
+    assert_one_line_error(fastvit("train", "--init", "x.pt", "--print-config"), "unrecognized arguments: --init")
+    r = fastvit("pretrain", "--print-config")  # the fields it lacks still resolve (to their defaults)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["drloc"] is False and json.loads(r.stdout)["command"] == "pretrain"
+
+
+@pytest.mark.parametrize("command", ["train", "pretrain", "finetune"])
+def test_help_lists_choices_and_each_default_once(command):
+    from fastvit import config, models
+
+    entries = help_entries(fastvit(command, "--help").stdout)
+    assert all(name in entries["--arch"] for name in models.names())
+    assert all(name in entries["--dataset"] for name in ("cifar10", "fashion-mnist", "tiny-imagenet"))
+    assert all(p in entries["--precision"] for p in config.PRECISIONS)
+    assert all(name in entries["--recipe"] for name in config.recipe_names())
+    if command != "pretrain":
+        assert "none" in entries["--augment"] and "drloc21" in entries["--augment"]
+        assert all(m in entries["--drloc-mode"] for m in config.DRLOC_MODES)
+    for flag, text in entries.items():
+        assert text.count("default") <= 1, (flag, text)
+    assert "(default: 10)" in entries["--epochs"] and "(default: 0.001)" in entries["--lr"]
+    assert "(default: off)" in entries["--compile"]
+    if command == "pretrain":
+        assert "(default: 0.2,0.5)" in entries["--local-scale"]  # as the flag is written
+    assert "(default: None)" not in "".join(entries.values())
+
+
+def test_every_flag_field_has_a_heading():
+    """A Config field added without a group would land under "other": each one names a known group."""
+    import dataclasses
+
+    from fastvit import config
+
+    flags = [f for f in dataclasses.fields(config.Config) if f.metadata.get("flag", True)]
+    assert [f.name for f in flags if f.metadata.get("group") not in config.GROUPS] == []
+
+
+def test_data_prepare_lists_the_datasets_and_refuses_others(tmp_path):
+    from fastvit import loaders
+
+    text = fastvit("data", "prepare", "--help").stdout
+    assert all(name in text for name in loaders.DATASETS)
+    r = fastvit("data", "prepare", "mnist", "--src", tmp_path, "--out", tmp_path / "out")
+    assert_one_line_error(r, "invalid choice: 'mnist'", "cifar10")
+    assert not (tmp_path / "out").exists()
+
+
+def test_version():
+    import fastvit as package
+
+    r = fastvit("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"fastvit {package.__version__}"
