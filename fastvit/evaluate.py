@@ -39,9 +39,11 @@ def evaluate_checkpoint(path, *, dataset=None, data_dir=None, cache_dir=None, de
     cfg = state["config"]
     if cfg["command"] == "pretrain":
         raise UserError(f"{path} is a pretrain checkpoint (no classifier); fine-tune it first")
-    dataset = dataset or cfg["dataset"]
+    # unless told otherwise, read the data where the run did (its dataset, source folder and cache)
+    if dataset in (None, cfg["dataset"]):
+        dataset, data_dir = cfg["dataset"], data_dir or cfg.get("data_dir")
     d, dev = distributed.init(device)
-    cache = Config(cache_dir=cache_dir).resolved_cache_dir()
+    cache = Config(cache_dir=cache_dir or cfg.get("cache_dir")).resolved_cache_dir()
     _, test_path = loaders.ensure_prepared(dataset, data_dir=Path(data_dir) if data_dir else None, cache_dir=cache)
     meta = loaders.read_meta(test_path)
     if meta["num_classes"] != state["num_classes"]:

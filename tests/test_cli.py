@@ -242,3 +242,21 @@ def test_version():
 
     r = fastvit("--version")
     assert r.returncode == 0 and r.stdout.strip() == f"fastvit {package.__version__}"
+
+
+# ---------------------------------------------------------------- eval
+
+
+def test_eval_finds_the_data_where_the_checkpoint_trained(tiny_checkpoint, fmnist_dir, cache_dir, tmp_path,
+                                                          monkeypatch):
+    explicit = fastvit("eval", "--ckpt", tiny_checkpoint, "--data-dir", fmnist_dir, "--cache-dir", cache_dir)
+    assert explicit.returncode == 0, explicit.stderr
+    # nothing to find in the default places: only the checkpoint's config can lead to the data
+    monkeypatch.setenv("FASTVIT_DATA", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    r = fastvit("eval", "--ckpt", tiny_checkpoint)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["dataset"] == "fashion-mnist" and result["images"] == 256  # the run's test split, not the real one
+    assert result["test_acc1"] == json.loads(explicit.stdout)["test_acc1"]
+    assert not (tmp_path / "empty-cache").exists()
