@@ -260,3 +260,23 @@ def test_eval_finds_the_data_where_the_checkpoint_trained(tiny_checkpoint, fmnis
     assert result["dataset"] == "fashion-mnist" and result["images"] == 256  # the run's test split, not the real one
     assert result["test_acc1"] == json.loads(explicit.stdout)["test_acc1"]
     assert not (tmp_path / "empty-cache").exists()
+
+
+# ---------------------------------------------------------------- the progress line
+
+
+def test_progress_line_shows_current_rate_and_the_whole_runs_eta(monkeypatch):
+    from fastvit import train
+
+    now = [0.0]
+    monkeypatch.setattr(train.time, "perf_counter", lambda: now[0])
+    pace = train.RunPace(step=0, total_steps=100)
+    now[0] = 20.0  # the first interval holds the compile: 10 steps in 20 s
+    assert pace.postfix(10, images_per_step=64) == {"img/s": "32", "run ETA": "03:00"}  # 90 steps at 0.5/s
+    now[0] = 25.0  # 10 steps in 5 s
+    assert pace.postfix(20, images_per_step=64) == {"img/s": "128", "run ETA": "00:40"}  # 80 at 2/s
+    now[0] = 40.0  # an evaluation in between: 10 steps in 15 s; since the first log 20 steps in 20 s
+    assert pace.postfix(30, images_per_step=64) == {"img/s": "43", "run ETA": "01:10"}
+    resumed = train.RunPace(step=90, total_steps=100)  # a resumed run counts only what is left
+    now[0] = 45.0
+    assert resumed.postfix(95, images_per_step=64)["run ETA"] == "00:05"
