@@ -291,8 +291,13 @@ def _describe(tmp: Path, split: Split, storage: str, shape: tuple[int, ...] | No
 
 
 def read_meta(beton_path: Path) -> dict:
-    """The sidecar of a .beton: dataset, split, num_classes, classes, count, height, width, channels,
-    mean, std (per channel, 0-255 scale), storage ("raw" | "jpeg"), format_version, ..."""
+    """The sidecar of a .beton, once the file is checked to agree with it (`check_against_sidecar`):
+    dataset, split, num_classes, classes, count, height, width, channels, mean, std (per channel,
+    0-255 scale), storage ("raw" | "jpeg"), format_version, ..."""
+    return check_against_sidecar(open_beton(beton_path))
+
+
+def _read_sidecar(beton_path: Path) -> dict:
     side = sidecar_path(beton_path)
     if not side.is_file():
         raise UserError(f"{side}: missing (the .beton's description; re-run `fastvit data prepare`)")
@@ -305,6 +310,42 @@ def read_meta(beton_path: Path) -> dict:
             f"{side}: format_version {meta.get('format_version') if isinstance(meta, dict) else None} "
             f"is not {FORMAT_VERSION}; re-run `fastvit data prepare`"
         )
+    return meta
+
+
+def check_against_sidecar(beton: BetonFile) -> dict:
+    """The sidecar, after checking that the file holds what it describes: size, sample count, image
+    field and shape, labels in range and per-class counts. A damaged or replaced file is a UserError
+    naming the first disagreement (reading on would train on misaligned pixels or wrong labels)."""
+    path, meta = beton.path, _read_sidecar(beton.path)
+    redo = "the file is damaged or not the one described; re-run `fastvit data prepare`"
+    try:
+        size, count, classes = int(meta["file_bytes"]), int(meta["count"]), int(meta["num_classes"])
+        stored = (int(meta["height"]), int(meta["width"]), int(meta["channels"]))
+        storage, class_counts = meta["storage"], meta.get("class_counts")
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{sidecar_path(path)}: lacks or mangles {e} (re-run `fastvit data prepare`)") from None
+    if beton.data.size != size:
+        raise UserError(f"{path}: {beton.data.size} bytes, its sidecar says {size} (truncated or replaced); {redo}")
+    if len(beton) != count:
+        raise UserError(f"{path}: {len(beton)} samples, its sidecar says {count}; {redo}")
+    if (beton.shape is None) != (storage == "jpeg"):
+        field = "raw NDArrayField" if beton.shape is not None else "RGBImageField"
+        raise UserError(f"{path}: image field is a {field}, its sidecar says {storage} storage; {redo}")
+    if beton.shape is not None and beton.shape != stored:
+        raise UserError(f"{path}: images are {'x'.join(map(str, beton.shape))} (H x W x C), its sidecar says "
+                        f"{'x'.join(map(str, stored))}; {redo}")
+    if beton.shape is None and count:
+        h, w = int(beton.image_meta["height"].max()), int(beton.image_meta["width"].max())
+        if h > stored[0] or w > stored[1]:
+            raise UserError(f"{path}: holds a {h}x{w} image, its sidecar says at most {stored[0]}x{stored[1]}; {redo}")
+    outside = np.flatnonzero((beton.labels < 0) | (beton.labels >= classes))
+    if outside.size:
+        i = int(outside[0])
+        raise UserError(f"{path}: sample {i} has label {int(beton.labels[i])}, outside 0..{classes - 1} "
+                        f"(its sidecar's {classes} classes); {redo}")
+    if class_counts is not None and np.bincount(beton.labels, minlength=classes).tolist() != class_counts:
+        raise UserError(f"{path}: per-class label counts differ from its sidecar's; {redo}")
     return meta
 
 
@@ -399,9 +440,9 @@ def _ndarray_shape(arguments: np.ndarray, path: Path) -> tuple[int, ...]:
 def is_valid(path: Path) -> bool:
     """True if `path` and its sidecar exist, agree with each other and are of this format version."""
     try:
-        meta = read_meta(path)
-        return Path(path).stat().st_size == meta["file_bytes"] and len(open_beton(path)) == meta["count"]
-    except (UserError, KeyError, OSError):
+        read_meta(path)
+        return True
+    except (UserError, OSError):
         return False
 
 
@@ -467,8 +508,10 @@ def load_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Every sample of a .beton in file order: (images uint8 [N, H, W, C], labels int64 [N]).
 
     Raw storage comes back byte-exact, without importing ffcv; JPEG storage is decoded with FFCV's
-    decoder and must hold a single image size (else UserError: use `iter_images`)."""
+    decoder and must hold a single image size (else UserError: use `iter_images`). The file is first
+    checked against its sidecar (`check_against_sidecar`)."""
     beton = open_beton(path)
+    check_against_sidecar(beton)
     n = len(beton)
     if n == 0:
         return np.empty((0, *(beton.shape or (0, 0, 3))), dtype=np.uint8), beton.labels

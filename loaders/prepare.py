@@ -134,6 +134,14 @@ def _valid_pair(dataset: str, directory: Path, source: Path | None = None) -> tu
     return pair
 
 
+def _raise_why_invalid(dataset: str, directory: Path) -> None:
+    """The UserError saying why `directory`'s prepared files of `dataset` cannot be used."""
+    for path in beton_paths(dataset, directory):
+        meta = beton.read_meta(path)  # raises on a missing, damaged or mismatched file
+        if meta.get("dataset") != dataset:
+            raise UserError(f"{path}: holds {meta.get('dataset')!r}, not {dataset!r}")
+
+
 def ensure_prepared(dataset: str, *, data_dir: Path | None, cache_dir: Path) -> tuple[Path, Path]:
     """(train, test) .beton paths for `dataset`, preparing them into `cache_dir` if needed.
 
@@ -148,11 +156,15 @@ def ensure_prepared(dataset: str, *, data_dir: Path | None, cache_dir: Path) -> 
     data_dir = Path(data_dir).expanduser() if data_dir is not None else None
     if data_dir is not None and (pair := _valid_pair(dataset, data_dir)):
         return pair
+    if data_dir is not None and beton_paths(dataset, data_dir)[0].exists():
+        _raise_why_invalid(dataset, data_dir)  # prepared files, damaged: not a source to read
     src = data_dir if data_dir is not None else entry.default_dir
     have_src = src is not None and src.is_dir()
     if pair := _valid_pair(dataset, cache_dir, src if have_src else None):
         return pair
     if not have_src:
+        if beton_paths(dataset, cache_dir)[0].exists():
+            _raise_why_invalid(dataset, cache_dir)  # nothing to rebuild them from: say what is wrong
         hint = f" (or install the Debian package dataset-{dataset})" if entry.default_dir else ""
         where = f"{data_dir} does not exist" if data_dir is not None else "no --data-dir given"
         raise UserError(
@@ -171,21 +183,21 @@ def ensure_prepared(dataset: str, *, data_dir: Path | None, cache_dir: Path) -> 
 
 
 def info(path: Path) -> str:
-    """A human-readable summary of a .beton: count, shape, dtype, classes, mean/std, file size."""
+    """A human-readable summary of a .beton: count, shape, dtype, classes, mean/std, file size; a
+    UserError if it is not a .beton or does not hold what its sidecar says."""
     path = Path(path)
-    meta = beton.read_meta(path)
+    meta = beton.read_meta(path)  # parses the file first: a non-.beton is named as such
     size = os.path.getsize(path)
     shape = f"{meta['height']}x{meta['width']}x{meta['channels']}"
     if meta.get("variable_size"):
         shape = f"up to {shape} (sizes vary)"
     classes = meta["classes"]
     shown = ", ".join(classes[:10]) + (f", ... ({len(classes)} in all)" if len(classes) > 10 else "")
-    status = "ok" if beton.is_valid(path) else "DOES NOT MATCH its sidecar (re-run prepare)"
     storage = meta["storage"] + (f" (quality {meta['jpeg_quality']})" if meta["storage"] == "jpeg" else "")
     lines = [
-        f"file      {path} ({size / 2**20:.1f} MiB, {status})",
+        f"file      {path} ({size / 2**20:.1f} MiB, agrees with its sidecar)",
         f"dataset   {meta['dataset']} / {meta['split']}",
-        f"samples   {len(beton.open_beton(path))}",
+        f"samples   {meta['count']}",
         f"images    {shape} uint8, stored {storage}",
         f"labels    int64, {meta['num_classes']} classes: {shown}",
         f"mean      {_fmt(meta['mean'])} (0-255 scale)",

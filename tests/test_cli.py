@@ -280,3 +280,54 @@ def test_progress_line_shows_current_rate_and_the_whole_runs_eta(monkeypatch):
     resumed = train.RunPace(step=90, total_steps=100)  # a resumed run counts only what is left
     now[0] = 45.0
     assert resumed.postfix(95, images_per_step=64)["run ETA"] == "00:05"
+
+
+# ---------------------------------------------------------------- .beton files that are not what they say
+
+
+def test_data_info_of_a_file_that_is_not_a_beton(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello\n" * 1000)
+    assert_one_line_error(fastvit("data", "info", notes), "notes.txt: not a fastvit .beton")
+
+
+def damaged_copy(cache_dir, where, offset, change):
+    """The prepared small Fashion-MNIST pair copied to `where`, the train file's byte at `offset`
+    replaced by change(byte)."""
+    import shutil
+
+    from fastvit.loaders import beton
+
+    where.mkdir()
+    for name in ("fashion-mnist-train.beton", "fashion-mnist-test.beton"):
+        for path in (cache_dir / name, beton.sidecar_path(cache_dir / name)):
+            shutil.copy(path, where / path.name)
+    train = where / "fashion-mnist-train.beton"
+    data = bytearray(train.read_bytes())
+    data[offset] = change(data[offset])
+    train.write_bytes(bytes(data))
+    return train
+
+
+def test_a_label_byte_of_200_is_one_line_everywhere(cache_dir, tmp_path):
+    from fastvit.loaders import beton
+
+    records = beton._HEADER.itemsize + 2 * beton._FIELD_DESC.itemsize  # (image ptr, label) per sample
+    train = damaged_copy(cache_dir, tmp_path / "ready", records + 16 * 5 + 8, lambda _: 200)  # sample 5's label
+    assert_one_line_error(fastvit("data", "info", train), "sample 5 has label 200, outside 0..9")
+    r = fastvit("train", "--arch", "vit_tiny", "--data-dir", tmp_path / "ready", "--cache-dir", tmp_path / "cache",
+                "--out", tmp_path / "run")
+    assert_one_line_error(r, "sample 5 has label 200")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+
+
+def test_a_flipped_shape_byte_is_one_line(cache_dir, tmp_path):
+    from fastvit.loaders import beton
+
+    width = beton._HEADER.itemsize + 17 + 8  # image descriptor: type id, 16-byte name, dims H, W, C (uint64)
+    train = damaged_copy(cache_dir, tmp_path / "ready", width, lambda b: b ^ 0x04)  # 28 -> 24
+    assert_one_line_error(fastvit("data", "info", train), "images are 28x24x1", "sidecar says 28x28x1")
+    r = fastvit("train", "--arch", "vit_tiny", "--data-dir", tmp_path / "ready", "--cache-dir", tmp_path / "cache",
+                "--out", tmp_path / "run")
+    assert_one_line_error(r, "images are 28x24x1")
+    assert not (tmp_path / "run").exists()

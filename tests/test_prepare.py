@@ -117,3 +117,24 @@ def test_real_fashion_mnist_default_location(tmp_path):
     meta = read_meta(train)
     # the published Fashion-MNIST training-set pixel mean/std (0.2860, 0.3530 on the 0-1 scale)
     assert abs(meta["mean"][0] / 255 - 0.2860) < 5e-4 and abs(meta["std"][0] / 255 - 0.3530) < 5e-4
+
+
+def test_damaged_prepared_files_are_named_not_taken_for_a_source(tmp_path):
+    """A folder of prepared files (--data-dir) or a cache with no source to rebuild from: a damaged
+    file is reported as such, not as "no data" or a missing standard file."""
+    from fastvit.loaders import beton
+
+    write_fashion(tmp_path / "src", np.random.default_rng(5))
+    train, _ = prepare("fashion-mnist", tmp_path / "src", tmp_path / "ready", progress=False)
+    side = beton.sidecar_path(train)
+    side.write_text(side.read_text().replace('"count": 30', '"count": 31'))
+    with pytest.raises(UserError, match="fashion-mnist-train.beton: 30 samples, its sidecar says 31"):
+        ensure_prepared("fashion-mnist", data_dir=tmp_path / "ready", cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+    # the same pair as a cache: with its source gone, the reason; with the source there, rebuilt
+    (tmp_path / "src").rename(tmp_path / "gone")
+    with pytest.raises(UserError, match="30 samples, its sidecar says 31"):
+        ensure_prepared("fashion-mnist", data_dir=tmp_path / "src", cache_dir=tmp_path / "ready")
+    (tmp_path / "gone").rename(tmp_path / "src")
+    assert ensure_prepared("fashion-mnist", data_dir=tmp_path / "src", cache_dir=tmp_path / "ready")[0] == train
+    assert read_meta(train)["count"] == 30
