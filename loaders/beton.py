@@ -107,8 +107,21 @@ def _worker(errors, *args) -> None:
     try:
         worker_job_indexed_dataset(*args)
     except Exception as e:  # any failure must reach the parent, which turns it into one line
-        errors.put((isinstance(e, UserError), str(e) or type(e).__name__))
+        message = f"cannot write: {e.strerror}" if isinstance(e, OSError) and e.strerror else str(e)
+        errors.put((isinstance(e, UserError), message or type(e).__name__))
         raise SystemExit(1) from None
+
+
+def _raise_worker_error(errors, workers, name: str) -> None:
+    """The first writer process's error as a UserError, if one failed."""
+    failed = [w.exitcode for w in workers if w.exitcode not in (None, 0)]
+    if not failed:
+        return
+    try:
+        names_file, message = errors.get(timeout=2)
+    except queue.Empty:
+        names_file, message = False, f"a writer process died (exit code {failed[0]})"
+    raise UserError(message if names_file else f"{name}: {message}")
 
 
 def _write_ffcv(path: Path, fields: dict, samples: _Samples, num_workers: int, progress: bool) -> None:
@@ -140,25 +153,26 @@ def _write_ffcv(path: Path, fields: dict, samples: _Samples, num_workers: int, p
     try:
         for w in workers:
             w.start()
-        bar = tqdm(total=n, disable=not progress, desc=path.name.split(".tmp")[0], unit="img")
+        name = path.name.split(".tmp")[0]
+        bar = tqdm(total=n, disable=not progress, desc=name, unit="img")
         seen = 0
         while seen < n:
             codes = [w.exitcode for w in workers]  # read before `done`: a clean exit has counted its work
             now = done.value
             bar.update(now - seen)
             seen = now
-            failed = [c for c in codes if c not in (None, 0)]
-            if failed or (seen < n and all(c == 0 for c in codes)):
-                try:
-                    names_file, message = errors.get(timeout=2)
-                except queue.Empty:
-                    names_file, message = False, f"a writer process died (exit code {failed[0] if failed else 0})"
-                raise UserError(message if names_file else f"{path.name.split('.tmp')[0]}: {message}")
+            _raise_worker_error(errors, workers, name)
+            if seen < n and all(c == 0 for c in codes):
+                raise UserError(f"{name}: the writer processes stopped after {seen} of {n} samples")
             time.sleep(0.02)
         bar.close()
-        allocation_list = []
-        for _ in workers:
-            allocation_list.extend(allocations.get(timeout=600))
+        allocation_list, reported = [], 0
+        while reported < num_workers:  # each worker flushes its last page after counting: it may fail there
+            try:
+                allocation_list.extend(allocations.get(timeout=0.05))
+                reported += 1
+            except queue.Empty:
+                _raise_worker_error(errors, workers, name)
         for w in workers:
             w.join()
         writer.finalize(allocation_list)
@@ -219,10 +233,10 @@ def write_split(
         # in-memory samples are a memcpy each; file images are decoded, so use every core
         num_workers = 1 if split.images is not None else max(1, min(8, os.cpu_count() or 1))
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     tmp_meta = path.with_name(f"{sidecar_path(path).name}.tmp{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         _write_ffcv(tmp, fields, samples, num_workers, progress)
         meta = _describe(tmp, split, storage, shape, progress)
         meta.update(
@@ -242,6 +256,8 @@ def write_split(
         sidecar_path(path).unlink(missing_ok=True)
         os.replace(tmp, path)
         os.replace(tmp_meta, sidecar_path(path))
+    except OSError as e:  # e.g. disk full while the parent writes the header, tables or sidecar
+        raise UserError(f"{path}: cannot write: {e.strerror or e}") from None
     finally:
         tmp.unlink(missing_ok=True)
         tmp_meta.unlink(missing_ok=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import importlib
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,8 @@ def prepare(
     """
     entry = _entry(dataset)
     out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
     if download:
         from .download import download as fetch
 
@@ -104,21 +107,38 @@ def prepare(
 
         src = extract_once(src, out / "downloads" / dataset)
     source = read_source(dataset, src)
-    written = []
-    for path, (split_name, split) in zip(beton_paths(dataset, out), source.splits().items(), strict=True):
-        beton.write_split(
-            path,
-            split,
-            dataset=dataset,
-            split_name=split_name,
-            classes=source.classes,
-            jpeg_quality=jpeg_quality,
-            short_side=short_side,
-            num_workers=num_workers,
-            progress=progress,
-            extra_meta={"source": str(Path(src).resolve())},
-        )
-        written.append(path)
+    # all or nothing: both splits are written into a staging folder, moved into `out` only when both
+    # are complete (a bad image in test/ must not leave a new train.beton behind)
+    staging = out / f".{dataset}.prepare.tmp{os.getpid()}"
+    made_out, written = not out.exists(), None
+    try:
+        staging.mkdir(parents=True, exist_ok=True)
+        staged = beton_paths(dataset, staging)
+        for path, (split_name, split) in zip(staged, source.splits().items(), strict=True):
+            beton.write_split(
+                path,
+                split,
+                dataset=dataset,
+                split_name=split_name,
+                classes=source.classes,
+                jpeg_quality=jpeg_quality,
+                short_side=short_side,
+                num_workers=num_workers,
+                progress=progress,
+                extra_meta={"source": str(Path(src).resolve())},
+            )
+        for path in beton_paths(dataset, out):  # a sidecar last: a .beton with a stale sidecar never counts as valid
+            beton.sidecar_path(path).unlink(missing_ok=True)
+        for path, new in zip(beton_paths(dataset, out), staged, strict=True):
+            os.replace(new, path)
+            os.replace(beton.sidecar_path(new), beton.sidecar_path(path))
+        written = list(beton_paths(dataset, out))
+    except OSError as e:
+        raise UserError(f"{out}: cannot write: {e.strerror or e}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if written is None and made_out and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a failed prepare leaves no folder it made
     return written
 
 

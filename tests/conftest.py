@@ -66,3 +66,20 @@ def tiny_checkpoint(tmp_path, fmnist_dir, cache_dir) -> Path:
     checkpoint.save({"model": model.state_dict(), "ema": None, "config": cfg.to_dict(), "img_size": 32,
                      "num_classes": 10, "in_chans": 1, "mean": [0.3], "std": [0.3]}, path)
     return path
+
+
+@pytest.fixture
+def full_disk(tmp_path) -> Path:
+    """A 1 MiB tmpfs (smaller than one 2 MiB .beton page): writes there fail with ENOSPC. Needs root
+    and a kernel that lets this process mount; skipped otherwise."""
+    import subprocess
+
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)

@@ -27,13 +27,14 @@ def fastvit(*args):
     return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
-def assert_one_line_error(result, *needles):
+def assert_one_line_error(result, *needles, max_lines=1):
+    """Exit 2 and the error on one line (the last; `max_lines` 2 allows a progress bar above it)."""
     assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
+    lines = [ln.rsplit("\r", 1)[-1] for ln in result.stderr.strip().split("\n")]  # as a terminal shows it
+    assert 1 <= len(lines) <= max_lines, result.stderr
     assert "Traceback" not in result.stderr
     for needle in needles:
-        assert needle in lines[0], lines[0]
+        assert needle in lines[-1], lines[-1]
 
 
 @pytest.fixture
@@ -331,3 +332,19 @@ def test_a_flipped_shape_byte_is_one_line(cache_dir, tmp_path):
                 "--out", tmp_path / "run")
     assert_one_line_error(r, "images are 28x24x1")
     assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------- data prepare
+
+
+def test_data_prepare_out_that_is_a_file(fmnist_dir, tmp_path):
+    (tmp_path / "out").write_text("mine")
+    r = fastvit("data", "prepare", "fashion-mnist", "--src", fmnist_dir, "--out", tmp_path / "out")
+    assert_one_line_error(r, "--out", "exists and is not a folder")
+    assert (tmp_path / "out").read_text() == "mine"
+
+
+def test_data_prepare_on_a_full_disk(fmnist_dir, full_disk):
+    r = fastvit("data", "prepare", "fashion-mnist", "--src", fmnist_dir, "--out", full_disk / "out")
+    assert_one_line_error(r, "cannot write: No space left on device", max_lines=2)  # under the progress bar
+    assert list(full_disk.iterdir()) == []
