@@ -106,11 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="top-1/top-5 of a checkpoint on a dataset's test split")
     e.add_argument("--ckpt", required=True, help="checkpoint (last.pt / best.pt)")
-    e.add_argument("--dataset", choices=loaders.DATASETS, help="dataset (default: the one it was trained on)")
-    e.add_argument("--data-dir", help="its standard files or prepared .beton files (default: the training run's)")
-    e.add_argument("--cache-dir", help="where prepared .beton files live (default: the training run's)")
+    e.add_argument("--dataset", choices=loaders.DATASETS, metavar="NAME",
+                   help=f"one of {', '.join(loaders.DATASETS)} (default: the one it was trained on)")
+    e.add_argument("--data-dir", metavar="DIR",
+                   help="its standard files or prepared .beton files (default: the training run's)")
+    e.add_argument("--cache-dir", metavar="DIR", help="where prepared .beton files live (default: the training run's)")
     e.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (default: auto)")
-    e.add_argument("--batch-size", type=int, default=256, help="(default: 256)")
+    e.add_argument("--batch-size", type=int, default=256, metavar="N", help="images per batch (default: 256)")
     e.add_argument("--precision", default="fp32", choices=config.PRECISIONS, help="autocast precision (default: fp32)")
     e.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
     e.add_argument("--knn", action="store_true", help="k-NN accuracy (k 20, T 0.07) of the backbone's pooled "
@@ -121,15 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="prepare datasets as FFCV .beton files; inspect them")
     dsub = data.add_subparsers(dest="data_command", required=True, parser_class=Parser, metavar="COMMAND")
     prep = dsub.add_parser("prepare", help="read a dataset's standard files, write DATASET-{train,test}.beton")
-    prep.add_argument("dataset", choices=loaders.DATASETS)
-    prep.add_argument("--src", type=Path, help="folder with the dataset's standard files")
-    prep.add_argument("--out", type=Path, required=True, help="output folder")
+    prep.add_argument("dataset", choices=loaders.DATASETS, metavar="DATASET", help=", ".join(loaders.DATASETS))
+    prep.add_argument("--src", type=Path, metavar="DIR",
+                      help="folder (or archive) with the dataset's standard files")
+    prep.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
     prep.add_argument("--download", action="store_true", help="fetch from the official URLs first")
-    prep.add_argument("--jpeg-quality", type=int, default=90,
+    prep.add_argument("--jpeg-quality", type=int, default=90, metavar="Q",
                       help="for datasets stored as JPEG (> 64 px) (default: 90)")
-    prep.add_argument("--short-side", type=int, default=256,
+    prep.add_argument("--short-side", type=int, default=256, metavar="PX",
                       help="JPEG-stored images: shorter side scaled to this (default: 256)")
-    prep.add_argument("--workers", type=int, help="writer processes (default: all cores)")
+    prep.add_argument("--workers", type=int, metavar="N", help="writer processes (default: all cores)")
     prep.add_argument("--checksum", action="append", default=[], metavar="FILE=HEX",
                       help="expected md5/sha256 of a downloaded file (repeatable)")
     info = dsub.add_parser("info", help="print what a .beton file holds")
