@@ -23,11 +23,20 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def _number_pair(text: str) -> tuple[float, float]:
+    """LO,HI as a flag takes it, e.g. --local-scale 0.2,0.5."""
+    try:
+        lo, hi = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two numbers LO,HI, got {text!r}") from None
+    return lo, hi
+
+
 def _flag_type(f: dataclasses.Field):
     kind = f.type if isinstance(f.type, type) or getattr(f.type, "__origin__", None) else next(
         a for a in f.type.__args__ if a is not type(None))  # "X | None" -> X
-    if getattr(kind, "__origin__", None) is tuple:  # e.g. --local-scale 0.2,0.5
-        return lambda s: tuple(float(x) for x in s.split(","))
+    if getattr(kind, "__origin__", None) is tuple:
+        return _number_pair
     return kind
 
 
@@ -49,7 +58,7 @@ def _metavar(f: dataclasses.Field) -> str:
     if "metavar" in f.metadata:
         return f.metadata["metavar"]
     kind = _flag_type(f)
-    if getattr(f.type, "__origin__", None) is tuple:
+    if kind is _number_pair:
         return "LO,HI"
     return {int: "N", float: "X"}.get(kind, f.name.split("_")[-1].upper())
 

@@ -348,3 +348,11 @@ def test_data_prepare_on_a_full_disk(fmnist_dir, full_disk):
     r = fastvit("data", "prepare", "fashion-mnist", "--src", fmnist_dir, "--out", full_disk / "out")
     assert_one_line_error(r, "cannot write: No space left on device", max_lines=2)  # under the progress bar
     assert list(full_disk.iterdir()) == []
+
+
+def test_a_pair_flag_takes_exactly_two_numbers():
+    assert_one_line_error(fastvit("pretrain", "--local-scale", "0.5", "--print-config"), "--local-scale",
+                          "two numbers LO,HI", "'0.5'")
+    assert_one_line_error(fastvit("pretrain", "--global-scale", "a,b", "--print-config"), "--global-scale")
+    r = fastvit("pretrain", "--local-scale", "0.1,0.4", "--print-config")
+    assert r.returncode == 0 and json.loads(r.stdout)["local_scale"] == [0.1, 0.4]
