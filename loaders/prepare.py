@@ -109,6 +109,7 @@ def prepare(
     source = read_source(dataset, src)
     # all or nothing: both splits are written into a staging folder, moved into `out` only when both
     # are complete (a bad image in test/ must not leave a new train.beton behind)
+    _remove_stale_staging(out, dataset)
     staging = out / f".{dataset}.prepare.tmp{os.getpid()}"
     made_out, written = not out.exists(), None
     try:
@@ -140,6 +141,24 @@ def prepare(
         if written is None and made_out and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # a failed prepare leaves no folder it made
     return written
+
+
+def _remove_stale_staging(out: Path, dataset: str) -> None:
+    """Staging folders of killed prepares (their process is gone) would otherwise stay forever."""
+    for folder in out.glob(f".{dataset}.prepare.tmp*"):
+        pid = folder.name.rsplit(".tmp", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _valid_pair(dataset: str, directory: Path, source: Path | None = None) -> tuple[Path, Path] | None:

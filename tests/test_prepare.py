@@ -2,6 +2,7 @@
 Fashion-MNIST from the Debian package when installed."""
 
 import gzip
+import os
 from pathlib import Path
 
 import numpy as np
@@ -185,3 +186,17 @@ def test_disk_full_is_one_error_and_leaves_nothing(tmp_path, full_disk):
     with pytest.raises(UserError, match="fashion-mnist-train.beton: cannot write: No space left on device"):
         prepare("fashion-mnist", tmp_path / "src", full_disk / "out", progress=False)
     assert list(full_disk.iterdir()) == []
+
+
+def test_staging_left_by_a_killed_prepare_is_removed(tmp_path):
+    import subprocess
+
+    write_fashion(tmp_path / "src", np.random.default_rng(10))
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that no longer runs
+    stale = tmp_path / "out" / f".fashion-mnist.prepare.tmp{gone.pid}"
+    (stale / "x").mkdir(parents=True)
+    mine = tmp_path / "out" / f".fashion-mnist.prepare.tmp{os.getppid()}"  # a live process's: kept
+    mine.mkdir()
+    prepare("fashion-mnist", tmp_path / "src", tmp_path / "out", progress=False)
+    assert not stale.exists() and mine.exists()
