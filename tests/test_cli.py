@@ -260,6 +260,9 @@ def test_eval_finds_the_data_where_the_checkpoint_trained(tiny_checkpoint, fmnis
     result = json.loads(r.stdout)
     assert result["dataset"] == "fashion-mnist" and result["images"] == 256  # the run's test split, not the real one
     assert result["test_acc1"] == json.loads(explicit.stdout)["test_acc1"]
+    r = fastvit("eval", "--ckpt", tiny_checkpoint, "--knn", "--knn-bank", "64", "--knn-test", "32")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["dataset"] == "fashion-mnist"
     assert not (tmp_path / "empty-cache").exists()
 
 
