@@ -326,7 +326,7 @@ def run(cfg: Config) -> dict:
 
     # ---- the loop
     step, best_acc1, metrics = start["step"], start["best_acc1"], {}
-    pace = RunPace(step, total_steps)
+    pace = RunPace(step, cfg.epochs * steps_per_epoch)  # the run stops at --epochs; schedules may be longer
     nonfinite_at = torch.full((), -1, dtype=torch.long, device=device)  # first bad step, checked on syncs
     for epoch in range(start["epoch"], cfg.epochs):
         resumed_mid_epoch = epoch == start["epoch"] and start["epoch_sums"] is not None
