@@ -214,8 +214,25 @@ def test_help_lists_choices_and_each_default_once(command):
     assert "(default: 10)" in entries["--epochs"] and "(default: 0.001)" in entries["--lr"]
     assert "(default: off)" in entries["--compile"]
     if command == "pretrain":
-        assert "(default: 0.2,0.5)" in entries["--local-scale"]  # as the flag is written
+        assert "default by dataset: 0.2,0.5" in entries["--local-scale"]  # the field's own text, alone
     assert "(default: None)" not in "".join(entries.values())
+
+
+def test_a_default_is_shown_as_the_flag_is_written():
+    import dataclasses
+
+    from fastvit.cli import _help
+
+    @dataclasses.dataclass
+    class Fields:
+        scale: tuple[float, float] = dataclasses.field(default=(0.7, 1.0), metadata={"help": "crop scale"})
+        flip: bool = dataclasses.field(default=True, metadata={"help": "flip 50%"})
+        size: int | None = dataclasses.field(default=None, metadata={"help": "size"})
+
+    scale, flip, size = dataclasses.fields(Fields)
+    assert _help(scale) == "crop scale (default: 0.7,1.0)"
+    assert _help(flip) == "flip 50%% (default: on)"  # argparse %-formats help
+    assert _help(size) == "size"
 
 
 def test_every_flag_field_has_a_heading():
