@@ -9,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 
+import fastvit
 from fastvit import config
 from fastvit.errors import UserError
 
@@ -22,49 +23,106 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def _number_pair(text: str) -> tuple[float, float]:
+    """LO,HI as a flag takes it, e.g. --local-scale 0.2,0.5."""
+    try:
+        lo, hi = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two numbers LO,HI, got {text!r}") from None
+    return lo, hi
+
+
 def _flag_type(f: dataclasses.Field):
     kind = f.type if isinstance(f.type, type) or getattr(f.type, "__origin__", None) else next(
         a for a in f.type.__args__ if a is not type(None))  # "X | None" -> X
-    if getattr(kind, "__origin__", None) is tuple:  # e.g. --local-scale 0.2,0.5
-        return lambda s: tuple(float(x) for x in s.split(","))
+    if getattr(kind, "__origin__", None) is tuple:
+        return _number_pair
     return kind
 
 
-def add_config_flags(p: argparse.ArgumentParser) -> None:
-    """One flag per Config field; unset flags stay None so a recipe's value is not overridden."""
+def _help(f: dataclasses.Field) -> str:
+    """The field's help with its default, once: unless the text already says what the default is."""
+    text = f.metadata["help"]
+    if "default" not in text and f.default is not None:
+        if isinstance(f.default, bool):
+            shown = "on" if f.default else "off"
+        elif isinstance(f.default, tuple):
+            shown = ",".join(str(v) for v in f.default)  # as the flag takes it
+        else:
+            shown = str(f.default)
+        text += f" (default: {shown})"
+    return text.replace("%", "%%")  # argparse %-formats help strings
+
+
+def _metavar(f: dataclasses.Field) -> str:
+    if "metavar" in f.metadata:
+        return f.metadata["metavar"]
+    kind = _flag_type(f)
+    if kind is _number_pair:
+        return "LO,HI"
+    return {int: "N", float: "X"}.get(kind, f.name.split("_")[-1].upper())
+
+
+def _choices(f: dataclasses.Field):
+    names = f.metadata.get("names")
+    return list(names()) if names else f.metadata.get("choices")
+
+
+def add_config_flags(p: argparse.ArgumentParser, command: str) -> None:
+    """The Config fields that apply to `command`, as flags under their group's heading. Unset flags
+    stay None so a recipe's value is not overridden; fields of other commands are None too."""
+    headings = {name: p.add_argument_group(title) for name, (title, _) in config.GROUPS.items()}
+    other = None
     for f in dataclasses.fields(config.Config):
         if not f.metadata.get("flag", True):
             continue
+        if command not in config.commands_of(f):
+            p.set_defaults(**{f.name: None})
+            continue
+        group = headings.get(f.metadata.get("group"))
+        if group is None:  # a field without a known group still gets its flag
+            other = other or p.add_argument_group("other")
+            group = other
         flag = "--" + f.name.replace("_", "-")
-        help_text = f"{f.metadata['help']} (default: {f.default})"
         if f.type is bool:
-            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                               help=_help(f))
         else:
-            p.add_argument(flag, dest=f.name, type=_flag_type(f), default=None, help=help_text,
-                           metavar=f.name.upper(), choices=f.metadata.get("choices"))
-    p.add_argument("--recipe", help=f"start from a recipe: {', '.join(config.recipe_names())}")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+            choices = _choices(f)
+            group.add_argument(flag, dest=f.name, type=_flag_type(f), default=None, help=_help(f),
+                               metavar=None if choices else _metavar(f), choices=choices)
+    run = headings["run"]
+    run.add_argument("--recipe", metavar="NAME",  # not argparse choices: recipes are checked when loaded
+                     help=f"start from a recipe: {', '.join(config.recipe_names())}; explicit flags override it")
+    run.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="fastvit", description="Fast training of Vision Transformers on small datasets.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+    p.add_argument("--version", action="version", version=f"fastvit {fastvit.__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
 
     for name, desc in [
         ("train", "supervised training, optionally with L_drloc (--drloc)"),
         ("pretrain", "DINO self-distillation on the dataset itself (paper A); no labels used"),
         ("finetune", "supervised training from a pretrain checkpoint's teacher backbone (--init)"),
     ]:
-        add_config_flags(sub.add_parser(name, help=desc, description=desc))
+        command = sub.add_parser(name, help=desc, description=desc, usage=f"fastvit {name} [options]",
+                                 epilog=FLAG_DEFAULTS, formatter_class=_wide_help)
+        add_config_flags(command, name)
+
+    from fastvit import loaders
 
     e = sub.add_parser("eval", help="top-1/top-5 of a checkpoint on a dataset's test split")
     e.add_argument("--ckpt", required=True, help="checkpoint (last.pt / best.pt)")
-    e.add_argument("--dataset", help="dataset (default: the one it was trained on)")
-    e.add_argument("--data-dir")
-    e.add_argument("--cache-dir")
-    e.add_argument("--device", default="auto")
-    e.add_argument("--batch-size", type=int, default=256)
-    e.add_argument("--precision", default="fp32", choices=config.PRECISIONS)
+    e.add_argument("--dataset", choices=loaders.DATASETS, metavar="NAME",
+                   help=f"one of {', '.join(loaders.DATASETS)} (default: the one it was trained on)")
+    e.add_argument("--data-dir", metavar="DIR",
+                   help="its standard files or prepared .beton files (default: the training run's)")
+    e.add_argument("--cache-dir", metavar="DIR", help="where prepared .beton files live (default: the training run's)")
+    e.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (default: auto)")
+    e.add_argument("--batch-size", type=int, default=256, metavar="N", help="images per batch (default: 256)")
+    e.add_argument("--precision", default="fp32", choices=config.PRECISIONS, help="autocast precision (default: fp32)")
     e.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
     e.add_argument("--knn", action="store_true", help="k-NN accuracy (k 20, T 0.07) of the backbone's pooled "
                    "features instead: any fastvit checkpoint (pretrain: its teacher) or paper A's train_ssl.py one")
@@ -72,15 +130,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--knn-test", type=int, help="with --knn: score the first N test images (default all)")
 
     data = sub.add_parser("data", help="prepare datasets as FFCV .beton files; inspect them")
-    dsub = data.add_subparsers(dest="data_command", required=True, parser_class=Parser)
+    dsub = data.add_subparsers(dest="data_command", required=True, parser_class=Parser, metavar="COMMAND")
     prep = dsub.add_parser("prepare", help="read a dataset's standard files, write DATASET-{train,test}.beton")
-    prep.add_argument("dataset")
-    prep.add_argument("--src", type=Path, help="folder with the dataset's standard files")
-    prep.add_argument("--out", type=Path, required=True, help="output folder")
+    prep.add_argument("dataset", choices=loaders.DATASETS, metavar="DATASET", help=", ".join(loaders.DATASETS))
+    prep.add_argument("--src", type=Path, metavar="DIR",
+                      help="folder (or archive) with the dataset's standard files")
+    prep.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
     prep.add_argument("--download", action="store_true", help="fetch from the official URLs first")
-    prep.add_argument("--jpeg-quality", type=int, default=90, help="for datasets stored as JPEG (> 64 px)")
-    prep.add_argument("--short-side", type=int, default=256, help="JPEG-stored images: shorter side scaled to this")
-    prep.add_argument("--workers", type=int, help="writer processes (default: all cores)")
+    prep.add_argument("--jpeg-quality", type=int, default=90, metavar="Q",
+                      help="for datasets stored as JPEG (> 64 px) (default: 90)")
+    prep.add_argument("--short-side", type=int, default=256, metavar="PX",
+                      help="JPEG-stored images: shorter side scaled to this (default: 256)")
+    prep.add_argument("--workers", type=int, metavar="N", help="writer processes (default: all cores)")
     prep.add_argument("--checksum", action="append", default=[], metavar="FILE=HEX",
                       help="expected md5/sha256 of a downloaded file (repeatable)")
     info = dsub.add_parser("info", help="print what a .beton file holds")
@@ -88,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("plot", help="PNG curves of loss, accuracy and lr from RUN_DIR/metrics.jsonl")
     pl.add_argument("run_dir", type=Path)
-    pl.add_argument("--out", type=Path, help="PNG path (default RUN_DIR/curves.png)")
+    pl.add_argument("--out", type=Path, help="PNG path (default: RUN_DIR/curves.png)")
 
     am = sub.add_parser("attention-map", help="PNG of the last-layer attention of each head over an image")
     am.add_argument("--ckpt", required=True)
@@ -96,6 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
     am.add_argument("--out", type=Path, help="PNG path (default: IMAGE stem + _attention.png)")
     am.add_argument("--ema", action="store_true", help="use the EMA weights")
     return p
+
+
+def _wide_help(prog: str) -> argparse.HelpFormatter:
+    return argparse.HelpFormatter(prog, max_help_position=34)
+
+
+FLAG_DEFAULTS = "A flag left out takes the recipe's value (--recipe), else the default shown."
 
 
 def config_from_args(args) -> config.Config:
@@ -163,8 +231,6 @@ def cmd_data(args) -> int:
     if args.data_command == "info":
         print(loaders.info(args.file))
         return 0
-    if args.dataset not in loaders.DATASETS:
-        raise UserError(f"unknown dataset {args.dataset!r}; choose from {', '.join(loaders.DATASETS)}")
     if args.src is None and not args.download:
         raise UserError("give --src DIR (the dataset's standard files) or --download")
     if not 1 <= args.jpeg_quality <= 100:

@@ -29,106 +29,155 @@ WD_EXCLUDE = ("1d-and-tables", "1d", "none")
 COSINE_FROM = ("warmup-end", "step-0")
 
 
+COMMANDS = ("train", "pretrain", "finetune")  # the commands that take Config flags
+# Each field's metadata: help; group (its heading in --help; it decides which commands take the flag,
+# unless `commands` says otherwise); choices, or names (a function giving them, e.g. the model
+# registry); metavar; positive; flag=False for recorded values that are not flags.
+GROUPS = {  # group -> (help heading, commands whose flags these are), in --help order
+    "run": ("what to run", COMMANDS),
+    "data": ("data", COMMANDS),
+    "augment": ("supervised augmentation", ("train", "finetune")),
+    "optim": ("optimisation (per-iteration schedules)", COMMANDS),
+    "drloc": ("L_drloc auxiliary loss (Liu et al. 2021)", ("train", "finetune")),
+    "ssl": ("self-supervised pretraining: DINO (Gani et al. 2022)", ("pretrain",)),
+    "runtime": ("runtime", COMMANDS),
+}
+
+
 def _f(default, help, **kw):
     return field(default=default, metadata={"help": help, **kw})
+
+
+def _arch_names() -> list[str]:
+    from fastvit import models  # on use: the registry imports torch
+
+    return models.names()
+
+
+def _dataset_names() -> tuple[str, ...]:
+    from fastvit import loaders
+
+    return loaders.DATASETS
+
+
+def commands_of(f: dataclasses.Field) -> tuple[str, ...]:
+    """The commands that take this field as a flag (none for recorded, non-flag fields)."""
+    if not f.metadata.get("flag", True):
+        return ()
+    return f.metadata.get("commands") or GROUPS.get(f.metadata.get("group"), (None, COMMANDS))[1]
 
 
 @dataclass
 class Config:
     # ---- what to run
-    arch: str = _f("vit", "model name (fastvit.models.names())")
-    dataset: str = _f("fashion-mnist", "dataset name (fastvit.loaders.DATASETS)")
-    data_dir: str | None = _f(None, "folder with the dataset's standard files (default: its usual place)")
-    cache_dir: str | None = _f(None, "where prepared .beton files live (env FASTVIT_DATA, ~/.cache/fastvit)")
-    out: str | None = _f(None, "run directory (default runs/<arch>-<dataset>-<time>)")
-    init: str | None = _f(None, "pretrain checkpoint whose teacher backbone initialises the model (finetune)")
+    arch: str = _f("vit", "model (fastvit.models registry)", names=_arch_names, group="run")
+    dataset: str = _f("fashion-mnist", "dataset", names=_dataset_names, group="run")
+    data_dir: str | None = _f(None, "folder with the dataset's standard files (default: its usual place)", group="run")
+    cache_dir: str | None = _f(None, "where prepared .beton files live (env FASTVIT_DATA, ~/.cache/fastvit)",
+                               group="run")
+    out: str | None = _f(None, "run directory (default runs/<arch>-<dataset>-<time>)", metavar="DIR", group="run")
+    init: str | None = _f(None, "pretrain checkpoint whose teacher backbone initialises the model (finetune)",
+                          metavar="CKPT", group="run", commands=("finetune",))
     # ---- data
-    img_size: int | None = _f(None, "model input size in px (default: the arch's: 32 paper A, 224 paper B)")
-    loader: str = _f("auto", "resident (whole dataset on the device) | ffcv | auto", choices=LOADERS)
-    subset: int | None = _f(None, "use only the first N training images", positive=True)
+    img_size: int | None = _f(None, "model input size in px (default: the arch's: 32 paper A, 224 paper B)",
+                              group="data")
+    loader: str = _f("auto", "resident: the whole dataset on the device; ffcv: FFCV's Loader; auto: resident "
+                     "if it fits", choices=LOADERS, group="data")
+    subset: int | None = _f(None, "use only the first N training images", positive=True, group="data")
     repeats: int = _f(1, "repeated augmentation: each image this many times per epoch (paper A: 3)",
-                      positive=True)
-    augment: str = _f("basic", "train augmentation recipe", choices=AUGMENTS)
-    policy: str | None = _f(None, "AutoAugment policy: cifar10 | svhn | imagenet (default: by dataset)")
-    label_smoothing: float = _f(0.1, "label smoothing of the supervised loss")
-    mixup_alpha: float | None = _f(None, "Mixup alpha (default: the augment recipe's)")
-    cutmix_alpha: float | None = _f(None, "CutMix alpha (default: the augment recipe's)")
-    mix_prob: float | None = _f(None, "probability that a sample is mixed (Mixup/CutMix; default: the recipe's)")
-    erasing_prob: float | None = _f(None, "RandomErasing probability (default: the recipe's)")
+                      positive=True, group="data")
+    augment: str = _f("basic", "train augmentation recipe", choices=AUGMENTS, group="augment")
+    policy: str | None = _f(None, "AutoAugment policy: cifar10 | svhn | imagenet (default: by dataset)",
+                            group="augment")
+    label_smoothing: float = _f(0.1, "label smoothing of the supervised loss", group="augment")
+    mixup_alpha: float | None = _f(None, "Mixup alpha (default: the augment recipe's)", group="augment")
+    cutmix_alpha: float | None = _f(None, "CutMix alpha (default: the augment recipe's)", group="augment")
+    mix_prob: float | None = _f(None, "probability that a sample is mixed (Mixup/CutMix; default: the recipe's)",
+                                group="augment")
+    erasing_prob: float | None = _f(None, "RandomErasing probability (default: the recipe's)", group="augment")
     # ---- optimisation (per-iteration schedules)
-    epochs: int = _f(10, "training epochs", positive=True)
+    epochs: int = _f(10, "training epochs", positive=True, group="optim")
     steps_per_epoch: int | None = _f(None, "cap each epoch at N steps, drawn from the whole shuffled dataset "
-                                     "(a budgeted pass over a large unlabelled set)", positive=True)
-    batch_size: int = _f(128, "batch size per process (global = this x processes)", positive=True)
-    lr: float = _f(1e-3, "peak learning rate (AdamW)", positive=True)
+                                     "(a budgeted pass over a large unlabelled set)", positive=True, group="optim")
+    batch_size: int = _f(128, "batch size per process (global = this x processes)", positive=True, group="optim")
+    lr: float = _f(1e-3, "peak learning rate (AdamW)", positive=True, group="optim")
     lr_base_batch: int | None = _f(None, "if set, the lr used is lr x global batch / this (linear scaling)",
-                                   positive=True)
+                                   positive=True, group="optim")
     schedule_epochs: int | None = _f(None, "length in epochs of the lr, weight-decay, teacher-momentum and L_drloc "
                                      "lambda schedules (default --epochs; paper B: 300, stopped at 100)",
-                                     positive=True)
-    min_lr: float = _f(1e-6, "final learning rate of the cosine")
-    warmup_epochs: float = _f(1.0, "linear warm-up length in epochs")
-    warmup_lr: float = _f(1e-6, "learning rate at step 0 of the warm-up")
-    lr_scale_all: bool = _f(False, "--lr-base-batch scales --min-lr and --warmup-lr too (paper B), not only --lr")
+                                     positive=True, group="optim")
+    min_lr: float = _f(1e-6, "final learning rate of the cosine", group="optim")
+    warmup_epochs: float = _f(1.0, "linear warm-up length in epochs", group="optim")
+    warmup_lr: float = _f(1e-6, "learning rate at step 0 of the warm-up", group="optim")
+    lr_scale_all: bool = _f(False, "--lr-base-batch scales --min-lr and --warmup-lr too (paper B), not only --lr",
+                            group="optim")
     cosine_from: str = _f("warmup-end", "the lr cosine's progress counts from the warm-up's end (DINO, paper A) "
-                          "or from step 0 (timm's CosineLRScheduler, paper B)", choices=COSINE_FROM)
-    weight_decay: float = _f(0.05, "AdamW weight decay (on the parameters --wd-exclude does not name)")
+                          "or from step 0 (timm's CosineLRScheduler, paper B)", choices=COSINE_FROM, group="optim")
+    weight_decay: float = _f(0.05, "AdamW weight decay (on the parameters --wd-exclude does not name)", group="optim")
     wd_exclude: str = _f("1d-and-tables", "no weight decay on: 1d-and-tables (biases, norms, pos-embed, cls-token, "
                          "rel-pos tables), 1d (biases and 1-D tensors: paper A's DINO), none (paper A fine-tuning)",
-                         choices=WD_EXCLUDE)
-    weight_decay_end: float | None = _f(None, "cosine weight decay to this value (DINO: 0.4)")
-    beta1: float = _f(0.9, "AdamW beta1")
-    beta2: float = _f(0.999, "AdamW beta2")
-    grad_clip: float | None = _f(None, "clip the gradient norm to this value (see --clip-mode)", positive=True)
+                         choices=WD_EXCLUDE, group="optim")
+    weight_decay_end: float | None = _f(None, "cosine weight decay to this value (DINO: 0.4)", group="optim")
+    beta1: float = _f(0.9, "AdamW beta1", group="optim")
+    beta2: float = _f(0.999, "AdamW beta2", group="optim")
+    grad_clip: float | None = _f(None, "clip the gradient norm to this value (see --clip-mode)", positive=True,
+                                 group="optim")
     clip_mode: str = _f("global", "--grad-clip on the global norm, or on each parameter tensor's norm separately "
-                        "(paper A's DINO)", choices=CLIP_MODES)
-    drop_path: float = _f(0.1, "stochastic depth rate")
+                        "(paper A's DINO)", choices=CLIP_MODES, group="optim")
+    drop_path: float = _f(0.1, "stochastic depth rate", group="optim")
     drop_path_families: str | None = _f(None, "comma-separated arch families (swin, vit, cait, cvt, t2t, resnet) "
-                                        "that get --drop-path, the others 0 (paper B: swin; default all)")
-    ema: float | None = _f(None, "keep an EMA of the weights with this decay (e.g. 0.9998); eval uses it")
+                                        "that get --drop-path, the others 0 (paper B: swin; default all)",
+                                        group="optim")
+    ema: float | None = _f(None, "keep an EMA of the weights with this decay (e.g. 0.9998); eval uses it",
+                           group="optim")
     # ---- L_drloc (Liu et al. 2021)
-    drloc: bool = _f(False, "add the dense relative localization loss")
-    drloc_mode: str = _f("l1", "L_drloc head/loss", choices=DRLOC_MODES)
-    drloc_lambda: float | None = _f(None, "L_drloc weight (default per arch family: swin 0.5, else 0.1)")
-    drloc_pairs: int = _f(64, "token pairs sampled per image", positive=True)
-    drloc_abs: bool = _f(True, "targets are |delta| (the paper's setting)")
-    drloc_multiscale: bool = _f(False, "one L_drloc head per Swin stage")
-    drloc_warmup_epochs: float = _f(20.0, "L_drloc lambda ramps up over this many epochs")
+    drloc: bool = _f(False, "add the dense relative localization loss", group="drloc")
+    drloc_mode: str = _f("l1", "L_drloc head/loss", choices=DRLOC_MODES, group="drloc")
+    drloc_lambda: float | None = _f(None, "L_drloc weight (default per arch family: swin 0.5, else 0.1)", group="drloc")
+    drloc_pairs: int = _f(64, "token pairs sampled per image", positive=True, group="drloc")
+    drloc_abs: bool = _f(True, "targets are |delta| (the paper's setting)", group="drloc")
+    drloc_multiscale: bool = _f(False, "one L_drloc head per Swin stage", group="drloc")
+    drloc_warmup_epochs: float = _f(20.0, "L_drloc lambda ramps up over this many epochs", group="drloc")
     # ---- self-supervised pretraining (Gani et al. 2022, DINO)
-    dino_out_dim: int = _f(1024, "DINO projection output dim", positive=True)
-    n_local: int = _f(8, "local crops per image", positive=True)
+    dino_out_dim: int = _f(1024, "DINO projection output dim", positive=True, group="ssl")
+    n_local: int = _f(8, "local crops per image", positive=True, group="ssl")
     local_size: int | None = _f(None, "local crop size in px (default: half the input; 96 at 224 px, as DINO)",
-                                positive=True)
+                                positive=True, group="ssl")
     global_scale: tuple[float, float] | None = _f(None, "RandomResizedCrop scale of the global views (default by "
-                                                  "dataset: 0.7,1; tiny-imagenet 0.5,1)")
+                                                  "dataset: 0.7,1; tiny-imagenet 0.5,1)", group="ssl")
     local_scale: tuple[float, float] | None = _f(None, "RandomResizedCrop scale of the local views (default by "
-                                                 "dataset: 0.2,0.5; tiny-imagenet 0.2,0.4)")
-    teacher_momentum: float = _f(0.996, "EMA momentum of the teacher (cosine to 1)")
-    teacher_temp: float = _f(0.07, "teacher temperature after warm-up")
-    warmup_teacher_temp: float = _f(0.04, "teacher temperature at epoch 0")
-    warmup_teacher_temp_epochs: int = _f(10, "teacher temperature warm-up epochs")
-    freeze_last_layer: int = _f(1, "epochs during which the head's last layer gets no update")
+                                                 "dataset: 0.2,0.5; tiny-imagenet 0.2,0.4)", group="ssl")
+    teacher_momentum: float = _f(0.996, "EMA momentum of the teacher (cosine to 1)", group="ssl")
+    teacher_temp: float = _f(0.07, "teacher temperature after warm-up", group="ssl")
+    warmup_teacher_temp: float = _f(0.04, "teacher temperature at epoch 0", group="ssl")
+    warmup_teacher_temp_epochs: int = _f(10, "teacher temperature warm-up epochs", group="ssl")
+    freeze_last_layer: int = _f(1, "epochs during which the head's last layer gets no update", group="ssl")
     teacher_drop_path: bool = _f(False, "the teacher keeps stochastic depth on (paper A: built with --drop-path "
-                                 "and never put in eval mode); off: the teacher runs without it")
-    knn_every: int = _f(1, "pretrain: k-NN accuracy of the teacher backbone every N epochs (0: never)")
+                                 "and never put in eval mode); off: the teacher runs without it", group="ssl")
+    knn_every: int = _f(1, "pretrain: k-NN accuracy of the teacher backbone every N epochs (0: never)", group="ssl")
     knn_bank: int | None = _f(None, "k-NN monitor: the first N training images form the labelled bank "
-                              "(default all)", positive=True)
-    knn_test: int | None = _f(None, "k-NN monitor: score the first N test images (default all)", positive=True)
+                              "(default all)", positive=True, group="ssl")
+    knn_test: int | None = _f(None, "k-NN monitor: score the first N test images (default all)", positive=True,
+                              group="ssl")
     # ---- runtime
-    seed: int = _f(0, "seed of every random choice (data order, augmentation, init, L_drloc pairs)")
-    device: str = _f("auto", "cpu | cuda | cuda:N | auto")
-    precision: str = _f("fp32", "autocast precision", choices=PRECISIONS)
+    seed: int = _f(0, "seed of every random choice (data order, augmentation, init, L_drloc pairs)", group="runtime")
+    device: str = _f("auto", "cpu | cuda | cuda:N | auto", group="runtime")
+    precision: str = _f("fp32", "autocast precision", choices=PRECISIONS, group="runtime")
     attn: str = _f("auto", "attention backend (auto: triton, then xformers on CUDA; sdpa elsewhere)",
-                   choices=ATTENTION)
-    compile: bool = _f(False, "torch.compile the model and loss")
-    cuda_graphs: bool = _f(False, "capture the step in CUDA graphs (compile mode reduce-overhead; CUDA only)")
-    deterministic: bool = _f(False, "deterministic algorithms and fixed threads (bitwise reproducible)")
-    save_every: int | None = _f(None, "also checkpoint every N steps (default: every epoch)", positive=True)
-    resume: str | None = _f(None, "continue the run in this directory from its last.pt")
+                   choices=ATTENTION, group="runtime")
+    compile: bool = _f(False, "torch.compile the model and loss", group="runtime")
+    cuda_graphs: bool = _f(False, "capture the step in CUDA graphs (compile mode reduce-overhead; CUDA only)",
+                           group="runtime")
+    deterministic: bool = _f(False, "deterministic algorithms and fixed threads (bitwise reproducible)",
+                             group="runtime")
+    save_every: int | None = _f(None, "also checkpoint every N steps (default: every epoch)", positive=True,
+                                group="runtime")
+    resume: str | None = _f(None, "continue the run in this directory from its last.pt",
+                            metavar="RUN_DIR", group="runtime")
     log_every: int = _f(50, "steps between progress-bar/TensorBoard updates (each is a host sync)",
-                        positive=True)
-    eval_every: int = _f(1, "evaluate every N epochs", positive=True)
-    num_workers: int = _f(2, "ffcv loader worker threads", positive=True)
+                        positive=True, group="runtime")
+    eval_every: int = _f(1, "evaluate every N epochs", positive=True, group="runtime", commands=("train", "finetune"))
+    num_workers: int = _f(2, "ffcv loader worker threads", positive=True, group="runtime")
     # ---- derived / recorded (not flags)
     command: str = _f("train", "train | pretrain | finetune", flag=False)
     recipe: str | None = _f(None, "recipe name", flag=False)

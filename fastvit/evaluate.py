@@ -29,6 +29,16 @@ def model_from_checkpoint(path: str | Path, *, ema: bool = False) -> tuple[torch
     return model.eval(), state
 
 
+def where_it_trained(cfg: dict, dataset, data_dir, cache_dir) -> tuple[str, str | None, Path]:
+    """(dataset, data_dir, cache dir) to evaluate on: the run's own (its config's dataset, data_dir and
+    cache_dir) for what the flags leave unset; another --dataset does not take the run's data_dir."""
+    from fastvit.config import Config
+
+    if dataset in (None, cfg["dataset"]):
+        dataset, data_dir = cfg["dataset"], data_dir or cfg.get("data_dir")
+    return dataset, data_dir, Config(cache_dir=cache_dir or cfg.get("cache_dir")).resolved_cache_dir()
+
+
 def evaluate_checkpoint(path, *, dataset=None, data_dir=None, cache_dir=None, device="auto",
                         batch_size=256, precision="fp32", ema=False) -> dict:
     from fastvit import augment, train
@@ -38,9 +48,8 @@ def evaluate_checkpoint(path, *, dataset=None, data_dir=None, cache_dir=None, de
     cfg = state["config"]
     if cfg["command"] == "pretrain":
         raise UserError(f"{path} is a pretrain checkpoint (no classifier); fine-tune it first")
-    dataset = dataset or cfg["dataset"]
+    dataset, data_dir, cache = where_it_trained(cfg, dataset, data_dir, cache_dir)
     d, dev = distributed.init(device)
-    cache = Config(cache_dir=cache_dir).resolved_cache_dir()
     _, test_path = loaders.ensure_prepared(dataset, data_dir=Path(data_dir) if data_dir else None, cache_dir=cache)
     meta = loaders.read_meta(test_path)
     if meta["num_classes"] != state["num_classes"]:
@@ -65,7 +74,8 @@ def knn_checkpoint(path, *, dataset=None, data_dir=None, cache_dir=None, device=
     if fmt == pretrained.FASTVIT:
         state = checkpoint.load(path)
         cfg = state["config"]
-        dataset, arch, img_size = dataset or cfg["dataset"], cfg["arch"], state["img_size"]
+        arch, img_size = cfg["arch"], state["img_size"]
+        dataset, data_dir, cache_dir = where_it_trained(cfg, dataset, data_dir, cache_dir)
     elif fmt == pretrained.PAPER_A:
         args = raw.get("args")
         if not isinstance(args, argparse.Namespace) or not hasattr(args, "arch") or not hasattr(args, "image_size"):

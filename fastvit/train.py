@@ -325,6 +325,7 @@ def run(cfg: Config) -> dict:
 
     # ---- the loop
     step, best_acc1, metrics = start["step"], start["best_acc1"], {}
+    pace = RunPace(step, cfg.epochs * steps_per_epoch)  # the run stops at --epochs; schedules may be longer
     nonfinite_at = torch.full((), -1, dtype=torch.long, device=device)  # first bad step, checked on syncs
     for epoch in range(start["epoch"], cfg.epochs):
         resumed_mid_epoch = epoch == start["epoch"] and start["epoch_sums"] is not None
@@ -373,7 +374,8 @@ def run(cfg: Config) -> dict:
                 if step % cfg.log_every == 0:  # a host sync: only on logging steps
                     check_finite(nonfinite_at, run_dir)
                     rate = images_seen / (time.perf_counter() - t0)
-                    bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr_now:.2e}", img_s=f"{rate:.0f}")
+                    bar.set_postfix({"loss": f"{loss.item():.4f}", "lr": f"{lr_now:.2e}",
+                                     **pace.postfix(step, len(images) * d.world_size)})
                     log.scalars(step, {"train/loss": loss.item(), "train/lr": lr_now, "train/images_per_s": rate})
                 if cfg.save_every and step % cfg.save_every == 0:
                     check_finite(nonfinite_at, run_dir)
@@ -447,6 +449,27 @@ def prepare_run_dir(cfg: Config, d) -> Path:
         (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     distributed.barrier(d)
     return run_dir
+
+
+class RunPace:
+    """The progress line's img/s (over the last logging interval) and the whole run's ETA, from wall
+    time and step counts alone: called on logging steps, which have just synced with the device."""
+
+    def __init__(self, step: int, total_steps: int):
+        self.total_steps = total_steps
+        self.last = (step, time.perf_counter())  # (step, time) of the previous log, or of the start
+        self.first_log = None
+
+    def postfix(self, step: int, images_per_step: int) -> dict:
+        now = time.perf_counter()
+        recent = (step - self.last[0]) / max(now - self.last[1], 1e-9)  # steps/s
+        if self.first_log is None:
+            self.first_log, rate = (step, now), recent
+        else:  # from the first log on: compile and warm-up left out, evaluations counted in
+            rate = (step - self.first_log[0]) / max(now - self.first_log[1], 1e-9)
+        self.last = (step, now)
+        return {"img/s": f"{recent * images_per_step:.0f}",
+                "run ETA": tqdm.format_interval((self.total_steps - step) / max(rate, 1e-9))}
 
 
 class WeightEMA:

@@ -107,8 +107,21 @@ def _worker(errors, *args) -> None:
     try:
         worker_job_indexed_dataset(*args)
     except Exception as e:  # any failure must reach the parent, which turns it into one line
-        errors.put((isinstance(e, UserError), str(e) or type(e).__name__))
+        message = f"cannot write: {e.strerror}" if isinstance(e, OSError) and e.strerror else str(e)
+        errors.put((isinstance(e, UserError), message or type(e).__name__))
         raise SystemExit(1) from None
+
+
+def _raise_worker_error(errors, workers, name: str) -> None:
+    """The first writer process's error as a UserError, if one failed."""
+    failed = [w.exitcode for w in workers if w.exitcode not in (None, 0)]
+    if not failed:
+        return
+    try:
+        names_file, message = errors.get(timeout=2)
+    except queue.Empty:
+        names_file, message = False, f"a writer process died (exit code {failed[0]})"
+    raise UserError(message if names_file else f"{name}: {message}")
 
 
 def _write_ffcv(path: Path, fields: dict, samples: _Samples, num_workers: int, progress: bool) -> None:
@@ -140,25 +153,26 @@ def _write_ffcv(path: Path, fields: dict, samples: _Samples, num_workers: int, p
     try:
         for w in workers:
             w.start()
-        bar = tqdm(total=n, disable=not progress, desc=path.name.split(".tmp")[0], unit="img")
+        name = path.name.split(".tmp")[0]
+        bar = tqdm(total=n, disable=not progress, desc=name, unit="img")
         seen = 0
         while seen < n:
             codes = [w.exitcode for w in workers]  # read before `done`: a clean exit has counted its work
             now = done.value
             bar.update(now - seen)
             seen = now
-            failed = [c for c in codes if c not in (None, 0)]
-            if failed or (seen < n and all(c == 0 for c in codes)):
-                try:
-                    names_file, message = errors.get(timeout=2)
-                except queue.Empty:
-                    names_file, message = False, f"a writer process died (exit code {failed[0] if failed else 0})"
-                raise UserError(message if names_file else f"{path.name.split('.tmp')[0]}: {message}")
+            _raise_worker_error(errors, workers, name)
+            if seen < n and all(c == 0 for c in codes):
+                raise UserError(f"{name}: the writer processes stopped after {seen} of {n} samples")
             time.sleep(0.02)
         bar.close()
-        allocation_list = []
-        for _ in workers:
-            allocation_list.extend(allocations.get(timeout=600))
+        allocation_list, reported = [], 0
+        while reported < num_workers:  # each worker flushes its last page after counting: it may fail there
+            try:
+                allocation_list.extend(allocations.get(timeout=0.05))
+                reported += 1
+            except queue.Empty:
+                _raise_worker_error(errors, workers, name)
         for w in workers:
             w.join()
         writer.finalize(allocation_list)
@@ -219,10 +233,10 @@ def write_split(
         # in-memory samples are a memcpy each; file images are decoded, so use every core
         num_workers = 1 if split.images is not None else max(1, min(8, os.cpu_count() or 1))
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     tmp_meta = path.with_name(f"{sidecar_path(path).name}.tmp{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         _write_ffcv(tmp, fields, samples, num_workers, progress)
         meta = _describe(tmp, split, storage, shape, progress)
         meta.update(
@@ -242,6 +256,8 @@ def write_split(
         sidecar_path(path).unlink(missing_ok=True)
         os.replace(tmp, path)
         os.replace(tmp_meta, sidecar_path(path))
+    except OSError as e:  # e.g. disk full while the parent writes the header, tables or sidecar
+        raise UserError(f"{path}: cannot write: {e.strerror or e}") from None
     finally:
         tmp.unlink(missing_ok=True)
         tmp_meta.unlink(missing_ok=True)
@@ -291,8 +307,13 @@ def _describe(tmp: Path, split: Split, storage: str, shape: tuple[int, ...] | No
 
 
 def read_meta(beton_path: Path) -> dict:
-    """The sidecar of a .beton: dataset, split, num_classes, classes, count, height, width, channels,
-    mean, std (per channel, 0-255 scale), storage ("raw" | "jpeg"), format_version, ..."""
+    """The sidecar of a .beton, once the file is checked to agree with it (`check_against_sidecar`):
+    dataset, split, num_classes, classes, count, height, width, channels, mean, std (per channel,
+    0-255 scale), storage ("raw" | "jpeg"), format_version, ..."""
+    return check_against_sidecar(open_beton(beton_path))
+
+
+def _read_sidecar(beton_path: Path) -> dict:
     side = sidecar_path(beton_path)
     if not side.is_file():
         raise UserError(f"{side}: missing (the .beton's description; re-run `fastvit data prepare`)")
@@ -305,6 +326,42 @@ def read_meta(beton_path: Path) -> dict:
             f"{side}: format_version {meta.get('format_version') if isinstance(meta, dict) else None} "
             f"is not {FORMAT_VERSION}; re-run `fastvit data prepare`"
         )
+    return meta
+
+
+def check_against_sidecar(beton: BetonFile) -> dict:
+    """The sidecar, after checking that the file holds what it describes: size, sample count, image
+    field and shape, labels in range and per-class counts. A damaged or replaced file is a UserError
+    naming the first disagreement (reading on would train on misaligned pixels or wrong labels)."""
+    path, meta = beton.path, _read_sidecar(beton.path)
+    redo = "the file is damaged or not the one described; re-run `fastvit data prepare`"
+    try:
+        size, count, classes = int(meta["file_bytes"]), int(meta["count"]), int(meta["num_classes"])
+        stored = (int(meta["height"]), int(meta["width"]), int(meta["channels"]))
+        storage, class_counts = meta["storage"], meta.get("class_counts")
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{sidecar_path(path)}: lacks or mangles {e} (re-run `fastvit data prepare`)") from None
+    if beton.data.size != size:
+        raise UserError(f"{path}: {beton.data.size} bytes, its sidecar says {size} (truncated or replaced); {redo}")
+    if len(beton) != count:
+        raise UserError(f"{path}: {len(beton)} samples, its sidecar says {count}; {redo}")
+    if (beton.shape is None) != (storage == "jpeg"):
+        field = "raw NDArrayField" if beton.shape is not None else "RGBImageField"
+        raise UserError(f"{path}: image field is a {field}, its sidecar says {storage} storage; {redo}")
+    if beton.shape is not None and beton.shape != stored:
+        raise UserError(f"{path}: images are {'x'.join(map(str, beton.shape))} (H x W x C), its sidecar says "
+                        f"{'x'.join(map(str, stored))}; {redo}")
+    if beton.shape is None and count:
+        h, w = int(beton.image_meta["height"].max()), int(beton.image_meta["width"].max())
+        if h > stored[0] or w > stored[1]:
+            raise UserError(f"{path}: holds a {h}x{w} image, its sidecar says at most {stored[0]}x{stored[1]}; {redo}")
+    outside = np.flatnonzero((beton.labels < 0) | (beton.labels >= classes))
+    if outside.size:
+        i = int(outside[0])
+        raise UserError(f"{path}: sample {i} has label {int(beton.labels[i])}, outside 0..{classes - 1} "
+                        f"(its sidecar's {classes} classes); {redo}")
+    if class_counts is not None and np.bincount(beton.labels, minlength=classes).tolist() != class_counts:
+        raise UserError(f"{path}: per-class label counts differ from its sidecar's; {redo}")
     return meta
 
 
@@ -399,9 +456,9 @@ def _ndarray_shape(arguments: np.ndarray, path: Path) -> tuple[int, ...]:
 def is_valid(path: Path) -> bool:
     """True if `path` and its sidecar exist, agree with each other and are of this format version."""
     try:
-        meta = read_meta(path)
-        return Path(path).stat().st_size == meta["file_bytes"] and len(open_beton(path)) == meta["count"]
-    except (UserError, KeyError, OSError):
+        read_meta(path)
+        return True
+    except (UserError, OSError):
         return False
 
 
@@ -467,8 +524,10 @@ def load_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Every sample of a .beton in file order: (images uint8 [N, H, W, C], labels int64 [N]).
 
     Raw storage comes back byte-exact, without importing ffcv; JPEG storage is decoded with FFCV's
-    decoder and must hold a single image size (else UserError: use `iter_images`)."""
+    decoder and must hold a single image size (else UserError: use `iter_images`). The file is first
+    checked against its sidecar (`check_against_sidecar`)."""
     beton = open_beton(path)
+    check_against_sidecar(beton)
     n = len(beton)
     if n == 0:
         return np.empty((0, *(beton.shape or (0, 0, 3))), dtype=np.uint8), beton.labels

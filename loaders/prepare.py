@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import importlib
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,8 @@ def prepare(
     """
     entry = _entry(dataset)
     out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
     if download:
         from .download import download as fetch
 
@@ -104,22 +107,58 @@ def prepare(
 
         src = extract_once(src, out / "downloads" / dataset)
     source = read_source(dataset, src)
-    written = []
-    for path, (split_name, split) in zip(beton_paths(dataset, out), source.splits().items(), strict=True):
-        beton.write_split(
-            path,
-            split,
-            dataset=dataset,
-            split_name=split_name,
-            classes=source.classes,
-            jpeg_quality=jpeg_quality,
-            short_side=short_side,
-            num_workers=num_workers,
-            progress=progress,
-            extra_meta={"source": str(Path(src).resolve())},
-        )
-        written.append(path)
+    # all or nothing: both splits are written into a staging folder, moved into `out` only when both
+    # are complete (a bad image in test/ must not leave a new train.beton behind)
+    _remove_stale_staging(out, dataset)
+    staging = out / f".{dataset}.prepare.tmp{os.getpid()}"
+    made_out, written = not out.exists(), None
+    try:
+        staging.mkdir(parents=True, exist_ok=True)
+        staged = beton_paths(dataset, staging)
+        for path, (split_name, split) in zip(staged, source.splits().items(), strict=True):
+            beton.write_split(
+                path,
+                split,
+                dataset=dataset,
+                split_name=split_name,
+                classes=source.classes,
+                jpeg_quality=jpeg_quality,
+                short_side=short_side,
+                num_workers=num_workers,
+                progress=progress,
+                extra_meta={"source": str(Path(src).resolve())},
+            )
+        for path in beton_paths(dataset, out):  # a sidecar last: a .beton with a stale sidecar never counts as valid
+            beton.sidecar_path(path).unlink(missing_ok=True)
+        for path, new in zip(beton_paths(dataset, out), staged, strict=True):
+            os.replace(new, path)
+            os.replace(beton.sidecar_path(new), beton.sidecar_path(path))
+        written = list(beton_paths(dataset, out))
+    except OSError as e:
+        raise UserError(f"{out}: cannot write: {e.strerror or e}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if written is None and made_out and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a failed prepare leaves no folder it made
     return written
+
+
+def _remove_stale_staging(out: Path, dataset: str) -> None:
+    """Staging folders of killed prepares (their process is gone) would otherwise stay forever."""
+    for folder in out.glob(f".{dataset}.prepare.tmp*"):
+        pid = folder.name.rsplit(".tmp", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _valid_pair(dataset: str, directory: Path, source: Path | None = None) -> tuple[Path, Path] | None:
@@ -132,6 +171,14 @@ def _valid_pair(dataset: str, directory: Path, source: Path | None = None) -> tu
         if meta.get("dataset") != dataset or (source is not None and meta.get("source") != str(source.resolve())):
             return None
     return pair
+
+
+def _raise_why_invalid(dataset: str, directory: Path) -> None:
+    """The UserError saying why `directory`'s prepared files of `dataset` cannot be used."""
+    for path in beton_paths(dataset, directory):
+        meta = beton.read_meta(path)  # raises on a missing, damaged or mismatched file
+        if meta.get("dataset") != dataset:
+            raise UserError(f"{path}: holds {meta.get('dataset')!r}, not {dataset!r}")
 
 
 def ensure_prepared(dataset: str, *, data_dir: Path | None, cache_dir: Path) -> tuple[Path, Path]:
@@ -148,11 +195,15 @@ def ensure_prepared(dataset: str, *, data_dir: Path | None, cache_dir: Path) -> 
     data_dir = Path(data_dir).expanduser() if data_dir is not None else None
     if data_dir is not None and (pair := _valid_pair(dataset, data_dir)):
         return pair
+    if data_dir is not None and beton_paths(dataset, data_dir)[0].exists():
+        _raise_why_invalid(dataset, data_dir)  # prepared files, damaged: not a source to read
     src = data_dir if data_dir is not None else entry.default_dir
     have_src = src is not None and src.is_dir()
     if pair := _valid_pair(dataset, cache_dir, src if have_src else None):
         return pair
     if not have_src:
+        if beton_paths(dataset, cache_dir)[0].exists():
+            _raise_why_invalid(dataset, cache_dir)  # nothing to rebuild them from: say what is wrong
         hint = f" (or install the Debian package dataset-{dataset})" if entry.default_dir else ""
         where = f"{data_dir} does not exist" if data_dir is not None else "no --data-dir given"
         raise UserError(
@@ -171,21 +222,21 @@ def ensure_prepared(dataset: str, *, data_dir: Path | None, cache_dir: Path) -> 
 
 
 def info(path: Path) -> str:
-    """A human-readable summary of a .beton: count, shape, dtype, classes, mean/std, file size."""
+    """A human-readable summary of a .beton: count, shape, dtype, classes, mean/std, file size; a
+    UserError if it is not a .beton or does not hold what its sidecar says."""
     path = Path(path)
-    meta = beton.read_meta(path)
+    meta = beton.read_meta(path)  # parses the file first: a non-.beton is named as such
     size = os.path.getsize(path)
     shape = f"{meta['height']}x{meta['width']}x{meta['channels']}"
     if meta.get("variable_size"):
         shape = f"up to {shape} (sizes vary)"
     classes = meta["classes"]
     shown = ", ".join(classes[:10]) + (f", ... ({len(classes)} in all)" if len(classes) > 10 else "")
-    status = "ok" if beton.is_valid(path) else "DOES NOT MATCH its sidecar (re-run prepare)"
     storage = meta["storage"] + (f" (quality {meta['jpeg_quality']})" if meta["storage"] == "jpeg" else "")
     lines = [
-        f"file      {path} ({size / 2**20:.1f} MiB, {status})",
+        f"file      {path} ({size / 2**20:.1f} MiB, agrees with its sidecar)",
         f"dataset   {meta['dataset']} / {meta['split']}",
-        f"samples   {len(beton.open_beton(path))}",
+        f"samples   {meta['count']}",
         f"images    {shape} uint8, stored {storage}",
         f"labels    int64, {meta['num_classes']} classes: {shown}",
         f"mean      {_fmt(meta['mean'])} (0-255 scale)",

@@ -47,3 +47,39 @@ def cache_dir(tmp_path_factory, fmnist_dir) -> Path:
     cache = tmp_path_factory.mktemp("fastvit-cache")
     loaders.ensure_prepared("fashion-mnist", data_dir=fmnist_dir, cache_dir=cache)
     return cache
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path, fmnist_dir, cache_dir) -> Path:
+    """A checkpoint as `fastvit train` writes it (untrained vit_tiny on the small Fashion-MNIST set),
+    for the commands that read one; no training needed."""
+    import torch
+
+    from fastvit import checkpoint, models
+    from fastvit.config import Config
+
+    torch.manual_seed(0)
+    model = models.create("vit_tiny", img_size=32, num_classes=10, in_chans=1)
+    cfg = Config(arch="vit_tiny", dataset="fashion-mnist", data_dir=str(fmnist_dir), cache_dir=str(cache_dir))
+    path = tmp_path / "run" / "last.pt"
+    path.parent.mkdir()
+    checkpoint.save({"model": model.state_dict(), "ema": None, "config": cfg.to_dict(), "img_size": 32,
+                     "num_classes": 10, "in_chans": 1, "mean": [0.3], "std": [0.3]}, path)
+    return path
+
+
+@pytest.fixture
+def full_disk(tmp_path) -> Path:
+    """A 1 MiB tmpfs (smaller than one 2 MiB .beton page): writes there fail with ENOSPC. Needs root
+    and a kernel that lets this process mount; skipped otherwise."""
+    import subprocess
+
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)

@@ -284,6 +284,7 @@ def test_corrupted_headers_never_crash_differently(tmp_path):
     blob = good.read_bytes()
     records_end = 24 + 2 * 1041 + 40 * 16  # header, 2 aligned descriptors, 40 (ptr, label) records
     bad = tmp_path / "bad.beton"
+    beton.sidecar_path(bad).write_text(beton.sidecar_path(good).read_text())
     outcomes = {"error": 0, "read": 0}
     for _ in range(300):
         damaged = bytearray(blob)
@@ -299,3 +300,82 @@ def test_corrupted_headers_never_crash_differently(tmp_path):
             assert images.dtype == np.uint8 and labels.dtype == np.int64 and len(images) == len(labels)
             outcomes["read"] += 1
     assert outcomes["error"] > 0 and outcomes["read"] > 0
+
+
+# ---------------------------------------------------------------- the file against its sidecar
+
+TEN = [str(c) for c in range(10)]
+DESC0 = beton._HEADER.itemsize  # the image field's descriptor
+RECORDS = DESC0 + 2 * beton._FIELD_DESC.itemsize  # one (image ptr u64, label i64) record per sample
+
+
+def _ten_class_file(tmp_path, n=20):
+    rng = np.random.default_rng(11)
+    split = Split(labels=(np.arange(n) % 10).astype(np.int64), images=rng.integers(0, 256, (n, 6, 5, 1), np.uint8))
+    path = tmp_path / "ten-train.beton"
+    beton.write_split(path, split, dataset="toy", split_name="train", classes=TEN, progress=False)
+    return path
+
+
+def _poke(path, offset, value):
+    data = bytearray(path.read_bytes())
+    data[offset] = value
+    path.write_bytes(bytes(data))
+
+
+def test_label_outside_the_sidecars_classes_is_one_clear_error(tmp_path):
+    path = _ten_class_file(tmp_path)
+    _poke(path, RECORDS + 16 * 7 + 8, 200)  # sample 7's label byte: 7 -> 200
+    for read in (load_arrays, read_meta, info):
+        with pytest.raises(UserError, match=r"ten-train.beton: sample 7 has label 200, outside 0..9") as e:
+            read(path)
+        assert "\n" not in str(e.value)
+    assert not beton.is_valid(path)
+
+
+def test_a_label_moved_within_range_breaks_the_class_counts(tmp_path):
+    path = _ten_class_file(tmp_path)
+    _poke(path, RECORDS + 16 * 7 + 8, 3)  # 7 -> 3: in range, but class 7 now has one sample too few
+    with pytest.raises(UserError, match="per-class label counts differ"):
+        load_arrays(path)
+
+
+@pytest.mark.parametrize("dim,value,shown", [(0, 3, "3x5x1"), (1, 6, "6x6x1"), (2, 3, "6x5x3")])
+def test_image_shape_not_the_sidecars_is_refused(tmp_path, dim, value, shown):
+    path = _ten_class_file(tmp_path)
+    assert beton.open_beton(path).shape == (6, 5, 1)
+    _poke(path, DESC0 + 17 + 8 * dim, value)  # type id, 16-byte name, then 32 uint64 dims
+    assert beton.open_beton(path).shape[dim] == value  # the file now claims another shape
+    for read in (load_arrays, info):
+        with pytest.raises(UserError, match=rf"images are {shown} \(H x W x C\), its sidecar says 6x5x1"):
+            read(path)
+
+
+def test_sample_count_and_size_are_checked(tmp_path):
+    path = _ten_class_file(tmp_path)
+    side = beton.sidecar_path(path)
+    good = json.loads(side.read_text())
+    side.write_text(json.dumps({**good, "count": 21}))
+    with pytest.raises(UserError, match="20 samples, its sidecar says 21"):
+        read_meta(path)
+    side.write_text(json.dumps({**good, "file_bytes": good["file_bytes"] + 1}))
+    with pytest.raises(UserError, match="truncated or replaced"):
+        read_meta(path)
+    side.write_text(json.dumps({k: v for k, v in good.items() if k != "num_classes"}))
+    with pytest.raises(UserError, match="lacks or mangles 'num_classes'"):
+        read_meta(path)
+
+
+def test_info_of_a_file_that_is_not_a_beton(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("not a dataset\n" * 400)
+    with pytest.raises(UserError, match=r"notes.txt: not a fastvit .beton"):
+        info(text)
+    picture = tmp_path / "picture.png"
+    Image.fromarray(np.zeros((2, 2), np.uint8)).save(picture)
+    with pytest.raises(UserError, match=r"picture.png: not a fastvit .beton"):
+        info(picture)
+    tiny = tmp_path / "tiny.bin"
+    tiny.write_bytes(b"0123456789")
+    with pytest.raises(UserError, match=r"tiny.bin: too short to be an FFCV .beton \(10 bytes\)"):
+        info(tiny)

@@ -2,6 +2,7 @@
 Fashion-MNIST from the Debian package when installed."""
 
 import gzip
+import os
 from pathlib import Path
 
 import numpy as np
@@ -117,3 +118,85 @@ def test_real_fashion_mnist_default_location(tmp_path):
     meta = read_meta(train)
     # the published Fashion-MNIST training-set pixel mean/std (0.2860, 0.3530 on the 0-1 scale)
     assert abs(meta["mean"][0] / 255 - 0.2860) < 5e-4 and abs(meta["std"][0] / 255 - 0.3530) < 5e-4
+
+
+def test_damaged_prepared_files_are_named_not_taken_for_a_source(tmp_path):
+    """A folder of prepared files (--data-dir) or a cache with no source to rebuild from: a damaged
+    file is reported as such, not as "no data" or a missing standard file."""
+    from fastvit.loaders import beton
+
+    write_fashion(tmp_path / "src", np.random.default_rng(5))
+    train, _ = prepare("fashion-mnist", tmp_path / "src", tmp_path / "ready", progress=False)
+    side = beton.sidecar_path(train)
+    side.write_text(side.read_text().replace('"count": 30', '"count": 31'))
+    with pytest.raises(UserError, match="fashion-mnist-train.beton: 30 samples, its sidecar says 31"):
+        ensure_prepared("fashion-mnist", data_dir=tmp_path / "ready", cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+    # the same pair as a cache: with its source gone, the reason; with the source there, rebuilt
+    (tmp_path / "src").rename(tmp_path / "gone")
+    with pytest.raises(UserError, match="30 samples, its sidecar says 31"):
+        ensure_prepared("fashion-mnist", data_dir=tmp_path / "src", cache_dir=tmp_path / "ready")
+    (tmp_path / "gone").rename(tmp_path / "src")
+    assert ensure_prepared("fashion-mnist", data_dir=tmp_path / "src", cache_dir=tmp_path / "ready")[0] == train
+    assert read_meta(train)["count"] == 30
+
+
+def write_image_tree(root: Path, rng, *, truncate: str | None = None) -> None:
+    """imagefolder layout, 16x16 JPEGs: {train,test}/{a,b}/0..3.jpg; `truncate` names one file to cut short."""
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(4):
+                path = root / split / cls / f"{i}.jpg"
+                Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(path, quality=95)
+    if truncate:
+        path = root / truncate
+        path.write_bytes(path.read_bytes()[:-40])  # the header intact: it fails when decoded, not when listed
+
+
+def test_a_bad_image_in_test_leaves_no_new_train_file(tmp_path):
+    write_image_tree(tmp_path / "src", np.random.default_rng(6), truncate="test/b/2.jpg")
+    with pytest.raises(UserError, match=r"test/b/2.jpg: cannot decode image"):
+        prepare("imagefolder", tmp_path / "src", tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()  # no train.beton, no staging folder, no folder it made
+    # over an earlier good pair: that pair stays, byte for byte
+    write_image_tree(tmp_path / "good", np.random.default_rng(7))
+    pair = prepare("imagefolder", tmp_path / "good", tmp_path / "out", progress=False)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    with pytest.raises(UserError, match=r"test/b/2.jpg"):
+        prepare("imagefolder", tmp_path / "src", tmp_path / "out", progress=False)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+    assert len(before) == 4 and all(p.name in before for p in pair)
+
+
+def test_out_that_is_a_file_is_refused(tmp_path):
+    write_fashion(tmp_path / "src", np.random.default_rng(8))
+    (tmp_path / "out").write_text("mine")
+    with pytest.raises(UserError, match="exists and is not a folder"):
+        prepare("fashion-mnist", tmp_path / "src", tmp_path / "out", progress=False)
+    assert (tmp_path / "out").read_text() == "mine"
+    with pytest.raises(UserError, match="cannot write"):  # a folder inside a file
+        prepare("fashion-mnist", tmp_path / "src", tmp_path / "out" / "sub", progress=False)
+
+
+def test_disk_full_is_one_error_and_leaves_nothing(tmp_path, full_disk):
+    write_fashion(tmp_path / "src", np.random.default_rng(9))
+    with pytest.raises(UserError, match="fashion-mnist-train.beton: cannot write: No space left on device"):
+        prepare("fashion-mnist", tmp_path / "src", full_disk / "out", progress=False)
+    assert list(full_disk.iterdir()) == []
+
+
+def test_staging_left_by_a_killed_prepare_is_removed(tmp_path):
+    import subprocess
+
+    write_fashion(tmp_path / "src", np.random.default_rng(10))
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that no longer runs
+    stale = tmp_path / "out" / f".fashion-mnist.prepare.tmp{gone.pid}"
+    (stale / "x").mkdir(parents=True)
+    mine = tmp_path / "out" / f".fashion-mnist.prepare.tmp{os.getppid()}"  # a live process's: kept
+    mine.mkdir()
+    prepare("fashion-mnist", tmp_path / "src", tmp_path / "out", progress=False)
+    assert not stale.exists() and mine.exists()

@@ -41,6 +41,7 @@ def test_train_eval_plot_end_to_end(data_args, tmp_path):
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
     assert rows[-1]["test_acc1"] > 60, rows  # the squares are easy: chance is 10%
     assert list((out / "tb").glob("events.out.tfevents.*")), "no TensorBoard event file"
+    assert "img/s=" in r.stderr and "run ETA=" in r.stderr  # the progress line
 
     best = checkpoint.load(out / "best.pt")
     assert best["epoch"] == max(rows, key=lambda row: row["test_acc1"])["epoch"]
