@@ -27,6 +27,16 @@ MULTICROP_SCALES_DEFAULT = ((0.7, 1.0), (0.2, 0.5))
 CLIP_MODES = ("global", "per-tensor")
 WD_EXCLUDE = ("1d-and-tables", "1d", "none")
 COSINE_FROM = ("warmup-end", "step-0")
+# fastvit.augment's choices (kept here so that parsing flags imports no torch)
+MIX_MODES = ("batch", "pair")
+ERASE_MODES = ("mean", "pixel", "constant")
+ERASE_ASPECTS = ("log", "uniform")
+NORM_STATS = ("dataset", "imagenet")
+# config field -> fastvit.augment parameter, for the recipe numbers a config may set
+AUGMENT_PARAMS = {"mixup_alpha": "mixup_alpha", "cutmix_alpha": "cutmix_alpha", "mix_prob": "mix_prob",
+                  "mix_mode": "mix_mode", "erasing_prob": "erase_p", "erase_mode": "erase_mode",
+                  "erase_aspect": "erase_aspect", "erase_tries": "erase_tries", "color_jitter": "color_jitter",
+                  "policy": "policy"}
 
 
 COMMANDS = ("train", "pretrain", "finetune")  # the commands that take Config flags
@@ -95,6 +105,25 @@ class Config:
     mix_prob: float | None = _f(None, "probability that a sample is mixed (Mixup/CutMix; default: the recipe's)",
                                 group="augment")
     erasing_prob: float | None = _f(None, "RandomErasing probability (default: the recipe's)", group="augment")
+    erase_mode: str | None = _f(None, "RandomErasing fill: mean (0 after normalization, timm) | pixel (N(0,1) "
+                                "noise) | constant (the dataset mean written into the normalized tensor: paper A's "
+                                "code); default: the augment recipe's", choices=ERASE_MODES, group="augment")
+    erase_aspect: str | None = _f(None, "RandomErasing box aspect: log (log-uniform, timm) | uniform (paper A's "
+                                  "code); default: the augment recipe's", choices=ERASE_ASPECTS, group="augment")
+    erase_tries: int | None = _f(None, "RandomErasing box draws per sample before giving up (timm 10, paper A "
+                                 "100; default: the augment recipe's)", positive=True, group="augment")
+    mix_mode: str = _f("batch", "Mixup/CutMix: batch (one lambda and Mixup-or-CutMix draw per batch, as both papers' "
+                       "code; a random partner permutation) | pair (per sample, partner B-1-i: fastvit's earlier)",
+                       choices=MIX_MODES, group="augment")
+    color_jitter: float | None = _f(None, "ColorJitter brightness/contrast/saturation strength (default: the "
+                                    "augment recipe's; drloc21 0: paper B's timm skips it under RandAugment)",
+                                    group="augment")
+    eval_crop_pct: float | None = _f(None, "test images resized to img-size / this (bicubic), then centre-cropped "
+                                     "to img-size (paper B: 0.875, 256 -> 224; as its code, not at 32 px and "
+                                     "below); default: resized or padded straight to img-size", positive=True,
+                                     group="augment")
+    norm_stats: str = _f("dataset", "normalize with the dataset's mean/std or ImageNet's (paper B's code, train and "
+                         "test; 1-channel data keeps its own)", choices=NORM_STATS, group="data")
     # ---- optimisation (per-iteration schedules)
     epochs: int = _f(10, "training epochs", positive=True, group="optim")
     steps_per_epoch: int | None = _f(None, "cap each epoch at N steps, drawn from the whole shuffled dataset "
@@ -213,13 +242,28 @@ class Config:
 
     def augment_overrides(self) -> dict:
         """Recipe numbers the user set explicitly, as keyword arguments of the augment builder."""
-        names = {"mixup_alpha": "mixup_alpha", "cutmix_alpha": "cutmix_alpha", "mix_prob": "mix_prob",
-                 "erasing_prob": "erase_p", "policy": "policy"}  # config field -> augment parameter
-        out = {names[k]: getattr(self, k) for k in names if getattr(self, k) is not None}
+        out = {AUGMENT_PARAMS[k]: getattr(self, k) for k in AUGMENT_PARAMS if getattr(self, k) is not None}
         out["label_smoothing"] = self.label_smoothing
         if self.augment == "gani22-finetune" and self.policy is None:  # SPEC §4: the policy by dataset
             out["policy"] = AUTOAUGMENT_POLICY.get(self.dataset, "cifar10")
         return out
+
+    def augment_recipe_defaults(self) -> dict:
+        """The augment recipe's erasing and jitter values for the fields left unset (shown in the saved config)."""
+        from fastvit.augment import RECIPES, AugmentParams  # torch, only when resolving
+
+        recipe = AugmentParams(**RECIPES.get(self.augment, {}))
+        names = ("erase_mode", "erase_aspect", "erase_tries", "color_jitter")
+        return {k: getattr(recipe, AUGMENT_PARAMS[k]) for k in names if getattr(self, k) is None}
+
+    def resolved_eval_crop_pct(self) -> float | None:
+        """--eval-crop-pct, or None on inputs of 32 px and below (paper B's code crops only larger ones)."""
+        if self.eval_crop_pct is None:
+            return None
+        from fastvit.models import registry  # torch, only when a value depends on the arch
+
+        size = self.img_size or registry.default_img_size(self.arch)
+        return self.eval_crop_pct if size > 32 else None
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
@@ -236,11 +280,13 @@ def arch_family(arch: str) -> str | None:
 
 
 def resolve(cfg: Config) -> Config:
-    """Fill the values that depend on the arch or dataset (lambda, drop path, multi-crop scales), so the saved and
-    printed config holds the numbers the run uses. Idempotent: a resolved config resolves to itself."""
+    """Fill the values that depend on the arch or dataset (lambda, drop path, multi-crop scales, eval crop) or on the
+    augment recipe (erasing, jitter), so the saved and printed config holds the numbers the run uses. Idempotent: a
+    resolved config resolves to itself."""
     global_scale, local_scale = cfg.multicrop_scales()
     return dataclasses.replace(cfg, drloc_lambda=cfg.drloc_weight(), drop_path=cfg.arch_drop_path(),
-                               global_scale=global_scale, local_scale=local_scale)
+                               global_scale=global_scale, local_scale=local_scale,
+                               eval_crop_pct=cfg.resolved_eval_crop_pct(), **cfg.augment_recipe_defaults())
 
 
 def recipe_names() -> list[str]:
@@ -275,7 +321,7 @@ def validate(cfg: Config) -> None:
         if f.metadata.get("positive") and value is not None and not value > 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
         choices = f.metadata.get("choices")
-        if choices and value not in choices:
+        if choices and value is not None and value not in choices:  # None: resolved later
             raise UserError(f"--{name.replace('_', '-')} {value!r} is not one of {', '.join(choices)}")
     for name in ("lr", "min_lr", "warmup_lr", "weight_decay", "drop_path", "label_smoothing",
                  "warmup_epochs"):
@@ -285,5 +331,7 @@ def validate(cfg: Config) -> None:
         raise UserError(f"--img-size must be positive, got {cfg.img_size}")
     if not 0 <= cfg.drop_path < 1:
         raise UserError(f"--drop-path must be in [0, 1), got {cfg.drop_path}")
+    if cfg.eval_crop_pct is not None and not 0 < cfg.eval_crop_pct <= 1:
+        raise UserError(f"--eval-crop-pct must be in (0, 1], got {cfg.eval_crop_pct}")
     if cfg.ema is not None and not 0 < cfg.ema < 1:
         raise UserError(f"--ema must be in (0, 1), got {cfg.ema}")

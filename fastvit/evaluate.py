@@ -41,7 +41,7 @@ def where_it_trained(cfg: dict, dataset, data_dir, cache_dir) -> tuple[str, str 
 
 def evaluate_checkpoint(path, *, dataset=None, data_dir=None, cache_dir=None, device="auto",
                         batch_size=256, precision="fp32", ema=False) -> dict:
-    from fastvit import augment, train
+    from fastvit import train
     from fastvit.config import Config
 
     model, state = model_from_checkpoint(path, ema=ema)
@@ -57,7 +57,8 @@ def evaluate_checkpoint(path, *, dataset=None, data_dir=None, cache_dir=None, de
                         f"{state['num_classes']}")
     run_cfg = Config(batch_size=max(1, batch_size // 2), num_workers=2)
     batches, dist = train.make_eval_batches(run_cfg, test_path, state["img_size"], dev, d)
-    eval_tf = augment.build_eval_transform(img_size=state["img_size"], mean=state["mean"], std=state["std"])
+    # the run's eval crop (paper B: resize 256 -> centre crop 224); older checkpoints have none
+    eval_tf = train.make_eval_transform(cfg.get("eval_crop_pct"), meta, state["img_size"], state["mean"], state["std"])
     result = train.evaluate(model.to(dev), batches(), eval_tf, precision, dist)
     return {"checkpoint": str(path), "dataset": dataset, "images": meta["count"], **result}
 

@@ -112,12 +112,30 @@ def prefixed_no_decay(module: nn.Module, prefix: str) -> set[str]:
 # data
 
 
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # timm's IMAGENET_DEFAULT_*
+
+
 def resolve_img_size(cfg: Config, data_size: int) -> int:
     if cfg.img_size is not None:
         return cfg.img_size
     size = models.default_img_size(cfg.arch)
     # paper A runs its small-image archs at 64 px on 64-px data (Tiny-ImageNet)
     return 64 if size == 32 and data_size == 64 else size
+
+
+def normalization(cfg: Config, meta: dict) -> tuple[list[float], list[float]]:
+    """(mean, std) in 0..1 units: the dataset's (its sidecar, 0-255 scale), or ImageNet's for RGB data (paper B)."""
+    if cfg.norm_stats == "imagenet" and meta["channels"] == 3:
+        return list(IMAGENET_MEAN), list(IMAGENET_STD)
+    return [m / 255 for m in meta["mean"]], [s / 255 for s in meta["std"]]
+
+
+def make_eval_transform(eval_crop_pct: float | None, test_meta: dict, img_size: int, mean, std):
+    """The test images' transform: with eval_crop_pct, paper B's resize to img_size / pct then centre crop
+    (256 -> 224); test splits that FFCV decodes are centre-cropped at decode time already (make_eval_batches)."""
+    decoded = test_meta["storage"] == "jpeg" or test_meta.get("variable_size")
+    resize = None if eval_crop_pct is None or decoded else int(img_size / eval_crop_pct)
+    return augment.build_eval_transform(img_size=img_size, mean=mean, std=std, resize=resize)
 
 
 def make_train_loader(cfg: Config, path: Path, meta: dict, img_size: int, device, d):
@@ -213,7 +231,7 @@ def run(cfg: Config) -> dict:
     meta = loaders.read_meta(train_path)
     num_classes, in_chans = meta["num_classes"], meta["channels"]
     img_size = resolve_img_size(cfg, meta["height"])
-    mean, std = [m / 255 for m in meta["mean"]], [s / 255 for s in meta["std"]]  # sidecar: 0-255 scale
+    mean, std = normalization(cfg, meta)
 
     # ---- model, data, objective: all built and checked before anything is written
     if cfg.cuda_graphs and device.type != "cuda":
@@ -227,7 +245,7 @@ def run(cfg: Config) -> dict:
     loader = make_train_loader(cfg, train_path, meta, img_size, device, d)
     eval_batches, eval_dist = make_eval_batches(cfg, test_path, img_size, device, d)
     steps_per_epoch = min(len(loader), cfg.steps_per_epoch or len(loader))
-    eval_tf = augment.build_eval_transform(img_size=img_size, mean=mean, std=std)
+    eval_tf = make_eval_transform(cfg.eval_crop_pct, loaders.read_meta(test_path), img_size, mean, std)
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + d.rank)  # augmentation
     knn_splits = None
     if pretrain:

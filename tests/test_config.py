@@ -47,7 +47,10 @@ def test_explicit_values_override_the_recipe():
 
 def test_augment_overrides_use_the_augment_parameter_names():
     c = config.build({"erasing_prob": 0.0, "mixup_alpha": 0.2, "label_smoothing": 0.0})
-    assert c.augment_overrides() == {"erase_p": 0.0, "mixup_alpha": 0.2, "label_smoothing": 0.0}
+    # the erasing, jitter and mixing values resolved from the augment recipe ("basic") travel with them
+    assert c.augment_overrides() == {"erase_p": 0.0, "mixup_alpha": 0.2, "label_smoothing": 0.0,
+                                     "mix_mode": "batch", "erase_mode": "mean", "erase_aspect": "log",
+                                     "erase_tries": 10, "color_jitter": 0.0}
 
 
 @pytest.mark.parametrize("dataset,policy", [("svhn", "svhn"), ("tiny-imagenet", "imagenet"), ("cinic10", "imagenet"),
