@@ -14,6 +14,7 @@ Each writes images_per_s, model GFLOPs per image (fwd+bwd, FlopCounterMode) and 
 over the dense GEMM rate measured in this session at the same precision) to extra_info.
 """
 
+import json
 import os
 import pickle
 import time
@@ -31,8 +32,9 @@ BATCH = 256
 REFERENCE_STEPS = 4  # timed steps after one warm-up step
 FASTVIT_IMAGES = 1024  # per epoch; two epochs, the second is timed
 PRETRAIN_BATCH = 64  # paper A's SSL reference was measured at batch 64 here
-# What fastvit runs with on this CPU (chosen by measurement, see NOTES.md).
-FASTVIT_PRECISION = os.environ.get("FASTVIT_BENCH_PRECISION", "fp32")
+# What fastvit runs with: auto (the default) = chosen by measurement on this machine (fastvit.choices); the
+# precision reported and used for MFU is the one the run resolved to (its config.json).
+FASTVIT_PRECISION = os.environ.get("FASTVIT_BENCH_PRECISION", "auto")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -144,7 +146,9 @@ def run_fastvit(cache, cifar_files, tmp_path, **overrides) -> dict:
     command = values.pop("command", "train")
     recipe = values.pop("recipe", "gani22-finetune" if command == "train" else "gani22-pretrain")
     cfg = config.build(values, recipe=recipe, command=command)
-    return train.run(cfg)
+    metrics = train.run(cfg)
+    resolved = json.loads((Path(cfg.out) / "config.json").read_text())["resolved"]
+    return {**metrics, "precision": resolved["precision"]}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -202,10 +206,10 @@ def test_fastvit_train(benchmark, arch, cache, cifar_files, tmp_path, rates, gem
     key = f"fastvit_train_{arch}"
     rates[key] = rate
     baseline = f"reference_train_{arch}"
-    benchmark.extra_info.update(images_per_s=round(rate, 1), precision=FASTVIT_PRECISION, target=f"train_{arch}",
+    benchmark.extra_info.update(images_per_s=round(rate, 1), precision=metrics["precision"], target=f"train_{arch}",
                                 baseline=baseline, baseline_images_per_s=round(rates.get(baseline, 0), 1),
                                 ratio=round(rate / rates[baseline], 2) if baseline in rates else None)
-    record_mfu(benchmark, rate, train_flops_per_image(arch), gemm_rate[FASTVIT_PRECISION])
+    record_mfu(benchmark, rate, train_flops_per_image(arch), gemm_rate.get(metrics["precision"], gemm_rate["fp32"]))
 
 
 def test_fastvit_pretrain(benchmark, cache, cifar_files, tmp_path, rates):
@@ -215,7 +219,7 @@ def test_fastvit_pretrain(benchmark, cache, cifar_files, tmp_path, rates):
         rounds=1, iterations=1)
     rate = metrics["images_per_s"]
     baseline = "reference_pretrain_vit"
-    benchmark.extra_info.update(images_per_s=round(rate, 1), precision=FASTVIT_PRECISION, target="pretrain_vit",
+    benchmark.extra_info.update(images_per_s=round(rate, 1), precision=metrics["precision"], target="pretrain_vit",
                                 baseline=baseline, baseline_images_per_s=round(rates.get(baseline, 0), 1),
                                 ratio=round(rate / rates[baseline], 2) if baseline in rates else None,
                                 unit="source images/s")

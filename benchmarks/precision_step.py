@@ -1,38 +1,53 @@
-"""One training step of a model under each precision / compile variant, images/s (a quick probe, not a suite).
+"""One training step of a model under each precision / compile variant, images/s (a quick probe, not a suite);
+with --record, the eager-vs-compiled measurement that `--compile auto` reads on a CPU.
 
     T=2 python -m benchmarks.precision_step vit fp32,amp,pure,compile,compile_amp
+    T=2 python -m benchmarks.precision_step vit --record [--batch 128] [--precision bf16]
 
 fp32: eager fp32; amp: bf16 autocast; pure: weights and inputs in bf16; compile: torch.compile of the
-model; compile_amp: both. Batch 128 of 32x32x3, AdamW; two warm-up steps (incl. the compile), 4 timed.
+model; compile_amp: both. Batch 128 of 32x32x3, fused AdamW; two warm-up steps (incl. the compile), 4 timed;
+attention backends as auto chooses them (measured per shape, fastvit.choices).
+--record times fastvit's supervised step (train.Supervised, 32 px, 10 classes) eager and compiled, median
+of 3 after warm-up, and stores the faster in the choices cache under the key `train.run` looks up for the
+same arch, image size, batch, precision, CPU and thread count (T).
 """
 
+import argparse
 import os
-import sys
 import time
 
 import torch
 
-from fastvit import models
+from fastvit import choices, models
+from fastvit.train import Supervised, autocast
 
 BATCH = 128
+IMG = 32
 
 
-def images_per_s(arch: str, variant: str, steps: int = 4) -> float:
+def make_step(arch: str, variant: str, batch: int = BATCH):
     torch.manual_seed(0)
-    model = models.create(arch, img_size=32, num_classes=10)
-    x, y = torch.randn(BATCH, 3, 32, 32), torch.randint(0, 10, (BATCH,))
+    model = models.create(arch, img_size=IMG, num_classes=10)
+    x, y = torch.randn(batch, 3, IMG, IMG), torch.randint(0, 10, (batch,))
     if "pure" in variant:
         model, x = model.to(torch.bfloat16), x.to(torch.bfloat16)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    forward = torch.compile(model) if "compile" in variant else model
+    objective = Supervised(model)
+    opt = torch.optim.AdamW(objective.parameters(), lr=1e-3, fused=True)
+    forward = torch.compile(objective) if "compile" in variant else objective
+    precision = "bf16" if "amp" in variant else "fp32"
 
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled="amp" in variant):
-            loss = torch.nn.functional.cross_entropy(forward(x).float(), y)
+        with autocast(x.device, precision):
+            loss, _ = forward(x, y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    return step
+
+
+def images_per_s(arch: str, variant: str, steps: int = 4) -> float:
+    step = make_step(arch, variant)
     step()
     step()
     t0 = time.perf_counter()
@@ -41,13 +56,28 @@ def images_per_s(arch: str, variant: str, steps: int = 4) -> float:
     return BATCH * steps / (time.perf_counter() - t0)
 
 
+def record_compile(arch: str, batch: int, precision: str) -> dict:
+    key_fields = {"arch": arch, "img_size": IMG, "batch": batch, "objective": "supervised"}
+    variant = "amp" if precision == "bf16" else ""
+    candidates = {"eager": make_step(arch, variant, batch), "compiled": make_step(arch, f"compile{variant}", batch)}
+    return choices.fastest(choices.compile_key("cpu", key_fields, precision), candidates, "cpu")
+
+
 def main(argv=None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2:
-        sys.exit("usage: python -m benchmarks.precision_step ARCH VARIANT[,VARIANT...]")
+    p = argparse.ArgumentParser(prog="python -m benchmarks.precision_step")
+    p.add_argument("arch")
+    p.add_argument("variants", nargs="?", default="fp32,amp", help="comma-separated (see the module docstring)")
+    p.add_argument("--record", action="store_true", help="measure eager vs compiled and cache it for --compile auto")
+    p.add_argument("--batch", type=int, default=BATCH)
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    args = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("T", "1")))
-    for variant in argv[1].split(","):
-        print(f"{argv[0]} {variant}: {images_per_s(argv[0], variant):.1f} img/s", flush=True)
+    if args.record:
+        record = record_compile(args.arch, args.batch, args.precision)
+        print(f"{args.arch} batch {args.batch} {args.precision}: {record} -> {choices.cache_path()}", flush=True)
+        return
+    for variant in args.variants.split(","):
+        print(f"{args.arch} {variant}: {images_per_s(args.arch, variant):.1f} img/s", flush=True)
 
 
 if __name__ == "__main__":

@@ -84,7 +84,7 @@ def add_config_flags(p: argparse.ArgumentParser, command: str) -> None:
             other = other or p.add_argument_group("other")
             group = other
         flag = "--" + f.name.replace("_", "-")
-        if f.type is bool:
+        if f.type is bool or f.metadata.get("switch"):  # switch: --x / --no-x / unset (its default, e.g. auto)
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                                help=_help(f))
         else:
@@ -122,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--cache-dir", metavar="DIR", help="where prepared .beton files live (default: the training run's)")
     e.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (default: auto)")
     e.add_argument("--batch-size", type=int, default=256, metavar="N", help="images per batch (default: 256)")
-    e.add_argument("--precision", default="fp32", choices=config.PRECISIONS, help="autocast precision (default: fp32)")
+    e.add_argument("--precision", default="auto", choices=config.PRECISIONS,
+                   help="autocast precision (default auto: the one the checkpoint's run resolved to)")
     e.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
     e.add_argument("--knn", action="store_true", help="k-NN accuracy (k 20, T 0.07) of the backbone's pooled "
                    "features instead: any fastvit checkpoint (pretrain: its teacher) or paper A's train_ssl.py one")
@@ -177,6 +178,7 @@ def config_from_args(args) -> config.Config:
             raise UserError(f"--resume {overrides['resume']}: no config.json there (not a fastvit run dir)")
         values = json.loads(saved.read_text())
         recipe, command = values.pop("recipe"), values.pop("command")
+        values.pop("resolved", None)  # what auto chose: not a flag; train.run reads it from the run dir
         values.update(overrides)
         return dataclasses.replace(config.build(values, command=command), recipe=recipe)
     return config.build(overrides, recipe=args.recipe, command=args.command)

@@ -11,11 +11,12 @@ from pathlib import Path
 from fastvit.errors import UserError
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")  # auto: fastvit.choices.resolve_precision
+SWITCHES = (True, False, "auto")  # --compile / --no-compile / unset (auto: fastvit.choices.resolve_compile)
 DRLOC_MODES = ("l1", "ce", "cbr")
 AUGMENTS = ("none", "basic", "gani22-finetune", "drloc21")
 LOADERS = ("auto", "resident", "ffcv")
-ATTENTION = ("auto", "triton", "xformers", "sdpa", "math")  # fastvit.kernels.attention backends
+ATTENTION = ("auto", "triton", "xformers", "sdpa", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "math")  # kernels
 AUTOAUGMENT_POLICY = {"svhn": "svhn", "tiny-imagenet": "imagenet", "cinic10": "imagenet"}  # else cifar10
 # Paper B's lambda per arch family (SPEC §2.6; the family is the arch's module in fastvit.models). It gives
 # none for plain ViT/CaiT: we use T2T-ViT's 0.1, the closest arch it tuned (a single-scale ViT-style grid).
@@ -191,12 +192,18 @@ class Config:
     # ---- runtime
     seed: int = _f(0, "seed of every random choice (data order, augmentation, init, L_drloc pairs)", group="runtime")
     device: str = _f("auto", "cpu | cuda | cuda:N | auto", group="runtime")
-    precision: str = _f("fp32", "autocast precision", choices=PRECISIONS, group="runtime")
-    attn: str = _f("auto", "attention backend (auto: triton, then xformers on CUDA; sdpa elsewhere)",
+    precision: str = _f("auto", "fp32 | tf32 (fp32 with TF32 matmuls, CUDA) | bf16 / fp16 autocast | auto: CUDA "
+                        "bf16 (fp16 + loss scaling below sm80, TF32 for fp32 matmuls); CPU bf16 where a short "
+                        "fwd+bwd measurement of this model says it is faster, else fp32 (cached)",
+                        choices=PRECISIONS, group="runtime")
+    attn: str = _f("auto", "attention backend (auto: the fastest measured per shape on this machine, cached)",
                    choices=ATTENTION, group="runtime")
-    compile: bool = _f(False, "torch.compile the model and loss", group="runtime")
-    cuda_graphs: bool = _f(False, "capture the step in CUDA graphs (compile mode reduce-overhead; CUDA only)",
-                           group="runtime")
+    compile: bool | str = _f("auto", "torch.compile the model and loss (auto: on CUDA; on a CPU only where a "
+                             "cached measurement says it is faster: see benchmarks/precision_step.py)",
+                             choices=SWITCHES, switch=True, group="runtime")
+    cuda_graphs: bool | str = _f("auto", "capture the step in CUDA graphs (compile mode reduce-overhead; CUDA "
+                                 "only; auto: whenever compiled on CUDA)", choices=SWITCHES, switch=True,
+                                 group="runtime")
     deterministic: bool = _f(False, "deterministic algorithms and fixed threads (bitwise reproducible)",
                              group="runtime")
     save_every: int | None = _f(None, "also checkpoint every N steps (default: every epoch)", positive=True,
@@ -322,7 +329,7 @@ def validate(cfg: Config) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
         choices = f.metadata.get("choices")
         if choices and value is not None and value not in choices:  # None: resolved later
-            raise UserError(f"--{name.replace('_', '-')} {value!r} is not one of {', '.join(choices)}")
+            raise UserError(f"--{name.replace('_', '-')} {value!r} is not one of {', '.join(map(str, choices))}")
     for name in ("lr", "min_lr", "warmup_lr", "weight_decay", "drop_path", "label_smoothing",
                  "warmup_epochs"):
         if getattr(cfg, name) < 0:

@@ -52,6 +52,15 @@ def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
     return t
 
 
+def broadcast_object(obj, d: Dist):
+    """Rank 0's obj (picklable) on every rank: e.g. the speed choices, measured once, used by all."""
+    if not d.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier(d: Dist) -> None:
     if d.enabled:
         dist.barrier()

@@ -40,7 +40,7 @@ def where_it_trained(cfg: dict, dataset, data_dir, cache_dir) -> tuple[str, str 
 
 
 def evaluate_checkpoint(path, *, dataset=None, data_dir=None, cache_dir=None, device="auto",
-                        batch_size=256, precision="fp32", ema=False) -> dict:
+                        batch_size=256, precision="auto", ema=False) -> dict:
     from fastvit import train
     from fastvit.config import Config
 
@@ -59,12 +59,14 @@ def evaluate_checkpoint(path, *, dataset=None, data_dir=None, cache_dir=None, de
     batches, dist = train.make_eval_batches(run_cfg, test_path, state["img_size"], dev, d)
     # the run's eval crop (paper B: resize 256 -> centre crop 224); older checkpoints have none
     eval_tf = train.make_eval_transform(cfg.get("eval_crop_pct"), meta, state["img_size"], state["mean"], state["std"])
+    if precision == "auto":  # the precision the run trained and evaluated in
+        precision = state.get("resolved", {}).get("precision", "fp32")
     result = train.evaluate(model.to(dev), batches(), eval_tf, precision, dist)
     return {"checkpoint": str(path), "dataset": dataset, "images": meta["count"], **result}
 
 
 def knn_checkpoint(path, *, dataset=None, data_dir=None, cache_dir=None, device="auto", batch_size=256,
-                   precision="fp32", bank=None, test=None) -> dict:
+                   precision="auto", bank=None, test=None) -> dict:
     """k-NN top-1/top-5 (fastvit.knn) of a checkpoint's backbone features on a dataset: a fastvit pretrain
     checkpoint's teacher backbone, a supervised one's model, or paper A's train_ssl.py teacher."""
     from fastvit import augment, knn, pretrained
@@ -105,6 +107,8 @@ def knn_checkpoint(path, *, dataset=None, data_dir=None, cache_dir=None, device=
     model = model.to(dev)
     eval_tf = augment.build_eval_transform(img_size=img_size, mean=mean, std=std)
     splits = [knn.LabelledSplit(p, n, img_size, dev, batch_size) for p, n in ((train_path, bank), (test_path, test))]
+    if precision == "auto":  # a fastvit run's own precision (its k-NN monitor's), else fp32
+        precision = state.get("resolved", {}).get("precision", "fp32") if fmt == pretrained.FASTVIT else "fp32"
     result = knn.knn_accuracy(model, *splits, eval_tf, precision)
     return {"checkpoint": str(path), "dataset": dataset, "bank": splits[0].count, "images": splits[1].count,
             **result}

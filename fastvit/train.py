@@ -17,10 +17,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from fastvit import augment, checkpoint, distributed, hostmem, knn, loaders, models, pretrained
+from fastvit import augment, checkpoint, choices, distributed, hostmem, knn, loaders, models, pretrained
 from fastvit.augment import MultiCrop
 from fastvit.config import Config
 from fastvit.errors import UserError
+from fastvit.kernels.attention import preset_choices, record_choices
 from fastvit.objectives.dino import DINO, cancel_last_layer_grads, momentum_schedule
 from fastvit.objectives.drloc import Drloc, drloc_lambda
 from fastvit.schedules import cosine_schedule
@@ -234,7 +235,7 @@ def run(cfg: Config) -> dict:
     mean, std = normalization(cfg, meta)
 
     # ---- model, data, objective: all built and checked before anything is written
-    if cfg.cuda_graphs and device.type != "cuda":
+    if cfg.cuda_graphs is True and device.type != "cuda":
         raise UserError("--cuda-graphs needs a CUDA device")
     if cfg.attn != "auto":
         os.environ["FASTVIT_ATTN"] = cfg.attn  # read by every attention call; a backend that cannot run says why
@@ -271,14 +272,32 @@ def run(cfg: Config) -> dict:
         objective = Supervised(model, drloc, cfg.drloc_multiscale).to(device)
         no_decay = prefixed_no_decay(model, "model.")
 
+    # ---- speed choices (auto = measured on this machine, cached: fastvit.choices), recorded in the run
+    example = (dino_example(cfg, img_size, local_size, in_chans, device) if pretrain else
+               supervised_example(cfg, img_size, in_chans, num_classes, device))
+    # the step's attention input shapes: DINO batches the global views together and the local ones together
+    probe_shapes = ([(2 * cfg.batch_size, in_chans, img_size, img_size),
+                     (cfg.n_local * cfg.batch_size, in_chans, local_size, local_size)] if pretrain else
+                    [(cfg.batch_size, in_chans, img_size, img_size)])
+    # rank 0 measures; every rank then runs what it chose (one numeric recipe per run)
+    key_fields = {"arch": cfg.arch, "img_size": img_size, "batch": cfg.batch_size,
+                  "objective": "dino" if pretrain else "drloc" if cfg.drloc else "supervised"}
+    resolved = None
+    if d.is_main:
+        previous = read_resolved(Path(cfg.resume)) if cfg.resume else None  # a resumed run keeps its choices
+        resolved = resolve_speed_choices(cfg, device, objective, model, example, probe_shapes, key_fields, previous)
+    resolved = distributed.broadcast_object(resolved, d)
+    if not d.is_main:
+        resolved = resolve_speed_choices(cfg, device, objective, model, example, probe_shapes, key_fields, resolved)
+    precision = resolved["precision"]
     try:
-        run_dir = prepare_run_dir(cfg, d)
+        run_dir = prepare_run_dir(cfg, d, resolved)
     except OSError as e:
         raise UserError(f"cannot write the run directory: {e.strerror}: {e.filename}") from e
     log = Logger(run_dir, d, tensorboard=True)
     log.info(f"fastvit {cfg.command}: {cfg.arch} @ {img_size}px on {cfg.dataset} ({loader.num_samples} train "
              f"images, {num_classes} classes), {type(loader).__name__}, device {device}, {d.world_size} "
-             f"process(es), run dir {run_dir}")
+             f"process(es), run dir {run_dir}; {describe_resolved(resolved)}")
     if init is not None:
         init.load_into(model, log.info)
 
@@ -288,7 +307,7 @@ def run(cfg: Config) -> dict:
     lr = cfg.scaled_lr(d.world_size)
     opt = torch.optim.AdamW(param_groups(objective, no_decay, cfg.wd_exclude), lr=lr, weight_decay=cfg.weight_decay,
                             betas=(cfg.beta1, cfg.beta2), fused=fused or None)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     # schedules are pure functions of the step (resuming needs only the step counter), over the schedule
     # length, which may run past the last trained epoch (paper B: 100 of 300)
     total_steps = cfg.schedule_length() * steps_per_epoch
@@ -300,8 +319,8 @@ def run(cfg: Config) -> dict:
     if d.enabled:
         step_module = nn.parallel.DistributedDataParallel(
             objective, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
-        step_module = torch.compile(step_module, mode="reduce-overhead" if cfg.cuda_graphs else None)
+    if resolved["compile"]:
+        step_module = torch.compile(step_module, mode="reduce-overhead" if resolved["cuda_graphs"] else None)
 
     # ---- resume
     start = {"epoch": 0, "step": 0, "best_acc1": 0.0, "epoch_sums": None}
@@ -334,8 +353,8 @@ def run(cfg: Config) -> dict:
             "rng": {"augment": gen.get_state(), "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
             "epoch": epoch, "step": step, "best_acc1": best, "epoch_sums": epoch_sums,
-            "config": cfg.to_dict(), "img_size": img_size, "num_classes": num_classes, "in_chans": in_chans,
-            "mean": mean, "std": std,
+            "config": cfg.to_dict(), "resolved": resolved, "img_size": img_size, "num_classes": num_classes,
+            "in_chans": in_chans, "mean": mean, "std": std,
         }
         if pretrain:
             state["teacher_backbone"] = objective.teacher_backbone_state_dict()
@@ -345,6 +364,7 @@ def run(cfg: Config) -> dict:
     step, best_acc1, metrics = start["step"], start["best_acc1"], {}
     pace = RunPace(step, cfg.epochs * steps_per_epoch)  # the run stops at --epochs; schedules may be longer
     nonfinite_at = torch.full((), -1, dtype=torch.long, device=device)  # first bad step, checked on syncs
+    epoch_t = torch.zeros((), dtype=torch.float32, device=device)  # fractional epoch, filled each step
     for epoch in range(start["epoch"], cfg.epochs):
         resumed_mid_epoch = epoch == start["epoch"] and start["epoch_sums"] is not None
         loader.set_epoch(epoch)  # keeps a resumed mid-epoch position
@@ -360,9 +380,10 @@ def run(cfg: Config) -> dict:
                     if group["decay"]:
                         group["weight_decay"] = wd_now
                 epoch_f = step / steps_per_epoch
-                with autocast(device, cfg.precision):
+                epoch_t.fill_(epoch_f)  # DINO's τ_t input: a device tensor, so the compiled step never recompiles
+                with autocast(device, precision):
                     if pretrain:
-                        loss = step_module(views_tf(images, gen), epoch_f)
+                        loss = step_module(views_tf(images, gen), epoch_t)
                         aux = loss.new_zeros(())
                     else:
                         x, targets = train_tf(images, labels, gen)
@@ -411,9 +432,9 @@ def run(cfg: Config) -> dict:
             metrics["drloc_loss"] = aux_sum / max(n, 1)
         if not pretrain and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
             eval_model = ema.module if ema is not None else model
-            metrics.update(evaluate(eval_model, eval_batches(), eval_tf, cfg.precision, eval_dist))
+            metrics.update(evaluate(eval_model, eval_batches(), eval_tf, precision, eval_dist))
         if pretrain and knn_splits and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs):
-            metrics.update(knn.knn_accuracy(objective.teacher.backbone, *knn_splits, eval_tf, cfg.precision,
+            metrics.update(knn.knn_accuracy(objective.teacher.backbone, *knn_splits, eval_tf, precision,
                                             show_progress=d.is_main))
         log.epoch(metrics)
         save("last.pt", epoch + 1, step, max(best_acc1, metrics.get("test_acc1", 0.0)), None)
@@ -430,6 +451,71 @@ def run(cfg: Config) -> dict:
 
 # ----------------------------------------------------------------------------------------------
 # helpers
+
+
+def supervised_example(cfg: Config, img_size: int, in_chans: int, num_classes: int, device):
+    """Random (x, targets, lambda) like one training batch (the precision measurement's input), at most
+    choices.PROBE_BATCH images."""
+    def example():
+        b = min(cfg.batch_size, choices.PROBE_BATCH)
+        return (torch.randn(b, in_chans, img_size, img_size, device=device),
+                torch.randint(0, num_classes, (b,), device=device), 0.1)
+    return example
+
+
+def dino_example(cfg: Config, img_size: int, local_size: int, in_chans: int, device):
+    def example():
+        b = min(cfg.batch_size, choices.PROBE_BATCH)
+        views = [torch.randn(b, in_chans, s, s, device=device) for s in [img_size] * 2 + [local_size] * cfg.n_local]
+        return views, 0.0
+    return example
+
+
+def resolve_speed_choices(cfg: Config, device, objective, model, example, probe_shapes, key_fields,
+                          previous: dict | None) -> dict:
+    """precision, compile and the attention backend per shape: what auto means here (fastvit.choices).
+    `previous` (a resumed run's config.json record, or rank 0's choices on the other ranks) is kept as is.
+    Attention is chosen on first use of a shape; one eager no-grad forward per input shape of the step
+    (probe_shapes) makes those choices now, before compile traces and before the run dir records them."""
+    if previous:
+        preset_choices(previous.get("attention", {}))
+        chose = {"precision": previous["precision"], "how": previous.get("precision_how", "kept")}
+    else:
+        probe_fields = {**key_fields, "batch": min(cfg.batch_size, choices.PROBE_BATCH)}
+        chose = choices.resolve_precision(cfg.precision, device, lambda p: choices.training_step(objective, example, p),
+                                          probe_fields)
+    precision = chose["precision"]
+    tf32 = device.type == "cuda" and precision != "fp32" and not cfg.deterministic
+    if device.type == "cuda":  # TF32 for the fp32 matmuls left (all of them under "tf32"), unless asked not to
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+    comp = ({"compile": previous["compile"], "how": previous.get("compile_how", "kept")} if previous else
+            choices.resolve_compile(cfg.compile, device, key_fields, precision))
+    was_training = model.training
+    model.eval()  # no drop path: the probe draws nothing from the run's RNG
+    with torch.no_grad(), autocast(device, precision), record_choices() as made:
+        for shape in probe_shapes:
+            model(torch.zeros(shape, device=device))
+    model.train(was_training)
+    return {"precision": precision, "precision_how": chose["how"], "tf32": tf32, "compile": comp["compile"],
+            "compile_how": comp["how"], "attention": made,
+            "cuda_graphs": comp["compile"] and device.type == "cuda" and cfg.cuda_graphs is not False}
+
+
+def describe_resolved(resolved: dict) -> str:
+    counts = {}
+    for name in resolved["attention"].values():
+        counts[name] = counts.get(name, 0) + 1
+    attn = ", ".join(f"{name} x{n}" for name, n in counts.items()) or "none"
+    return (f"precision {resolved['precision']} ({resolved['precision_how']}), compile "
+            f"{'on' if resolved['compile'] else 'off'} ({resolved['compile_how']}), attention per shape: {attn} "
+            "(config.json: resolved)")
+
+
+def read_resolved(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((run_dir / "config.json").read_text()).get("resolved")
+    except (OSError, ValueError):
+        return None
 
 
 def build_drloc(cfg: Config, model: nn.Module, img_size: int, in_chans: int, device) -> nn.Module:
@@ -455,7 +541,7 @@ def check_finite(nonfinite_at: torch.Tensor, run_dir: Path) -> None:
                             f"{run_dir / 'last.pt'} (lower --lr, add --grad-clip, or use --precision fp32)")
 
 
-def prepare_run_dir(cfg: Config, d) -> Path:
+def prepare_run_dir(cfg: Config, d, resolved: dict) -> Path:
     if cfg.resume:
         run_dir = Path(cfg.resume)
         if not (run_dir / "last.pt").is_file():
@@ -464,7 +550,7 @@ def prepare_run_dir(cfg: Config, d) -> Path:
         run_dir = Path(cfg.out or f"runs/{cfg.arch}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
     if d.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "resolved": resolved}, indent=2) + "\n")
     distributed.barrier(d)
     return run_dir
 

@@ -15,10 +15,12 @@ Layers, bottom up:
      interpreter), and the dot precision (`dot_precision`: IEEE fp32, or TF32 when torch allows it).
   3. `torch.library` custom ops `fastvit::attention_fwd` / `fastvit::attention_bwd` with fake
      implementations and autograd, so `torch.compile` traces through the kernel as one opaque node.
-  4. Backends (`triton`, `xformers`, `sdpa`, `math`) that each answer `not_supported_reasons`, the
-     dispatcher `select_backend`, and the public `attention`.
+  4. Backends (`triton`, `xformers`, `sdpa` and its pinned CUDA kernels, `math`) that each answer
+     `not_supported_reasons`, the dispatcher `select_backend` (auto: measured, cached by
+     fastvit.choices), and the public `attention`.
 """
 
+import contextlib
 import functools
 import importlib.metadata
 import os
@@ -37,17 +39,16 @@ try:
 except ImportError:  # torch-only installs (e.g. macOS) still get sdpa and math
     triton = None
 
-BACKENDS = ("triton", "xformers", "sdpa", "math")
-PRIORITY = BACKENDS  # auto-dispatch order; each backend also says on which devices auto may pick it
+BACKENDS = ("triton", "xformers", "sdpa", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "math")
+# auto measures every eligible backend; this order is its fallback where it cannot measure (under
+# torch.compile tracing without a cached choice, --deterministic runs, unknown shapes)
+PRIORITY = BACKENDS
 MAX_HEAD_DIM = 128
 XFORMERS_MIN_VERSION = Version("0.0.35")
 _CPU_BLOCK = 64  # interpreter block size: large blocks mean fewer interpreted loop iterations
 # Backward modes (module knobs so benchmarks can A/B them on a GPU; see `attention_backward`):
 FUSED_BWD_MAX_N = 64  # one backward kernel when N_Q <= this (ptxas: N_Q = 65 -> 128-row tiles spill on sm_90)
 DS_GROUP_MAX = 8  # batches sharing a window's bias whose dS one program sums in registers (1 = off)
-# On a CPU, plain math beats SDPA's kernel up to this many scores per (batch, head): Swin's 4x4 windows
-# +7% per training step, 7x7 windows 1.16x per attention call; equal at ViT's 65 tokens (NOTES.md).
-CPU_MATH_MAX_SCORES = 64 * 64
 
 
 def _empty(shape, dtype, device):
@@ -627,7 +628,8 @@ _attention_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 # --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class AttentionInputs:
-    """What a backend needs to know to accept or refuse a call (no tensors: cheap and testable)."""
+    """What a backend needs to know to accept or refuse a call, and what auto-dispatch measures
+    (no tensors: cheap, hashable, testable)."""
 
     device_type: str
     dtype: torch.dtype
@@ -637,18 +639,22 @@ class AttentionInputs:
     per_head_scale: bool
     n_q: int = 0  # token counts: 0 when unknown
     n_k: int = 0
+    batch: int = 0  # B and H: 0 when unknown (then auto takes the first eligible backend, unmeasured)
+    heads: int = 0
+    bias_shape: tuple = ()  # the bias as (nb, H or 1, N_Q or 1, N_K or 1): its broadcast kind
 
     @classmethod
     def from_tensors(cls, q, k, v, bias=None, scale=None):
+        bias_shape = () if bias is None else (1,) * (4 - bias.dim()) + tuple(bias.shape)
         return cls(q.device.type, q.dtype, q.shape[-1], v.shape[-1], bias is not None,
-                   isinstance(scale, torch.Tensor), q.shape[2], k.shape[2])
+                   isinstance(scale, torch.Tensor), q.shape[2], k.shape[2], q.shape[0], q.shape[1], bias_shape)
 
-
-def auto_order(inputs):
-    """PRIORITY, with math first for the small score tiles where it is the fastest CPU path."""
-    if inputs.device_type == "cpu" and 0 < inputs.n_q * inputs.n_k <= CPU_MATH_MAX_SCORES:
-        return ("math", *(b for b in PRIORITY if b != "math"))
-    return PRIORITY
+    def describe(self) -> str:
+        """The shape as a short, stable string (the key of a run's recorded choices)."""
+        bias = "x".join(map(str, self.bias_shape)) if self.has_bias else "none"
+        return (f"{self.device_type} {str(self.dtype).removeprefix('torch.')} B{self.batch} H{self.heads} "
+                f"N{self.n_q}x{self.n_k} D{self.head_dim}/{self.value_dim} bias {bias}"
+                f"{' per-head-scale' if self.per_head_scale else ''}")
 
 
 def _windowed_bias(bias, B, H, n_q, n_k):
@@ -781,6 +787,33 @@ class SdpaBackend:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
 
 
+class SdpaKernelBackend(SdpaBackend):
+    """SDPA pinned to one of its CUDA kernels (torch.nn.attention.sdpa_kernel), so auto can time each:
+    FlashAttention-2 (half precision, no bias), memory-efficient (any float, bias) and cuDNN."""
+
+    auto_devices = ("cuda",)
+    _HALF = (torch.float16, torch.bfloat16)
+
+    def __init__(self, name, kernel, half_only, takes_bias):
+        self.name, self.kernel, self.half_only, self.takes_bias = name, kernel, half_only, takes_bias
+
+    def not_supported_reasons(self, inp):
+        reasons = [] if inp.device_type == "cuda" else [f"needs CUDA tensors, got {inp.device_type}"]
+        if self.half_only and inp.dtype not in self._HALF:
+            reasons.append(f"dtype {inp.dtype} is not float16 or bfloat16")
+        elif not inp.dtype.is_floating_point:
+            reasons.append(f"dtype {inp.dtype} is not floating point")
+        if inp.has_bias and not self.takes_bias:
+            reasons.append("takes no additive bias")
+        return reasons  # finer limits (head dims, alignment, arch) refuse at run time: auto times them out
+
+    def __call__(self, q, k, v, bias, scale):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel(getattr(SDPBackend, self.kernel)):
+            return super().__call__(q, k, v, bias, scale)
+
+
 class MathBackend:
     """`reference.attention`: plain torch in the input dtype; materializes the (B, H, N_Q, N_K) scores."""
 
@@ -801,31 +834,137 @@ def _fold_per_head_scale(q, scale):
     return q, scale
 
 
-_BACKENDS = {b.name: b for b in (TritonBackend(), XformersBackend(), SdpaBackend(), MathBackend())}
+_BACKENDS = {b.name: b for b in (
+    TritonBackend(), XformersBackend(), SdpaBackend(),
+    SdpaKernelBackend("sdpa_flash", "FLASH_ATTENTION", half_only=True, takes_bias=False),
+    SdpaKernelBackend("sdpa_efficient", "EFFICIENT_ATTENTION", half_only=False, takes_bias=True),
+    SdpaKernelBackend("sdpa_cudnn", "CUDNN_ATTENTION", half_only=True, takes_bias=True),
+    MathBackend())}
+assert tuple(_BACKENDS) == BACKENDS
+
+_chosen: dict[str, str] = {}  # inputs.describe() -> auto's choice in this process (fast path, no I/O)
+_recorders: list[dict] = []  # open `record_choices` blocks
 
 
-def select_backend(inputs, backend=None):
-    """The backend that runs `inputs`: `backend` (or $FASTVIT_ATTN) if given, else the first of
-    `auto_order` that auto-dispatch may use on this device and that has no reason to refuse. Raises UserError."""
+@contextlib.contextmanager
+def record_choices():
+    """Collect {inputs.describe(): backend name} of every eager dispatch inside the block (what a run
+    records as its attention choices)."""
+    made = {}
+    _recorders.append(made)
+    try:
+        yield made
+    finally:
+        _recorders.remove(made)
+
+
+def preset_choices(made: dict[str, str]) -> None:
+    """Take these auto choices as made (a resumed run keeps the backends it started with)."""
+    _chosen.update({shape: name for shape, name in made.items() if name in _BACKENDS})
+
+
+def _eligible(inputs):
+    """(backends auto may use for inputs, in PRIORITY order; refusal lines of the others)."""
+    eligible, refusals = [], []
+    for name in PRIORITY:
+        impl = _BACKENDS[name]
+        if inputs.device_type not in impl.auto_devices:
+            refusals.append(f"{name}: not auto-selected on {inputs.device_type}")
+            continue
+        reasons = impl.not_supported_reasons(inputs)
+        if reasons:
+            refusals.append(f"{name}: {', '.join(reasons)}")
+        else:
+            eligible.append(impl)
+    return eligible, refusals
+
+
+def _probe_tensors(inputs):
+    """Random leaf tensors of inputs' shapes on its device (a private generator: the run's RNG is untouched)."""
+    device = torch.device(inputs.device_type)
+    gen = torch.Generator(device).manual_seed(0)
+
+    def rand(*shape, dtype=inputs.dtype):
+        return torch.randn(shape, generator=gen, device=device, dtype=dtype).requires_grad_()
+
+    B, H = inputs.batch, inputs.heads
+    q = rand(B, H, inputs.n_q, inputs.head_dim)
+    k = rand(B, H, inputs.n_k, inputs.head_dim)
+    v = rand(B, H, inputs.n_k, inputs.value_dim)
+    bias = rand(*inputs.bias_shape) if inputs.has_bias else None
+    scale = rand(H, dtype=torch.float32) if inputs.per_head_scale else None
+    grad = torch.randn((B, H, inputs.n_q, inputs.value_dim), generator=gen, device=device, dtype=inputs.dtype)
+    return (q, k, v, bias, scale), grad
+
+
+def _forward_backward(impl, tensors, grad):
+    """One training use of impl: forward and backward to every input."""
+    with torch.enable_grad():
+        impl(*tensors).backward(grad)
+    for t in tensors:
+        if t is not None:
+            t.grad = None
+
+
+def measured_choice(inputs, eligible, timer=None):
+    """The fastest of `eligible` for inputs: from the disk cache, else timed forward+backward once each
+    (eagerly, on random tensors of the same shapes, under the caller's autocast state) and cached."""
+    from fastvit import choices
+
+    key = choices.make_key("attention", inputs.device_type, inputs=inputs.describe(),
+                           eligible=[b.name for b in eligible])
+    record = choices.lookup(key)
+    if record is None or record.get("choice") not in _BACKENDS:
+        tensors, grad = _probe_tensors(inputs)
+        candidates = {impl.name: functools.partial(_forward_backward, impl, tensors, grad) for impl in eligible}
+        record = choices.fastest(key, candidates, inputs.device_type, timer)
+    return record["choice"]
+
+
+@torch.compiler.assume_constant_result
+def _traced_choice(shape: str) -> str:
+    """Under torch.compile tracing: a choice made eagerly before (a constant: no guard on the cache), else ''."""
+    return _chosen.get(shape, "")
+
+
+def _chose(shape: str, name: str):
+    for made in _recorders:
+        made[shape] = name
+    return _BACKENDS[name]
+
+
+def select_backend(inputs, backend=None, timer=None):
+    """The backend that runs `inputs`: `backend` (or $FASTVIT_ATTN) if given, else auto: the fastest
+    backend for these inputs as measured on this machine (`measured_choice`, cached on disk). Where auto
+    cannot measure it takes the first eligible backend in PRIORITY: unknown batch/heads, deterministic
+    runs (timing is noise), and under torch.compile tracing without an eager choice of the same shape
+    before it (train.run makes those with a probe forward before compiling). Raises UserError."""
     name = backend or os.environ.get("FASTVIT_ATTN") or "auto"
+    shape = inputs.describe()
     if name != "auto":
         if name not in _BACKENDS:
             raise UserError(f"unknown attention backend {name!r}; choose from auto, {', '.join(BACKENDS)}")
         reasons = _BACKENDS[name].not_supported_reasons(inputs)
         if reasons:
             raise UserError(f"attention backend {name!r} cannot run these inputs: {'; '.join(reasons)}")
-        return _BACKENDS[name]
-    refusals = []
-    for candidate in auto_order(inputs):
-        impl = _BACKENDS[candidate]
-        if inputs.device_type not in impl.auto_devices:
-            refusals.append(f"{candidate}: not auto-selected on {inputs.device_type}")
-            continue
-        reasons = impl.not_supported_reasons(inputs)
-        if not reasons:
-            return impl
-        refusals.append(f"{candidate}: {', '.join(reasons)}")
-    raise UserError(f"no attention backend can run these inputs ({'; '.join(refusals)})")
+        return _BACKENDS[name] if torch.compiler.is_compiling() else _chose(shape, name)
+    if torch.compiler.is_compiling():
+        traced = _traced_choice(shape)
+        if traced:
+            return _BACKENDS[traced]
+    elif shape in _chosen:
+        return _chose(shape, _chosen[shape])
+    eligible, refusals = _eligible(inputs)
+    if not eligible:
+        raise UserError(f"no attention backend can run these inputs ({'; '.join(refusals)})")
+    if torch.compiler.is_compiling():
+        return eligible[0]
+    from fastvit import choices
+
+    if len(eligible) == 1 or not inputs.batch or not inputs.heads or not choices.may_measure():
+        return _chose(shape, eligible[0].name)  # not remembered: eligibility is cheap to re-check
+    _chosen[shape] = measured_choice(inputs, eligible, timer)
+    return _chose(shape, _chosen[shape])
 
 
 def attention(q, k, v, bias=None, scale=None, backend=None):
@@ -840,9 +979,9 @@ def attention(q, k, v, bias=None, scale=None, backend=None):
       windows into the batch as its fastest-varying part and passes relative-position bias + shift
       mask this way). Gradients flow to the bias (summed over the dims it broadcasts over).
     scale: None (D ** -0.5), a float, or a tensor of H elements (per-head, learnable: gets a gradient).
-    backend: "triton", "xformers", "sdpa", "math" or "auto" (default: $FASTVIT_ATTN, else auto:
-      triton then xformers on CUDA, sdpa, math; math before sdpa for small score tiles on a CPU).
-      A forced backend that cannot run raises UserError listing why.
+    backend: one of BACKENDS or "auto" (default: $FASTVIT_ATTN, else auto: the eligible backend
+      measured fastest for this (device, dtype, shape, bias, scale kind) on this machine, cached in
+      fastvit.choices). A forced backend that cannot run raises UserError listing why.
 
     Equivalent plain torch (windowed bias: view B as (B // nb, nb) first):
         scale = q.shape[-1] ** -0.5 if scale is None else scale   # tensor: scale.view(H, 1, 1)
@@ -867,4 +1006,5 @@ def attention(q, k, v, bias=None, scale=None, backend=None):
 
 
 __all__ = ["BACKENDS", "AttentionInputs", "attention", "attention_backward", "attention_forward",
-           "dot_precision", "pinned_config", "select_backend", "set_deterministic"]
+           "dot_precision", "pinned_config", "preset_choices", "record_choices", "select_backend",
+           "set_deterministic"]

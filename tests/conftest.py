@@ -1,6 +1,7 @@
 import gzip
 import os
 import struct
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,8 @@ import pytest
 os.environ.setdefault("TRITON_INTERPRET", "1")
 # OpenMP threads that spin while waiting collapse throughput when test processes share the 2 cores.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Measured speed choices (fastvit.choices) go to a fresh cache per session: none read from or left in ~/.cache.
+os.environ.setdefault("FASTVIT_CACHE", tempfile.mkdtemp(prefix="fastvit-choices-"))
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

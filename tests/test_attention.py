@@ -5,6 +5,7 @@ reference, as norm-wise relative error. Kernel outputs are NaN-poisoned, so an u
 """
 
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -464,30 +465,172 @@ def inputs(device_type="cpu", dtype=torch.float32, head_dim=32, value_dim=None, 
                                 n_q, n_k)
 
 
-def test_auto_picks_sdpa_on_cpu_even_with_the_interpreter():
+def test_auto_without_a_known_shape_takes_the_first_eligible_backend_on_cpu():
     assert os.environ.get("TRITON_INTERPRET") == "1"  # conftest: triton could run here, but only when forced
-    assert attn.select_backend(inputs()).name == "sdpa"
+    assert attn.select_backend(inputs()).name == "sdpa"  # batch/heads unknown: nothing to measure
     assert attn.select_backend(inputs(has_bias=True, per_head_scale=True)).name == "sdpa"
 
 
-def test_auto_prefers_math_for_small_score_tiles_on_cpu_only():
-    assert attn.select_backend(inputs(n_q=16, n_k=16, has_bias=True)).name == "math"  # Swin 4x4 windows
-    assert attn.select_backend(inputs(n_q=64, n_k=64)).name == "math"
-    assert attn.select_backend(inputs(n_q=65, n_k=65)).name == "sdpa"  # ViT's 65 tokens: a tie, sdpa kept
-    assert attn.select_backend(inputs(n_q=1, n_k=4097)).name == "sdpa"
-    assert attn.select_backend(inputs(n_q=0, n_k=0)).name == "sdpa"  # unknown sizes: the plain order
-    assert attn.select_backend(inputs("cuda", n_q=16, n_k=16)).name == "triton"
-    q = k = v = torch.randn(2, 3, 16, 32)
-    assert attn.select_backend(attn.AttentionInputs.from_tensors(q, k, v)).name == "math"
+@pytest.fixture
+def fresh_choices(monkeypatch, tmp_path):
+    """An empty choices cache (disk and memory) and auto dispatch with nothing chosen yet."""
+    from fastvit import choices
+
+    monkeypatch.setenv("FASTVIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(choices, "_memory", {})
+    monkeypatch.setattr(attn, "_chosen", {})
+    return choices
 
 
-def test_auto_on_cuda_walks_the_priority_list(monkeypatch):
+class FakeTimer:
+    """Runs each candidate once for real (so fwd+bwd must work) and reports the time set for the backend
+    that ran: dispatch tests need no clock."""
+
+    def __init__(self, monkeypatch, times):
+        self.times, self.ran, self.calls = times, [], 0
+        for backend in (attn.SdpaBackend, attn.MathBackend):
+            original = backend.__call__
+
+            def spy(impl, *args, _original=original):
+                self.ran.append(impl.name)
+                return _original(impl, *args)
+
+            monkeypatch.setattr(backend, "__call__", spy)
+
+    def __call__(self, fn, device):
+        self.calls += 1
+        fn()
+        return self.times[self.ran[-1]]
+
+
+def qkv_bias(B=4, H=2, N=9, D=8, nb=2):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(B, H, N, D, generator=g) for _ in range(3))
+    return q, k, v, torch.randn(nb, H, N, N, generator=g)
+
+
+def test_auto_measures_each_eligible_backend_once_and_takes_the_fastest(monkeypatch, fresh_choices):
+    q, k, v, bias = qkv_bias()
+    shape = attn.AttentionInputs.from_tensors(q, k, v, bias)
+    timer = FakeTimer(monkeypatch, {"sdpa": 2.0, "math": 1.0})
+    assert attn.select_backend(shape, timer=timer).name == "math"
+    assert sorted(set(timer.ran)) == ["math", "sdpa"] and timer.calls == 2
+    assert attn.select_backend(shape, timer=timer).name == "math" and timer.calls == 2  # chosen once
+    other = attn.AttentionInputs.from_tensors(q[:, :, :5], k, v)  # another shape: measured on its own
+    timer.times = {"sdpa": 1.0, "math": 3.0}
+    assert attn.select_backend(other, timer=timer).name == "sdpa" and timer.calls == 4
+    assert attn._chosen == {shape.describe(): "math", other.describe(): "sdpa"}
+
+
+def test_auto_choice_is_read_back_from_the_disk_cache(monkeypatch, fresh_choices):
+    q, k, v, bias = qkv_bias()
+    shape = attn.AttentionInputs.from_tensors(q, k, v, bias)
+    attn.select_backend(shape, timer=FakeTimer(monkeypatch, {"sdpa": 1.0, "math": 5.0}))
+    (key, record), = json.loads(fresh_choices.cache_path().read_text()).items()
+    assert record == {"choice": "sdpa", "seconds": {"sdpa": 1.0, "math": 5.0}, "measured": True}
+    assert json.loads(key)["inputs"] == "cpu float32 B4 H2 N9x9 D8/8 bias 2x2x9x9"
+    assert json.loads(key)["torch"] == torch.__version__
+    monkeypatch.setattr(attn, "_chosen", {})  # a new process: memory empty, the file stays
+    monkeypatch.setattr(fresh_choices, "_memory", {})
+
+    def no_timing(fn, device):
+        raise AssertionError("measured again despite the cached choice")
+
+    assert attn.select_backend(shape, timer=no_timing).name == "sdpa"
+
+
+def test_auto_does_not_measure_in_deterministic_runs(monkeypatch, fresh_choices):
+    q, k, v, _ = qkv_bias()
+    monkeypatch.setattr(fresh_choices, "may_measure", lambda: False)
+    timer = FakeTimer(monkeypatch, {"sdpa": 9.0, "math": 1.0})
+    assert attn.select_backend(attn.AttentionInputs.from_tensors(q, k, v), timer=timer).name == "sdpa"
+    assert timer.calls == 0 and not fresh_choices.cache_path().exists()
+
+
+def test_auto_under_tracing_uses_the_eager_choice_or_the_fallback(monkeypatch, fresh_choices):
+    q, k, v, bias = qkv_bias()
+    chosen = attn.AttentionInputs.from_tensors(q, k, v, bias)
+    attn.select_backend(chosen, timer=FakeTimer(monkeypatch, {"sdpa": 2.0, "math": 1.0}))
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+
+    def no_timing(fn, device):
+        raise AssertionError("measured while tracing")
+
+    assert attn.select_backend(chosen, timer=no_timing).name == "math"
+    unseen = attn.AttentionInputs.from_tensors(q[:, :, :3], k, v)
+    assert attn.select_backend(unseen, timer=no_timing).name == "sdpa"  # PRIORITY's first eligible
+    assert unseen.describe() not in attn._chosen  # a traced fallback is not remembered as a choice
+
+
+def test_compiled_attention_follows_the_eager_choice_and_later_choices_do_not_recompile(monkeypatch,
+                                                                                       fresh_choices):
+    import torch._dynamo
+
+    q, k, v, bias = qkv_bias()
+    timer = FakeTimer(monkeypatch, {"sdpa": 2.0, "math": 1.0})
+    attn.select_backend(attn.AttentionInputs.from_tensors(q, k, v, bias), timer=timer)
+    # tell the backends apart by their output under tracing
+    monkeypatch.setattr(attn.MathBackend, "__call__", lambda self, q, k, v, bias, scale: q * 0 + 1)
+    monkeypatch.setattr(attn.SdpaBackend, "__call__", lambda self, q, k, v, bias, scale: q * 0 + 2)
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    compiled = torch.compile(lambda q, k, v, bias: attn.attention(q, k, v, bias), backend="eager")
+    assert torch.equal(compiled(q, k, v, bias), torch.ones_like(q))
+    attn._chosen["cpu float32 B1 H1 N1x1 D1/1 bias none"] = "sdpa"  # the cache grows (e.g. eval shapes)
+    assert torch.equal(compiled(q, k, v, bias), torch.ones_like(q))  # no recompile (it would raise)
+    torch._dynamo.reset()
+
+
+def test_record_and_preset_choices(monkeypatch, fresh_choices):
+    q, k, v, bias = qkv_bias()
+    shape = attn.AttentionInputs.from_tensors(q, k, v, bias)
+    with attn.record_choices() as made:
+        attn.attention(q, k, v, bias, backend="math")
+        attn.attention(q, k, v, backend="sdpa")
+    attn.attention(q, k, v, bias, backend="sdpa")  # outside the block: not recorded
+    assert made == {shape.describe(): "math", attn.AttentionInputs.from_tensors(q, k, v).describe(): "sdpa"}
+    attn.preset_choices({shape.describe(): "math", "cpu x": "no-such-backend"})
+    assert attn._chosen == {shape.describe(): "math"}
+
+    def no_timing(fn, device):
+        raise AssertionError("measured a preset shape")
+
+    assert attn.select_backend(shape, timer=no_timing).name == "math"
+
+
+def test_a_backend_failing_at_run_time_is_left_out_of_the_measurement(monkeypatch, fresh_choices):
+    q, k, v, _ = qkv_bias()
+
+    def refuse(self, *args):
+        raise RuntimeError("No available kernel. Aborting execution.")
+
+    monkeypatch.setattr(attn.SdpaBackend, "__call__", refuse)
+    shape = attn.AttentionInputs.from_tensors(q, k, v)
+    assert attn.select_backend(shape).name == "math"
+    (record,) = json.loads(fresh_choices.cache_path().read_text()).values()
+    assert record["failed"] == {"sdpa": "No available kernel. Aborting execution."}
+    assert list(record["seconds"]) == ["math"]
+
+
+def test_auto_on_cuda_falls_back_to_the_priority_list_without_a_shape(monkeypatch):
     assert attn.select_backend(inputs("cuda", torch.bfloat16)).name == "triton"
     # head dim 256: triton refuses, so xformers if installed, else sdpa
     monkeypatch.setattr(attn, "_xformers_version", lambda: Version("0.0.35"))
     assert attn.select_backend(inputs("cuda", head_dim=256)).name == "xformers"
     monkeypatch.setattr(attn, "_xformers_version", lambda: None)
     assert attn.select_backend(inputs("cuda", head_dim=256)).name == "sdpa"
+
+
+def test_sdpa_kernel_backends_declare_their_limits():
+    flash, efficient, cudnn = (attn._BACKENDS[n] for n in ("sdpa_flash", "sdpa_efficient", "sdpa_cudnn"))
+    assert flash.not_supported_reasons(inputs("cuda", torch.float32, has_bias=True)) == [
+        "dtype torch.float32 is not float16 or bfloat16", "takes no additive bias"]
+    assert efficient.not_supported_reasons(inputs("cuda", torch.float32, has_bias=True)) == []
+    assert cudnn.not_supported_reasons(inputs("cuda", torch.bfloat16, has_bias=True)) == []
+    assert efficient.not_supported_reasons(inputs()) == ["needs CUDA tensors, got cpu"]
+    q = torch.randn(1, 1, 4, 8)
+    with pytest.raises(UserError, match="'sdpa_flash' cannot run these inputs: needs CUDA tensors, got cpu"):
+        attn.attention(q, q, q, backend="sdpa_flash")
 
 
 def test_env_and_argument_force_a_backend(monkeypatch):
@@ -509,7 +652,7 @@ def test_forced_backend_runs_the_forced_backend(monkeypatch):
 
 def test_unknown_backend_lists_choices(monkeypatch):
     with pytest.raises(UserError, match=r"unknown attention backend 'flash'; choose from auto, triton, "
-                                        r"xformers, sdpa, math"):
+                                        r"xformers, sdpa, sdpa_flash, sdpa_efficient, sdpa_cudnn, math$"):
         attn.select_backend(inputs(), backend="flash")
     monkeypatch.setenv("FASTVIT_ATTN", "cudnn")
     with pytest.raises(UserError, match="unknown attention backend 'cudnn'"):
@@ -547,7 +690,8 @@ def test_forced_triton_without_interpreter_or_with_unsupported_inputs(monkeypatc
 def test_no_backend_for_integer_inputs_lists_all_refusals():
     with pytest.raises(UserError, match=r"no attention backend can run these inputs \(triton: not "
                                         r"auto-selected on cpu; xformers: .*; sdpa: dtype torch.int64 is "
-                                        r"not floating point; math: dtype torch.int64"):
+                                        r"not floating point; sdpa_flash: not auto-selected on cpu; .*; "
+                                        r"math: dtype torch.int64"):
         attn.select_backend(inputs(dtype=torch.int64))
 
 

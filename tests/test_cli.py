@@ -212,7 +212,8 @@ def test_help_lists_choices_and_each_default_once(command):
     for flag, text in entries.items():
         assert text.count("default") <= 1, (flag, text)
     assert "(default: 10)" in entries["--epochs"] and "(default: 0.001)" in entries["--lr"]
-    assert "(default: off)" in entries["--compile"]
+    assert "(default: auto)" in entries["--compile"] and "(default: auto)" in entries["--precision"]
+    assert "(default: off)" in entries["--deterministic"]
     if command == "pretrain":
         assert "default by dataset: 0.2,0.5" in entries["--local-scale"]  # the field's own text, alone
     assert "(default: None)" not in "".join(entries.values())

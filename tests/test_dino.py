@@ -439,6 +439,24 @@ def test_compiled_dino_matches_eager_and_compiles_a_bounded_number_of_times():
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 3
 
 
+def test_a_tensor_epoch_gives_the_float_epochs_loss_with_one_compiled_graph():
+    eager = small_dino(seed=17, dtype=torch.float32)
+    compiled_dino = small_dino(seed=17, dtype=torch.float32)
+    for model in (eager, compiled_dino):
+        model.student.backbone.calls = model.teacher.backbone.calls = None
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = torch.compile(compiled_dino, backend="aot_eager")
+    views = make_views(2, 2, torch.Generator().manual_seed(17))
+    epoch_t = torch.zeros(())  # the training loop's: filled in place every step
+    for step, epoch in enumerate((0.0, 0.5, 3.75, 12.5)):  # both sides of the τ_t warm-up
+        epoch_t.fill_(epoch)
+        torch.testing.assert_close(compiled(views, epoch_t), eager(views, epoch), rtol=1e-5, atol=1e-6)
+        for model in (eager, compiled_dino):
+            model.update_teacher(momentum_schedule(step, 4))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
 @pytest.mark.parametrize("arch", ["vit_tiny", "swin_tiny", "cait_tiny"])
 def test_dino_pretrains_a_registered_model_with_half_size_local_crops(arch):
     from fastvit import models

@@ -192,8 +192,15 @@ class DINOLoss(nn.Module):
         # Persistent: exact resume needs the running center.
         self.register_buffer("center", torch.zeros(1, out_dim))
 
-    def teacher_temp(self, epoch: float) -> float:
-        """τ_t at a (possibly fractional) epoch: a linear warm-up, then constant."""
+    def teacher_temp(self, epoch: float | torch.Tensor) -> float | torch.Tensor:
+        """τ_t at a (possibly fractional) epoch: a linear warm-up, then constant. A 0-d tensor epoch (the
+        training loop's, on the device) gives a tensor τ_t without a host sync or a range check, and one
+        compiled graph for every epoch."""
+        if isinstance(epoch, torch.Tensor):
+            if self.warmup_teacher_temp_epochs == 0:
+                return self.final_teacher_temp
+            progress = (epoch / self.warmup_teacher_temp_epochs).clamp(max=1.0)
+            return self.warmup_teacher_temp + (self.final_teacher_temp - self.warmup_teacher_temp) * progress
         if not 0 <= epoch <= self.total_epochs:
             raise ValueError(f"epoch must be in [0, {self.total_epochs}], got {epoch}")
         if epoch >= self.warmup_teacher_temp_epochs:

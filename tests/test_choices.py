@@ -1,0 +1,225 @@
+"""fastvit.choices: measured speed choices (precision, compile), their disk cache, and what a run records.
+No clocks: every measurement here goes through a fake timer."""
+
+import json
+
+import pytest
+import torch
+
+from fastvit import choices, cli, train
+from fastvit.config import build
+
+
+@pytest.fixture
+def fresh(monkeypatch, tmp_path):
+    monkeypatch.setenv("FASTVIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(choices, "_memory", {})
+    return choices
+
+
+def by_name(times):
+    """A fake timer for candidates that are `named(name)` callables: returns times[name], never runs them."""
+    return lambda fn, device: times[fn.name]
+
+
+class named:
+    def __init__(self, name):
+        self.name, self.calls = name, 0
+
+    def __call__(self):
+        self.calls += 1
+
+
+def test_fastest_caches_the_winner_with_its_times(fresh):
+    record = fresh.fastest("k", {"a": named("a"), "b": named("b")}, "cpu", by_name({"a": 2.0, "b": 1.5}))
+    assert record == {"choice": "b", "seconds": {"a": 2.0, "b": 1.5}, "measured": True}
+    assert json.loads(fresh.cache_path().read_text()) == {"k": record}
+    fresh._memory.clear()  # another process
+    assert fresh.lookup("k") == record
+    assert fresh.lookup("other") is None
+
+
+def test_fastest_keeps_the_baseline_unless_the_other_wins_by_the_margin(fresh):
+    pick = lambda t: fresh.fastest("k", {"fp32": named("fp32"), "bf16": named("bf16")}, "cpu", by_name(t),
+                                   baseline="fp32", margin=1.1)["choice"]
+    assert pick({"fp32": 1.0, "bf16": 0.95}) == "fp32"
+    assert pick({"fp32": 1.0, "bf16": 0.85}) == "bf16"
+
+
+def test_failing_candidates_are_left_out_and_all_failing_raises(fresh):
+    def broken():
+        raise RuntimeError("no kernel for this\nsecond line")
+
+    record = fresh.fastest("k", {"bad": broken, "ok": named("ok")}, "cpu", lambda fn, d: fn() or 1.0)
+    assert record["choice"] == "ok" and record["failed"] == {"bad": "no kernel for this"}
+    with pytest.raises(RuntimeError, match="every candidate failed"):
+        fresh.fastest("k2", {"bad": broken}, "cpu", lambda fn, d: fn())
+
+
+def test_the_real_timer_runs_a_warm_up_and_the_repeats():
+    fn = named("x")
+    assert choices.seconds(fn, "cpu", repeats=3) >= 0 and fn.calls == 4
+
+
+def test_a_torn_cache_file_is_measured_again(fresh):
+    fresh.cache_path().parent.mkdir(parents=True)
+    fresh.cache_path().write_text("{not json")
+    assert fresh.lookup("k") is None
+    fresh.fastest("k", {"a": named("a")}, "cpu", by_name({"a": 1.0}))
+    assert json.loads(fresh.cache_path().read_text())["k"]["choice"] == "a"
+
+
+def test_keys_hold_the_machine_and_library_versions():
+    key = json.loads(choices.make_key("precision", "cpu", arch="vit", batch=64))
+    assert key["kind"] == "precision" and key["arch"] == "vit" and key["batch"] == 64
+    assert key["torch"] == torch.__version__ and f"x{torch.get_num_threads()} threads" in key["device"]
+
+
+def steps(ran):
+    """step_fn for resolve_precision: named candidates that note they were built."""
+    def make(precision):
+        ran.append(precision)
+        return named(precision)
+    return make
+
+
+def test_cpu_precision_is_measured_once_where_the_cpu_has_bf16(monkeypatch, fresh):
+    monkeypatch.setattr(fresh, "cpu_has_bf16", lambda: True)
+    built = []
+    cpu = torch.device("cpu")
+    got = fresh.resolve_precision("auto", cpu, steps(built), {"arch": "vit", "batch": 64},
+                                  by_name({"fp32": 1.0, "bf16": 0.5}))
+    assert got["precision"] == "bf16" and built == ["fp32", "bf16"]
+    assert got["how"] == "auto: measured (fp32 1000 ms, bf16 500 ms per fwd+bwd at batch 64)"
+    again = fresh.resolve_precision("auto", cpu, steps(built), {"arch": "vit", "batch": 64},
+                                    lambda fn, d: pytest.fail("measured twice"))
+    assert again["precision"] == "bf16" and again["how"].startswith("auto: cached measurement") and len(built) == 2
+    slower = fresh.resolve_precision("auto", cpu, steps([]), {"arch": "swin", "batch": 64},
+                                     by_name({"fp32": 1.0, "bf16": 1.2}))
+    assert slower["precision"] == "fp32"
+
+
+def test_cpu_precision_is_not_measured_without_bf16_or_when_deterministic(monkeypatch, fresh):
+    built = []
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(fresh, "cpu_has_bf16", lambda: False)
+    assert fresh.resolve_precision("auto", cpu, steps(built), {"batch": 1}) == {
+        "precision": "fp32", "how": "auto: this CPU has no bf16 dot-product instructions (not measured)"}
+    monkeypatch.setattr(fresh, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(fresh, "may_measure", lambda: False)
+    assert fresh.resolve_precision("auto", cpu, steps(built), {"batch": 1})["how"] == (
+        "auto: deterministic run (not measured)")
+    assert fresh.resolve_precision("bf16", cpu, steps(built), {"batch": 1}) == {"precision": "bf16",
+                                                                                "how": "requested"}
+    assert built == [] and not fresh.cache_path().exists()
+
+
+def test_may_measure_follows_deterministic_algorithms():
+    assert choices.may_measure()
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert not choices.may_measure()
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def test_cuda_precision_is_a_rule(monkeypatch, fresh):
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert fresh.resolve_precision("auto", cuda, None, {})["precision"] == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    assert fresh.resolve_precision("auto", cuda, None, {})["precision"] == "fp16"
+
+
+def test_compile_auto_is_on_for_cuda_and_on_a_cpu_only_by_a_cached_measurement(fresh):
+    cpu, fields = torch.device("cpu"), {"arch": "vit", "batch": 128}
+    assert fresh.resolve_compile("auto", torch.device("cuda"), fields, "bf16")["compile"] is True
+    assert fresh.resolve_compile(True, cpu, fields, "fp32") == {"compile": True, "how": "requested"}
+    assert fresh.resolve_compile(False, torch.device("cuda"), fields, "fp32")["compile"] is False
+    assert fresh.resolve_compile("auto", cpu, fields, "fp32")["compile"] is False  # nothing cached
+    key = fresh.compile_key(cpu, fields, "fp32")
+    fresh.fastest(key, {"eager": named("eager"), "compiled": named("compiled")}, cpu,
+                  by_name({"eager": 2.0, "compiled": 1.0}))
+    got = fresh.resolve_compile("auto", cpu, fields, "fp32")
+    assert got == {"compile": True, "how": "auto: cached measurement (eager 2000 ms, compiled 1000 ms)"}
+    assert fresh.resolve_compile("auto", cpu, fields, "bf16")["compile"] is False  # another key
+
+
+class LossOf(torch.nn.Module):
+    """(loss, aux) like train.Supervised; records the dtype its matmul ran in."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear, self.seen = torch.nn.Linear(3, 2), []
+
+    def forward(self, x):
+        y = self.linear(x)
+        self.seen.append(y.dtype)
+        return y.float().square().sum(), y.detach()
+
+
+def test_training_step_runs_fwd_bwd_on_a_copy_under_the_precision():
+    model = LossOf()
+    step = choices.training_step(model, lambda: (torch.ones(4, 3),), "bf16")
+    step()
+    assert model.linear.weight.grad is None and model.seen == []  # the original is untouched
+
+
+def test_help_shows_auto_for_precision_and_compile():
+    text = " ".join(cli.build_parser()._subparsers._group_actions[0].choices["train"].format_help().split())
+    assert "--compile, --no-compile" in text
+    assert "(default: auto)" in text.split("--precision PRECISION")[-1].split("--attn")[0]
+    assert "(default: auto)" in text.split("--compile, --no-compile")[1].split("--cuda-graphs")[0]
+    args = cli.build_parser().parse_args(["train", "--compile"])
+    assert args.compile is True
+    assert cli.build_parser().parse_args(["train", "--no-compile"]).compile is False
+    assert cli.build_parser().parse_args(["train"]).compile is None  # unset: the config's auto
+    assert build({}).compile == "auto" and build({}).precision == "auto"
+
+
+def test_a_run_records_what_auto_chose(monkeypatch, fresh, fmnist_dir, cache_dir, tmp_path, capsys):
+    monkeypatch.setattr(choices, "cpu_has_bf16", lambda: True)
+    times = {"fp32": 2.0, "bf16": 1.0}
+    monkeypatch.setattr(choices, "seconds", lambda fn, device, repeats=3: times.get(getattr(fn, "tag", ""), 1.0))
+    real_step = choices.training_step
+
+    def tagged_step(module, example, precision):
+        step = real_step(module, example, precision)
+        step.tag = precision  # lets the fake timer tell the precisions apart
+        return step
+
+    monkeypatch.setattr(choices, "training_step", tagged_step)
+    out = tmp_path / "run"
+    cfg = build({"arch": "vit_tiny", "dataset": "fashion-mnist", "data_dir": str(fmnist_dir),
+                 "cache_dir": str(cache_dir), "epochs": 1, "subset": 64, "batch_size": 32, "out": str(out),
+                 "augment": "none"})
+    train.run(cfg)
+    resolved = json.loads((out / "config.json").read_text())["resolved"]
+    assert resolved["precision"] == "bf16" and resolved["precision_how"].startswith("auto: measured")
+    assert resolved["compile"] is False and resolved["cuda_graphs"] is False and resolved["tf32"] is False
+    (shape, backend), = resolved["attention"].items()  # the step's one attention shape, probed before step 1
+    assert shape == "cpu bfloat16 B32 H3 N65x65 D32/32 bias none" and backend in ("sdpa", "math")
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("fastvit train: vit_tiny") and "precision bf16 (auto: measured" in first
+    assert "compile off" in first and "attention per shape:" in first
+    state = torch.load(out / "last.pt", weights_only=False)
+    assert state["resolved"] == resolved
+
+
+def test_kept_choices_are_reused_without_measuring(monkeypatch, fresh):
+    """A resumed run (or a rank other than 0) runs what the record says: no measurement, same backends."""
+    import importlib
+
+    from fastvit import models
+
+    attn = importlib.import_module("fastvit.kernels.attention")
+    monkeypatch.setattr(attn, "_chosen", {})
+    monkeypatch.setattr(choices, "seconds", lambda *a, **k: pytest.fail("measured a kept choice"))
+    model = models.create("vit_tiny", img_size=32, num_classes=10)
+    shape = "cpu bfloat16 B2 H3 N65x65 D32/32 bias none"
+    kept = {"precision": "bf16", "precision_how": "auto: measured (...)", "compile": False,
+            "compile_how": "auto: no cached measurement", "attention": {shape: "math"}}
+    cfg = build({"arch": "vit_tiny"})
+    resolved = train.resolve_speed_choices(cfg, torch.device("cpu"), model, model, None, [(2, 3, 32, 32)],
+                                           {"arch": "vit_tiny"}, kept)
+    assert resolved == {**kept, "tf32": False, "cuda_graphs": False}
