@@ -106,7 +106,8 @@ def run(command: str, args: list[str], run_dir: Path, log) -> None:
     rows = epochs_done(run_dir)
     if rows and rows[-1]["epoch"] == int(args[args.index("--epochs") + 1]):  # finished: skip
         return
-    resume = ["--resume", str(run_dir)] if (run_dir / "last.pt").exists() else ["--out", str(run_dir)]
+    # a run dir that exists (even one killed before its first checkpoint) is continued, never re-created
+    resume = ["--resume", str(run_dir)] if (run_dir / "config.json").exists() else ["--out", str(run_dir)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
     t0 = time.time()
     with open(run_dir.parent / f"{run_dir.name}.log", "w") as out:

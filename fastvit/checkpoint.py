@@ -45,24 +45,88 @@ def digest(state: dict) -> str:
 
 
 def save(state: dict, path: str | Path) -> None:
-    """Write to a temp file in the same folder, fsync, rename: a crash never leaves a half file."""
+    """Write to a temp file in the same folder, fsync, rename: a crash never leaves a half file.
+    A failed write (disk full, no permission) is a UserError; the previous file at `path` is kept."""
     path = Path(path)
     state = {**state, DIGEST_KEY: digest(state)}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # make the rename itself durable
+        finally:
+            os.close(dir_fd)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        os_error = write_failure(e)
+        if os_error is not None:
+            raise UserError(f"cannot write checkpoint {path}: {os_error}") from e
+        raise
+
+
+def write_failure(e: BaseException) -> str | None:
+    """The OSError behind a failed write, as text: torch's zip writer may replace it with a RuntimeError
+    (its end-of-file record after the failed write), so the exception chain is searched too."""
+    while e is not None:
+        if isinstance(e, OSError):
+            return e.strerror or str(e)
+        if isinstance(e, RuntimeError) and "write" in str(e):  # "... file write failed"
+            return str(e).strip().splitlines()[0]
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """A run dir's small text files (config.json, metrics.jsonl rewrites): all of it or the old file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; these are ordinary readable files
+        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Delete the temp files of writes that a kill interrupted (`.NAME.*.tmp`); returns them."""
+    stale = sorted(Path(folder).glob(".*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def nonfinite_tensors(state: dict) -> list[str]:
+    """Names (dotted paths) of the floating-point tensors in `state` holding NaN or Inf.
+    One device->host read for the whole state: a checkpoint save is a sync point anyway."""
+    named = []
+
+    def walk(prefix: str, obj) -> None:
+        if isinstance(obj, dict):
+            for key, value in obj.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), value)
+        elif isinstance(obj, list | tuple):
+            for i, value in enumerate(obj):
+                walk(f"{prefix}.{i}", value)
+        elif isinstance(obj, torch.Tensor) and obj.is_floating_point() and obj.numel():
+            named.append((prefix, obj))
+
+    walk("", state)
+    if not named:
+        return []
+    finite = torch.stack([torch.isfinite(t).all().to(named[0][1].device) for _, t in named]).cpu()
+    return [name for (name, _), ok in zip(named, finite.tolist(), strict=True) if not ok]
 
 
 def load(path: str | Path) -> dict:

@@ -172,16 +172,62 @@ def config_from_args(args) -> config.Config:
                  if f.metadata.get("flag", True) and getattr(args, f.name) is not None}
     if args.command == "finetune" and not overrides.get("init"):
         raise UserError("fastvit finetune needs --init CKPT (a `fastvit pretrain` checkpoint)")
-    if overrides.get("resume"):  # the run's own config, with any explicitly changed flags on top
-        saved = Path(overrides["resume"]) / "config.json"
-        if not saved.is_file():
-            raise UserError(f"--resume {overrides['resume']}: no config.json there (not a fastvit run dir)")
-        values = json.loads(saved.read_text())
-        recipe, command = values.pop("recipe"), values.pop("command")
-        values.pop("resolved", None)  # what auto chose: not a flag; train.run reads it from the run dir
-        values.update(overrides)
-        return dataclasses.replace(config.build(values, command=command), recipe=recipe)
+    if overrides.get("resume"):
+        return resumed_config(overrides, args)
     return config.build(overrides, recipe=args.recipe, command=args.command)
+
+
+def resumed_config(overrides: dict, args) -> config.Config:
+    """The run's own config with the explicitly given flags on top, refusing any that contradict it."""
+    run_dir = Path(overrides["resume"])
+    saved_path = run_dir / "config.json"
+    if not saved_path.is_file():
+        raise UserError(f"--resume {run_dir}: no config.json there (not a fastvit run dir)")
+    try:
+        values = json.loads(saved_path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"--resume {run_dir}: config.json is unreadable ({e})") from None
+    if not isinstance(values, dict) or not {"command", "recipe"} <= set(values):
+        raise UserError(f"--resume {run_dir}: config.json is not a fastvit config")
+    for key in config.RECORD_ONLY_KEYS:
+        values.pop(key, None)
+    unknown = sorted(set(values) - set(config.FIELDS))
+    if unknown:
+        raise UserError(f"--resume {run_dir}: config.json has unknown fields {unknown}")
+    out = overrides.pop("out", None)
+    if out is not None and Path(out).resolve() != run_dir.resolve():
+        # honouring it would mean copying the run; continuing it in place and writing elsewhere is ambiguous
+        raise UserError(f"--resume continues {run_dir} in place; --out {out} is another folder (to branch the "
+                        f"run, copy it first: cp -r {run_dir} {out}, then --resume {out})")
+    command, recipe = values.pop("command"), values.pop("recipe")
+    if args.command != command or (args.recipe is not None and args.recipe != recipe):
+        raise UserError(f"--resume {run_dir}: that run is `fastvit {command}`"
+                        f"{f' --recipe {recipe}' if recipe else ''}; resume it with the same command and recipe")
+    conflicts = config.resume_conflicts(values, overrides, new_schedule=bool(overrides.get("resume_new_schedule")))
+    if conflicts:
+        schedule = any(name in config.SCHEDULE_FIELDS for name, _, _ in conflicts)
+        hint = " (a new schedule needs --resume-new-schedule)" if schedule else ""
+        listed = "; ".join(f"{config.flag(name)} {'unset' if before is None else before} -> {now}"
+                           for name, before, now in conflicts)
+        raise UserError(f"--resume {run_dir}: flags contradict the run ({listed}){hint}")
+    values.update(overrides)
+    return dataclasses.replace(config.build(values, command=command), recipe=recipe)
+
+
+def prepared_train_images(cfg: config.Config) -> int | None:
+    """The train split's size if it is already prepared (--print-config prepares nothing)."""
+    from fastvit import loaders
+    from fastvit.loaders.prepare import beton_paths
+
+    for folder in (cfg.data_dir, cfg.resolved_cache_dir()):
+        train = beton_paths(cfg.dataset, Path(folder))[0] if folder else None
+        if train is not None and train.is_file():
+            try:
+                count = loaders.read_meta(train)["count"]
+            except (UserError, KeyError):
+                continue
+            return min(count, cfg.subset or count)
+    return None
 
 
 def check_names(cfg: config.Config) -> None:
@@ -199,7 +245,7 @@ def check_names(cfg: config.Config) -> None:
 def cmd_train(args) -> int:
     cfg = config_from_args(args)
     if args.print_config:
-        print(json.dumps(cfg.to_dict(), indent=2))
+        print(json.dumps({**cfg.to_dict(), "derived": config.derived(cfg, prepared_train_images(cfg))}, indent=2))
         return 0
     check_names(cfg)
     from fastvit import train

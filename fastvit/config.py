@@ -3,8 +3,10 @@ explicit CLI flags override the recipe. The resolved config is saved in every ru
 """
 
 import dataclasses
+import math
 import os
 import tomllib
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -210,6 +212,9 @@ class Config:
                                 group="runtime")
     resume: str | None = _f(None, "continue the run in this directory from its last.pt",
                             metavar="RUN_DIR", group="runtime")
+    resume_new_schedule: bool = _f(False, "with --resume: accept a changed schedule (--epochs, --lr, --warmup-"
+                                   "epochs, ...); its curves are recomputed at the checkpoint's step",
+                                   group="runtime")
     log_every: int = _f(50, "steps between progress-bar/TensorBoard updates (each is a host sync)",
                         positive=True, group="runtime")
     eval_every: int = _f(1, "evaluate every N epochs", positive=True, group="runtime", commands=("train", "finetune"))
@@ -277,6 +282,61 @@ class Config:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+# On --resume: fields that only say how this process runs (free to change), and the schedule's fields
+# (changed only with --resume-new-schedule: lr/wd curves are functions of step / total steps).
+RESUME_MAY_CHANGE = ("device", "attn", "compile", "cuda_graphs", "num_workers", "log_every", "save_every",
+                     "eval_every", "knn_every", "data_dir", "cache_dir", "resume", "resume_new_schedule")
+SCHEDULE_FIELDS = ("epochs", "schedule_epochs", "steps_per_epoch", "lr", "lr_base_batch", "lr_scale_all", "min_lr",
+                   "cosine_from", "warmup_epochs", "warmup_lr", "weight_decay", "weight_decay_end",
+                   "drloc_warmup_epochs", "warmup_teacher_temp_epochs", "freeze_last_layer", "teacher_momentum")
+RECORD_ONLY_KEYS = ("derived", "resolved")  # config.json entries computed at run time, not settings
+
+
+def resume_conflicts(saved: dict, given: dict, new_schedule: bool) -> list[tuple[str, object, object]]:
+    """(name, saved, given) for every setting in `given` that contradicts the resumed run's `saved`."""
+    out = []
+    for name, value in given.items():
+        if name not in FIELDS or name not in saved or name in RESUME_MAY_CHANGE:
+            continue
+        if new_schedule and name in SCHEDULE_FIELDS:
+            continue
+        if name == "epochs" and stops_within_schedule(saved, given):
+            continue  # more (or fewer) epochs of a schedule fixed by --schedule-epochs: the curves are unchanged
+        before = tuple(saved[name]) if isinstance(saved[name], list) else saved[name]
+        now = tuple(value) if isinstance(value, list) else value
+        if before != now:
+            out.append((name, before, now))
+    return out
+
+
+def stops_within_schedule(saved: dict, given: dict) -> bool:
+    """The schedules' length is the saved --schedule-epochs and the given --epochs does not pass it."""
+    fixed = saved.get("schedule_epochs")
+    return (fixed is not None and given.get("schedule_epochs", fixed) == fixed
+            and given.get("epochs", saved["epochs"]) <= fixed)
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def derived(cfg: Config, train_images: int | None, world_size: int = 1, steps_per_epoch: int | None = None) -> dict:
+    """Values the run computes from the config and the data (resolve() already filled the per-arch ones):
+    lr after scaling, schedule lengths in steps (the loader's own count when given; None while the
+    dataset's size is unknown)."""
+    steps = steps_per_epoch
+    if steps is None and train_images is not None:
+        steps = train_images * cfg.repeats // (cfg.batch_size * world_size)  # drop_last, as the loader
+        steps = min(steps, cfg.steps_per_epoch or steps)
+    return {
+        "lr": cfg.scaled_lr(world_size),
+        "global_batch": cfg.batch_size * world_size,
+        "train_images": train_images,
+        "steps_per_epoch": steps,
+        "total_steps": None if steps is None else cfg.epochs * steps,
+        "schedule_steps": None if steps is None else cfg.schedule_length() * steps,
+        "warmup_steps": None if steps is None else round(cfg.warmup_epochs * steps),
+    }
 
 
 def arch_family(arch: str) -> str | None:
@@ -301,15 +361,51 @@ def recipe_names() -> list[str]:
 
 
 def load_recipe(name: str) -> dict:
-    path = RECIPE_DIR / f"{name}.toml"
+    """A shipped recipe by name, or a user's recipe file (a path ending in .toml)."""
+    path = Path(name) if name.endswith(".toml") else RECIPE_DIR / f"{name}.toml"
     if not path.is_file():
+        if name.endswith(".toml"):
+            raise UserError(f"recipe file {path} does not exist")
         raise UserError(f"unknown recipe {name!r}; choose from {', '.join(recipe_names())}")
-    with open(path, "rb") as f:
-        data = tomllib.load(f)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"recipe {path} is not valid TOML: {e}") from None
+    except OSError as e:
+        raise UserError(f"recipe {path}: cannot read it ({e.strerror})") from None
     unknown = sorted(set(data) - set(FIELDS))
     if unknown:
         raise UserError(f"recipe {path} sets unknown fields {unknown}")
+    for key, value in data.items():
+        problem = type_problem(key, value)
+        if problem:
+            raise UserError(f"recipe {path}: {key} {problem}")
     return data
+
+
+def type_problem(name: str, value) -> str | None:
+    """Why `value` cannot be field `name` ('must be a number, got 'x''), or None if it can."""
+    annotation = FIELDS[name].type
+    options = annotation.__args__ if isinstance(annotation, types.UnionType) else (annotation,)
+    if value is None:
+        return None if type(None) in options else "must be set, got null"
+    kind = next(a for a in options if a is not type(None))
+    if getattr(kind, "__origin__", None) is tuple:
+        n = len(kind.__args__)
+        if not isinstance(value, list | tuple) or len(value) != n or not all(is_number(v) for v in value):
+            return f"must be {n} numbers (e.g. 0.2,0.5), got {value!r}"
+        return None
+    checks = {bool: (lambda v: isinstance(v, bool), "true or false"), int: (lambda v: type(v) is int, "an integer"),
+              float: (is_number, "a number"), str: (lambda v: isinstance(v, str), "a string")}
+    if kind not in checks:  # a field type without a check here: the field's own validation covers it
+        return None
+    ok, wanted = checks[kind]
+    return None if ok(value) else f"must be {wanted}, got {value!r}"
+
+
+def is_number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def build(overrides: dict, *, recipe: str | None = None, command: str = "train") -> Config:
@@ -323,21 +419,43 @@ def build(overrides: dict, *, recipe: str | None = None, command: str = "train")
 
 
 def validate(cfg: Config) -> None:
+    """Every value checked before anything is built or written; a bad one is a one-line UserError."""
     for name, f in FIELDS.items():
         value = getattr(cfg, name)
+        problem = type_problem(name, value)
+        if problem:
+            raise UserError(f"{flag(name)} {problem}")
+        numbers = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+            raise UserError(f"{flag(name)} must be a finite number, got {value}")
         if f.metadata.get("positive") and value is not None and not value > 0:
-            raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
+            raise UserError(f"{flag(name)} must be positive, got {value}")
         choices = f.metadata.get("choices")
         if choices and value is not None and value not in choices:  # None: resolved later
-            raise UserError(f"--{name.replace('_', '-')} {value!r} is not one of {', '.join(map(str, choices))}")
-    for name in ("lr", "min_lr", "warmup_lr", "weight_decay", "drop_path", "label_smoothing",
-                 "warmup_epochs"):
-        if getattr(cfg, name) < 0:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+            raise UserError(f"{flag(name)} {value!r} is not one of {', '.join(map(str, choices))}")
+    for name in ("lr", "min_lr", "warmup_lr", "weight_decay", "weight_decay_end", "drop_path", "label_smoothing",
+                 "warmup_epochs", "mixup_alpha", "cutmix_alpha", "drloc_lambda", "drloc_warmup_epochs",
+                 "warmup_teacher_temp_epochs", "freeze_last_layer", "seed", "knn_every"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 0:
+            raise UserError(f"{flag(name)} must be >= 0, got {getattr(cfg, name)}")
+    for name in ("beta1", "beta2", "label_smoothing", "drop_path"):
+        if not 0 <= getattr(cfg, name) < 1:
+            raise UserError(f"{flag(name)} must be in [0, 1), got {getattr(cfg, name)}")
+    for name in ("mix_prob", "erasing_prob", "teacher_momentum"):
+        if getattr(cfg, name) is not None and not 0 <= getattr(cfg, name) <= 1:
+            raise UserError(f"{flag(name)} must be in [0, 1], got {getattr(cfg, name)}")
+    for name in ("teacher_temp", "warmup_teacher_temp"):
+        if not getattr(cfg, name) > 0:
+            raise UserError(f"{flag(name)} must be positive, got {getattr(cfg, name)}")
+    for name in ("global_scale", "local_scale"):
+        if getattr(cfg, name) is None:  # by dataset (multicrop_scales)
+            continue
+        low, high = getattr(cfg, name)
+        if not 0 < low <= high <= 1:
+            raise UserError(f"{flag(name)} must be two numbers LOW,HIGH with 0 < LOW <= HIGH <= 1, "
+                            f"got {','.join(map(str, getattr(cfg, name)))}")
     if cfg.img_size is not None and cfg.img_size <= 0:
         raise UserError(f"--img-size must be positive, got {cfg.img_size}")
-    if not 0 <= cfg.drop_path < 1:
-        raise UserError(f"--drop-path must be in [0, 1), got {cfg.drop_path}")
     if cfg.eval_crop_pct is not None and not 0 < cfg.eval_crop_pct <= 1:
         raise UserError(f"--eval-crop-pct must be in (0, 1], got {cfg.eval_crop_pct}")
     if cfg.ema is not None and not 0 < cfg.ema < 1:

@@ -7,6 +7,7 @@ Sections: setup -> data -> model/objective -> optimizer/compile/DDP -> resume ->
 Hot-path rule: no host-device sync inside a step except on logging/checkpoint steps.
 """
 
+import contextlib
 import json
 import os
 import time
@@ -17,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from fastvit import augment, checkpoint, choices, distributed, hostmem, knn, loaders, models, pretrained
+from fastvit import augment, checkpoint, choices, config, distributed, hostmem, knn, loaders, models, pretrained
 from fastvit.augment import MultiCrop
 from fastvit.config import Config
 from fastvit.errors import UserError
@@ -28,7 +29,12 @@ from fastvit.schedules import cosine_schedule
 
 
 class TrainingError(RuntimeError):
-    """The run cannot go on (non-finite loss); the message names the step and the last good checkpoint."""
+    """The run cannot go on (non-finite loss or state); the message names the step and the newest finite
+    checkpoint (or says there is none)."""
+
+
+RUN_FILES = ("config.json", "last.pt", "metrics.jsonl")  # any of these: the folder holds a run
+NAN_HINT = "lower --lr, add --grad-clip, or use --precision fp32"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -224,6 +230,7 @@ def run(cfg: Config) -> dict:
         torch.use_deterministic_algorithms(True)
         torch.set_num_threads(1)  # CPU GEMM reductions then run in one fixed order
     torch.manual_seed(cfg.seed + d.rank)  # stochastic depth; init below re-seeds identically on all ranks
+    run_dir = run_dir_path(cfg)  # an existing run without --resume is refused before any work
 
     # ---- data
     train_path, test_path = loaders.ensure_prepared(
@@ -233,6 +240,8 @@ def run(cfg: Config) -> dict:
     num_classes, in_chans = meta["num_classes"], meta["channels"]
     img_size = resolve_img_size(cfg, meta["height"])
     mean, std = normalization(cfg, meta)
+    if cfg.subset is not None and cfg.subset > meta["count"]:
+        raise UserError(f"--subset {cfg.subset} is more than the {meta['count']} training images of {cfg.dataset}")
 
     # ---- model, data, objective: all built and checked before anything is written
     if cfg.cuda_graphs is True and device.type != "cuda":
@@ -242,6 +251,8 @@ def run(cfg: Config) -> dict:
     torch.manual_seed(cfg.seed)  # identical init on every rank
     model = models.create(cfg.arch, img_size=img_size, num_classes=0 if pretrain else num_classes,
                           in_chans=in_chans, drop_path=cfg.arch_drop_path()).to(device)
+    if cfg.drloc and cfg.drloc_multiscale and not hasattr(model, "forward_stages"):
+        raise UserError(f"--drloc-multiscale needs a multi-stage arch (swin, swin_t); {cfg.arch} has one grid")
     init = pretrained.match_backbone(model, cfg.init) if cfg.init else None  # refused here, before any write
     loader = make_train_loader(cfg, train_path, meta, img_size, device, d)
     eval_batches, eval_dist = make_eval_batches(cfg, test_path, img_size, device, d)
@@ -265,12 +276,16 @@ def run(cfg: Config) -> dict:
                       knn.LabelledSplit(test_path, cfg.knn_test, img_size, device, 2 * cfg.batch_size)
                       ) if cfg.knn_every > 0 else None
     else:
-        train_tf = (eval_tf_with_labels(eval_tf) if cfg.augment == "none" else augment.build_train_transform(
+        no_augment = eval_tf_with_labels(eval_tf, num_classes, cfg.label_smoothing)
+        train_tf = (no_augment if cfg.augment == "none" else augment.build_train_transform(
             cfg.augment, img_size=img_size, mean=mean, std=std, num_classes=num_classes,
             **cfg.augment_overrides()))
         drloc = build_drloc(cfg, model, img_size, in_chans, device) if cfg.drloc else None
         objective = Supervised(model, drloc, cfg.drloc_multiscale).to(device)
         no_decay = prefixed_no_decay(model, "model.")
+
+    # ---- resume, part 1: read and check the checkpoint (nothing written yet)
+    resume_state = resume_checkpoint(cfg, run_dir)  # None: no --resume, or no checkpoint saved yet
 
     # ---- speed choices (auto = measured on this machine, cached: fastvit.choices), recorded in the run
     example = (dino_example(cfg, img_size, local_size, in_chans, device) if pretrain else
@@ -290,16 +305,19 @@ def run(cfg: Config) -> dict:
     if not d.is_main:
         resolved = resolve_speed_choices(cfg, device, objective, model, example, probe_shapes, key_fields, resolved)
     precision = resolved["precision"]
-    try:
-        run_dir = prepare_run_dir(cfg, d, resolved)
-    except OSError as e:
-        raise UserError(f"cannot write the run directory: {e.strerror}: {e.filename}") from e
+    if resume_state is not None:  # restored after the speed measurements, which run the model
+        objective.load_state_dict(resume_state["objective"])
+        loader.load_state_dict(resume_state["loader"])
+    derived = config.derived(cfg, loader.num_samples, d.world_size, steps_per_epoch)
+    stale = prepare_run_dir(cfg, d, run_dir, {"derived": derived, "resolved": resolved})
     log = Logger(run_dir, d, tensorboard=True)
     log.info(f"fastvit {cfg.command}: {cfg.arch} @ {img_size}px on {cfg.dataset} ({loader.num_samples} train "
              f"images, {num_classes} classes), {type(loader).__name__}, device {device}, {d.world_size} "
              f"process(es), run dir {run_dir}; {describe_resolved(resolved)}")
     if init is not None:
         init.load_into(model, log.info)
+    if stale:
+        log.info(f"removed {len(stale)} temp file(s) of interrupted checkpoint writes in {run_dir}")
 
     # ---- optimizer, precision, compile, DDP
     # one fused kernel over all parameters: on a CPU 4x faster than foreach (vit 10.8 vs 47.5 ms per step)
@@ -322,27 +340,30 @@ def run(cfg: Config) -> dict:
     if resolved["compile"]:
         step_module = torch.compile(step_module, mode="reduce-overhead" if resolved["cuda_graphs"] else None)
 
-    # ---- resume
+    # ---- resume, part 2: optimizer, scaler, EMA, random streams, counters
     start = {"epoch": 0, "step": 0, "best_acc1": 0.0, "epoch_sums": None}
-    if cfg.resume:
-        state = checkpoint.load(run_dir / "last.pt")
-        objective.load_state_dict(state["objective"])
+    last_good = None  # (path, step) of the newest checkpoint known to hold finite state
+    if cfg.resume and resume_state is None:
+        log.truncate_metrics(0)
+        log.info(f"--resume {run_dir}: no checkpoint there yet (the run stopped before its first save); "
+                 "starting it from step 0")
+    if resume_state is not None:
+        state = resume_state
         opt.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
-        loader.load_state_dict(state["loader"])
         gen.set_state(state["rng"]["augment"].to(gen.get_state().device))
         torch.set_rng_state(state["rng"]["torch"])
         if device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"], device)
         start = {k: state[k] for k in start}
+        last_good = (run_dir / "last.pt", start["step"])
         log.truncate_metrics(start["epoch"])
         log.info(f"resumed from {run_dir / 'last.pt'} at epoch {start['epoch']}, step {start['step']}")
 
     def save(path_name: str, epoch: int, step: int, best: float, epoch_sums) -> None:
-        if not d.is_main:
-            return
+        nonlocal last_good
         state = {
             "objective": objective.state_dict(),  # uncompiled, unwrapped names
             "model": model.state_dict(),
@@ -358,7 +379,15 @@ def run(cfg: Config) -> dict:
         }
         if pretrain:
             state["teacher_backbone"] = objective.teacher_backbone_state_dict()
-        checkpoint.save(state, run_dir / path_name)
+        # every rank checks (the state is the same on all), so all stop together
+        bad = checkpoint.nonfinite_tensors({k: state[k] for k in ("objective", "optimizer", "ema")})
+        if bad:
+            raise TrainingError(f"the training state holds NaN/Inf after step {step} ({len(bad)} tensors, e.g. "
+                                f"{bad[0]}); stopping without saving it. {newest_finite(last_good)} ({NAN_HINT})")
+        if d.is_main:
+            checkpoint.save(state, run_dir / path_name)
+        if path_name == "last.pt":
+            last_good = (run_dir / path_name, step)
 
     # ---- the loop
     step, best_acc1, metrics = start["step"], start["best_acc1"], {}
@@ -370,10 +399,12 @@ def run(cfg: Config) -> dict:
         loader.set_epoch(epoch)  # keeps a resumed mid-epoch position
         sums = (start["epoch_sums"] if resumed_mid_epoch else torch.zeros(3, dtype=torch.float64)).to(device)
         t0, images_seen = time.perf_counter(), 0
+        lr_now = lr_at(max(step - 1, 0))  # the epoch line's lr when a resumed epoch has no batch left
+        batches = loader if loader.next_batch < steps_per_epoch else ()  # resumed at this epoch's end
         # a context manager, so the bar is closed before an error message is printed
         with tqdm(total=steps_per_epoch, initial=loader.next_batch, disable=not d.is_main,
                   desc=f"epoch {epoch + 1}/{cfg.epochs}", mininterval=1.0, dynamic_ncols=True) as bar:
-            for images, labels in loader:
+            for images, labels in batches:
                 lr_now, wd_now = lr_at(step), wd_at(step)
                 for group in opt.param_groups:
                     group["lr"] = lr_now
@@ -411,17 +442,17 @@ def run(cfg: Config) -> dict:
                 images_seen += len(images) * d.world_size
                 bar.update(1)
                 if step % cfg.log_every == 0:  # a host sync: only on logging steps
-                    check_finite(nonfinite_at, run_dir)
+                    check_finite(nonfinite_at, last_good)
                     rate = images_seen / (time.perf_counter() - t0)
                     bar.set_postfix({"loss": f"{loss.item():.4f}", "lr": f"{lr_now:.2e}",
                                      **pace.postfix(step, len(images) * d.world_size)})
                     log.scalars(step, {"train/loss": loss.item(), "train/lr": lr_now, "train/images_per_s": rate})
                 if cfg.save_every and step % cfg.save_every == 0:
-                    check_finite(nonfinite_at, run_dir)
+                    check_finite(nonfinite_at, last_good)
                     save("last.pt", epoch, step, best_acc1, sums.cpu())
                 if loader.next_batch >= steps_per_epoch:  # --steps-per-epoch ends the pass early
                     break
-        check_finite(nonfinite_at, run_dir)
+        check_finite(nonfinite_at, last_good)
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
@@ -437,10 +468,11 @@ def run(cfg: Config) -> dict:
             metrics.update(knn.knn_accuracy(objective.teacher.backbone, *knn_splits, eval_tf, precision,
                                             show_progress=d.is_main))
         log.epoch(metrics)
-        save("last.pt", epoch + 1, step, max(best_acc1, metrics.get("test_acc1", 0.0)), None)
+        # best.pt before last.pt: a kill between the two resumes before this epoch's end and redoes it
         if metrics.get("test_acc1", -1.0) > best_acc1:
             best_acc1 = metrics["test_acc1"]
             save("best.pt", epoch + 1, step, best_acc1, None)
+        save("last.pt", epoch + 1, step, best_acc1, None)
     if "test_acc1" in metrics:
         log.info(f"done: test top-1 {metrics['test_acc1']:.2f}% after {metrics['epoch']} epochs (best "
                  f"{best_acc1:.2f}%); checkpoints in {run_dir}")
@@ -524,35 +556,83 @@ def build_drloc(cfg: Config, model: nn.Module, img_size: int, in_chans: int, dev
         model.eval()
         grids = model.forward_stages(probe) if cfg.drloc_multiscale else [model.forward_features(probe)[1]]
         model.train()
-    if cfg.drloc_multiscale and not hasattr(model, "forward_stages"):
-        raise UserError(f"--drloc-multiscale needs a multi-stage arch (swin, swin_t); {cfg.arch} has one grid")
     return Drloc([g.shape[-1] for g in grids], mode=cfg.drloc_mode, num_pairs=cfg.drloc_pairs,
                  use_abs=cfg.drloc_abs, grid_sizes=[tuple(g.shape[1:3]) for g in grids])
 
 
-def eval_tf_with_labels(eval_tf):
-    return lambda images, labels, generator: (eval_tf(images), labels)
+def eval_tf_with_labels(eval_tf, num_classes: int, label_smoothing: float):
+    """--augment none: the eval transform; label smoothing still applies (soft targets, as the recipes')."""
+    if not label_smoothing:
+        return lambda images, labels, generator: (eval_tf(images), labels)
+    off = label_smoothing / num_classes
+
+    def transform(images, labels, generator):
+        targets = torch.full((len(labels), num_classes), off, device=labels.device)
+        return eval_tf(images), targets.scatter_(1, labels[:, None], 1.0 - label_smoothing + off)
+
+    return transform
 
 
-def check_finite(nonfinite_at: torch.Tensor, run_dir: Path) -> None:
+def check_finite(nonfinite_at: torch.Tensor, last_good: tuple[Path, int] | None) -> None:
     bad = int(nonfinite_at.item())
     if bad >= 0:
-        raise TrainingError(f"the loss became NaN/Inf at step {bad}; stopping. The last good checkpoint is "
-                            f"{run_dir / 'last.pt'} (lower --lr, add --grad-clip, or use --precision fp32)")
+        gave_it = last_good is not None and last_good[1] == bad  # saved after step bad-1: its weights made the NaN
+        note = "; its weights gave that loss: resume it with --resume-new-schedule and a lower --lr" if gave_it else ""
+        raise TrainingError(f"the loss became NaN/Inf at step {bad}; stopping. {newest_finite(last_good)}{note} "
+                            f"({NAN_HINT})")
 
 
-def prepare_run_dir(cfg: Config, d, resolved: dict) -> Path:
+def newest_finite(last_good: tuple[Path, int] | None) -> str:
+    if last_good is None:
+        return "No checkpoint was saved before it: there is none to resume from"
+    path, step = last_good
+    return f"The newest finite checkpoint is {path} (saved after {step} steps)"
+
+
+def run_dir_path(cfg: Config) -> Path:
+    """The run directory; a folder that already holds a run is refused unless it is being resumed."""
     if cfg.resume:
-        run_dir = Path(cfg.resume)
-        if not (run_dir / "last.pt").is_file():
-            raise UserError(f"--resume {run_dir}: no last.pt there")
-    else:
-        run_dir = Path(cfg.out or f"runs/{cfg.arch}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if d.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "resolved": resolved}, indent=2) + "\n")
-    distributed.barrier(d)
+        return Path(cfg.resume)
+    run_dir = Path(cfg.out or f"runs/{cfg.arch}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    existing = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if existing:
+        raise UserError(f"{run_dir} already holds a run ({', '.join(existing)}): continue it with --resume "
+                        f"{run_dir}, or choose another --out")
     return run_dir
+
+
+def resume_checkpoint(cfg: Config, run_dir: Path) -> dict | None:
+    """--resume: last.pt, checked against the config (None when the run stopped before its first save)."""
+    if not cfg.resume or not (run_dir / "last.pt").exists():
+        return None
+    state = checkpoint.load(run_dir / "last.pt")
+    saved = state["config"]
+    conflicts = config.resume_conflicts(saved, cfg.to_dict(), cfg.resume_new_schedule)
+    conflicts += [(k, saved[k], getattr(cfg, k)) for k in ("command", "recipe") if saved.get(k) != getattr(cfg, k)]
+    if conflicts:
+        listed = "; ".join(f"{name} {before} in last.pt, {now} now" for name, before, now in conflicts)
+        raise UserError(f"--resume {run_dir}: last.pt was saved by another configuration ({listed})")
+    return state
+
+
+def prepare_run_dir(cfg: Config, d, run_dir: Path, recorded: dict) -> list[Path]:
+    """Create the run dir and write config.json, the config plus `recorded` (derived and resolved values),
+    only now that every check passed; returns the stale temp files of killed writes it removed."""
+    stale = []
+    if d.is_main:
+        created = not run_dir.exists()
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            stale = checkpoint.remove_stale_temps(run_dir)
+            text = json.dumps({**cfg.to_dict(), **recorded}, indent=2) + "\n"
+            checkpoint.write_text_atomic(run_dir / "config.json", text)
+        except OSError as e:
+            if created:  # leave no empty run dir behind (a full disk, say)
+                with contextlib.suppress(OSError):
+                    run_dir.rmdir()
+            raise UserError(f"cannot write the run directory {run_dir}: {e.strerror}") from e
+    distributed.barrier(d)
+    return stale
 
 
 class RunPace:
@@ -620,8 +700,11 @@ class Logger:
     def epoch(self, metrics: dict) -> None:
         if not self.active:
             return
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(metrics) + "\n")
+        try:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+        except OSError as e:
+            raise UserError(f"cannot write {self.run_dir / 'metrics.jsonl'}: {e.strerror}") from e
         self.scalars(metrics["step"], {f"epoch/{k}": v for k, v in metrics.items() if k not in ("epoch", "step")})
         shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
         self.info(shown)
@@ -630,9 +713,20 @@ class Logger:
         """On resume, drop lines of epochs the checkpoint does not cover (they will be redone)."""
         path = self.run_dir / "metrics.jsonl"
         if self.active and path.exists():
-            lines = [ln for ln in path.read_text().splitlines() if json.loads(ln)["epoch"] <= epochs_done]
-            path.write_text("".join(ln + "\n" for ln in lines))
+            lines = [ln for ln in path.read_text().splitlines() if epoch_of(ln) <= epochs_done]
+            try:
+                checkpoint.write_text_atomic(path, "".join(ln + "\n" for ln in lines))
+            except OSError as e:
+                raise UserError(f"cannot write {path}: {e.strerror}") from e
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def epoch_of(line: str) -> float:
+    """The epoch of a metrics.jsonl line; a line a kill cut short counts as not done."""
+    try:
+        return json.loads(line)["epoch"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")

@@ -141,7 +141,7 @@ def test_corrupted_checkpoint_is_refused_on_resume(data_args, tmp_path):
     blob = bytearray((out / "last.pt").read_bytes())
     blob[len(blob) // 2] ^= 0xFF  # inside the tensor data: torch itself would load this silently
     (out / "last.pt").write_bytes(bytes(blob))
-    r = run_cli("train", "--resume", out, "--epochs", "2")
+    r = run_cli("train", "--resume", out, "--epochs", "2", "--resume-new-schedule")
     assert r.returncode == 2
     assert "last.pt is corrupt" in r.stderr.strip().splitlines()[-1]
 
