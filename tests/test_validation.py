@@ -51,7 +51,7 @@ BAD_FLAGS = [
     (["train", "--label-smoothing", "1"], "--label-smoothing must be in [0, 1)"),
     (["train", "--weight-decay-end", "-0.1"], "--weight-decay-end must be >= 0"),
     (["train", "--mix-prob", "1.5"], "--mix-prob must be in [0, 1]"),
-    (["pretrain", "--local-scale", "0.5"], "--local-scale must be 2 numbers"),
+    (["pretrain", "--local-scale", "0.5"], "two numbers"),
     (["pretrain", "--global-scale", "0.9,0.5"], "--global-scale must be two numbers LOW,HIGH"),
     (["pretrain", "--local-scale", "0,0.5"], "0 < LOW <= HIGH <= 1"),
     (["pretrain", "--local-scale", "0.2,1.5"], "0 < LOW <= HIGH <= 1"),
