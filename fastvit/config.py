@@ -390,7 +390,12 @@ def type_problem(name: str, value) -> str | None:
     options = annotation.__args__ if isinstance(annotation, types.UnionType) else (annotation,)
     if value is None:
         return None if type(None) in options else "must be set, got null"
-    kind = next(a for a in options if a is not type(None))
+    problems = [kind_problem(kind, value) for kind in options if kind is not type(None)]
+    return None if None in problems else problems[0]
+
+
+def kind_problem(kind, value) -> str | None:
+    """Why `value` is not of the one annotated type `kind`, or None if it is (or no check exists for it)."""
     if getattr(kind, "__origin__", None) is tuple:
         n = len(kind.__args__)
         if not isinstance(value, list | tuple) or len(value) != n or not all(is_number(v) for v in value):
