@@ -22,7 +22,7 @@ from fastvit import augment, checkpoint, choices, config, distributed, hostmem, 
 from fastvit.augment import MultiCrop
 from fastvit.config import Config
 from fastvit.errors import UserError
-from fastvit.kernels.attention import preset_choices, record_choices
+from fastvit.kernels.attention import preset_choices, record_choices, set_deterministic
 from fastvit.objectives.dino import DINO, cancel_last_layer_grads, momentum_schedule
 from fastvit.objectives.drloc import Drloc, drloc_lambda
 from fastvit.schedules import cosine_schedule
@@ -229,6 +229,7 @@ def run(cfg: Config) -> dict:
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
         torch.set_num_threads(1)  # CPU GEMM reductions then run in one fixed order
+    set_deterministic(cfg.deterministic)  # Triton attention: one pinned launch config per shape, not autotuned
     torch.manual_seed(cfg.seed + d.rank)  # stochastic depth; init below re-seeds identically on all ranks
     run_dir = run_dir_path(cfg)  # an existing run without --resume is refused before any work
 
