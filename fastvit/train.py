@@ -49,13 +49,26 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
 
 
 class Supervised(nn.Module):
-    """Cross-entropy on the logits, plus lambda * L_drloc on the final token grid(s) when enabled."""
+    """Cross-entropy on the logits, plus lambda * L_drloc on the final token grid(s) when enabled.
+
+    drloc_weight (float32), seed and offset (int64): 0-dim tensors on the model's device, so that under
+    torch.compile every step runs the same graph (Python numbers would be specialised: a recompile per
+    value) and nothing is read back to the host. `step_inputs` makes them; Python numbers work eagerly.
+    """
 
     def __init__(self, model: nn.Module, drloc: nn.Module | None = None, multiscale: bool = False):
         super().__init__()
         self.model, self.drloc, self.multiscale = model, drloc, multiscale
 
-    def forward(self, x, targets, drloc_weight: float = 0.0, seed: int = 0, offset: int = 0):
+    @staticmethod
+    def step_inputs(drloc_weight: float, seed: int, step: int, device) -> dict[str, torch.Tensor]:
+        """forward's per-step keyword inputs as device scalars: fills from host numbers, never a read-back."""
+        return {"drloc_weight": torch.full((), drloc_weight, dtype=torch.float32, device=device),
+                "seed": torch.full((), seed, dtype=torch.int64, device=device),
+                "offset": torch.full((), step, dtype=torch.int64, device=device)}
+
+    def forward(self, x, targets, drloc_weight: torch.Tensor | None = None, seed: torch.Tensor | None = None,
+                offset: torch.Tensor | None = None):
         if self.drloc is None:
             logits = self.model(x)
             return soft_cross_entropy(logits, targets), logits.new_zeros(())
@@ -421,7 +434,8 @@ def run(cfg: Config) -> dict:
                         x, targets = train_tf(images, labels, gen)
                         lam = drloc_lambda(epoch_f, cfg.drloc_weight(), cfg.drloc_warmup_epochs,
                                            cfg.schedule_length()) if cfg.drloc else 0.0
-                        loss, aux = step_module(x, targets, lam, cfg.seed, step)
+                        # lambda, seed, step as device scalars: no recompile per step, no host sync
+                        loss, aux = step_module(x, targets, **Supervised.step_inputs(lam, cfg.seed, step, device))
                 scaler.scale(loss).backward()
                 if cfg.grad_clip or pretrain:
                     scaler.unscale_(opt)

@@ -5,12 +5,18 @@ Layers (one op, one file): `@triton.jit` kernels -> host launchers (`drloc_pairs
 them) -> the public `drloc_pairs` (backend dispatch). The plain-torch ground truth is
 `fastvit.kernels.reference.drloc_pairs`.
 
+seed and offset may be Python ints or int64 0-dim tensors on the grid's device; a compiled training
+step passes tensors, so a new step is new data, not a new graph (and nothing is read back to the host).
+
 Random stream: Philox4x32-10 (the generator behind `tl.random`), keyed by `seed` (64 bits), with the
 counter (pair index b*m + j, offset low 32 bits, offset high 32 bits, 0). One counter yields the four
 words (r1, c1, r2, c2); a word u becomes a coordinate as floor(u * size / 2^32) (bias < size / 2^32).
 `philox_positions` replays the same stream with int64 torch ops, so the torch and triton backends draw
 identical positions for the same (seed, offset) on every device, and a (seed, offset) never depends on
-how many draws came before (exact resume).
+how many draws came before (exact resume). Under torch.compile the torch backend's draw is one opaque
+custom op (`fastvit::drloc_positions`): inlined, its ~300 chained int64 ops, each value read twice per
+round, make inductor's pointwise lowering re-trace shared subexpressions, a cost that roughly doubles
+per Philox round (measured in NOTES: 10 rounds do not lower within 10 minutes).
 
 Backward: a grid cell's gradient is the sum of the pair-gradient rows whose position is that cell. Each
 program owns one (image, cell, channel block) and walks every pair of its image in a fixed order, so the
@@ -50,7 +56,8 @@ if triton is not None:
         out_ptr,  # (B, m, OUT) contiguous; OUT = 2G (concat) or G/2 (SUM_HALVES)
         targets_ptr,  # (B, m, 2) float32 contiguous
         stride_gb, stride_gh, stride_gw, stride_gc,
-        Hg, Wg, m, width, seed, offset_lo, offset_hi,
+        seed_ptr, offset_ptr,  # () int64 each: the Philox key and the counter's step words
+        Hg, Wg, m, width,
         SAMPLE: tl.constexpr, USE_ABS: tl.constexpr, SUM_HALVES: tl.constexpr, ACC: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
     ):
@@ -63,6 +70,10 @@ if triton is not None:
         mask_m = j < m
         pair = pid_b * m + j  # (BLOCK_M,) int64 global pair index, the Philox counter's first word
         if SAMPLE:
+            seed = tl.load(seed_ptr)
+            offset = tl.load(offset_ptr)
+            offset_lo = offset & 0xFFFFFFFF
+            offset_hi = (offset >> 32) & 0xFFFFFFFF
             zero = tl.zeros([BLOCK_M], dtype=tl.int64)
             u0, u1, u2, u3 = tl.random.philox(
                 seed, pair.to(tl.uint32), (zero + offset_lo).to(tl.uint32),
@@ -178,7 +189,10 @@ def _out_width(channels: int, sum_halves: bool) -> int:
 
 
 def drloc_pairs_forward(grid, positions, num_pairs, seed, offset, use_abs, sum_halves):
-    """Launch the forward kernel (positions None: sample them in it). Returns (out, targets, positions)."""
+    """Launch the forward kernel (positions None: sample them in it). Returns (out, targets, positions).
+
+    seed, offset: int64 0-dim tensors on the grid's device, read by the kernel (no host sync).
+    """
     B, Hg, Wg, G = grid.shape
     m = num_pairs
     width = G // 2 if sum_halves else G
@@ -198,7 +212,7 @@ def drloc_pairs_forward(grid, positions, num_pairs, seed, offset, use_abs, sum_h
     _drloc_pairs_fwd_kernel[launch](
         grid, positions, out, targets,
         *grid.stride(),
-        Hg, Wg, m, width, seed, offset & _MASK32, (offset >> 32) & _MASK32,
+        seed, offset, Hg, Wg, m, width,
         SAMPLE=sample, USE_ABS=use_abs, SUM_HALVES=sum_halves, ACC=_acc_dtype(grid.dtype),
         BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C,
     )
@@ -230,8 +244,8 @@ def drloc_pairs_backward(grad_out, positions, grid_shape, sum_halves):
 # ---------------------------------------------------------------------------------------------------
 @torch.library.custom_op("fastvit::drloc_pairs", mutates_args=())
 def _drloc_pairs_op(
-    grid: torch.Tensor, positions: torch.Tensor | None, num_pairs: int, seed: int, offset: int,
-    use_abs: bool, sum_halves: bool,
+    grid: torch.Tensor, positions: torch.Tensor | None, num_pairs: int, seed: torch.Tensor,
+    offset: torch.Tensor, use_abs: bool, sum_halves: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return drloc_pairs_forward(grid, positions, num_pairs, seed, offset, use_abs, sum_halves)
 
@@ -288,8 +302,11 @@ def _mul_hi_lo(a, k: int):
     return hi, lo
 
 
-def philox4x32(c0, c1, c2, c3, seed: int):
-    """Philox4x32-10 on uint32 words held in int64 tensors, keyed by a 64-bit seed: 4 output words."""
+def philox4x32(c0, c1, c2, c3, seed):
+    """Philox4x32-10 on uint32 words held in int64 tensors, keyed by a 64-bit seed: 4 output words.
+
+    seed: an int or an int64 0-dim tensor (its two's-complement bits are the key).
+    """
     k0, k1 = seed & _MASK32, (seed >> 32) & _MASK32
     for _ in range(_PHILOX_ROUNDS):
         hi_b, lo_b = _mul_hi_lo(c2, _PHILOX_ROUND_B)
@@ -300,20 +317,38 @@ def philox4x32(c0, c1, c2, c3, seed: int):
 
 
 def philox_positions(B, Hg, Wg, num_pairs, seed, offset, device=None):
-    """(B, m, 4) int64 positions (r1, c1, r2, c2): the exact stream the triton kernel draws."""
+    """(B, m, 4) int64 positions (r1, c1, r2, c2): the exact stream the triton kernel draws.
+
+    seed, offset: ints or int64 0-dim tensors on `device`. Plain torch ops: call it eagerly (under
+    torch.compile use `drloc_positions`, see the module docstring).
+    """
     c0 = torch.arange(B * num_pairs, device=device, dtype=torch.int64)  # the pair index b*m + j
-    c1 = torch.full_like(c0, offset & _MASK32)
-    c2 = torch.full_like(c0, (offset >> 32) & _MASK32)
-    words = philox4x32(c0, c1, c2, torch.zeros_like(c0), seed)
+    zero = torch.zeros_like(c0)
+    c1 = zero + (offset & _MASK32)
+    c2 = zero + ((offset >> 32) & _MASK32)
+    words = philox4x32(c0, c1, c2, zero, seed)
     # u < 2^32 and size < 2^31, so u * size fits in int64
     coords = [(u * size) >> 32 for u, size in zip(words, (Hg, Wg, Hg, Wg), strict=True)]
     return torch.stack(coords, dim=-1).view(B, num_pairs, 4)
 
 
+@torch.library.custom_op("fastvit::drloc_positions", mutates_args=())
+def drloc_positions(
+    seed: torch.Tensor, offset: torch.Tensor, batch: int, Hg: int, Wg: int, num_pairs: int
+) -> torch.Tensor:
+    """`philox_positions` as one opaque op: (batch, num_pairs, 4) int64 on the device of the int64 seed."""
+    return philox_positions(batch, Hg, Wg, num_pairs, seed, offset, seed.device)
+
+
+@drloc_positions.register_fake
+def _(seed, offset, batch, Hg, Wg, num_pairs):
+    return seed.new_empty(batch, num_pairs, 4, dtype=torch.int64)
+
+
 def _torch_pairs(grid, positions, num_pairs, seed, offset, use_abs, sum_halves):
     B, Hg, Wg, G = grid.shape
     if positions is None:
-        positions = philox_positions(B, Hg, Wg, num_pairs, seed, offset, grid.device)
+        positions = drloc_positions(seed, offset, B, Hg, Wg, num_pairs)
     gather = reference.drloc_pair_sum if sum_halves else reference.drloc_pairs
     out, targets = gather(grid, positions, use_abs)
     return out, targets, positions
@@ -338,15 +373,29 @@ def _pick_backend(grid, backend):
     return backend
 
 
-def _check_inputs(grid, num_pairs, seed, offset, positions):
+def _stream_tensor(value, name, grid):
+    """seed or offset as the int64 0-dim tensor on the grid's device that the ops read."""
+    if isinstance(value, torch.Tensor):
+        # a tensor's value is not checked: that would read it back to the host every step
+        if value.shape != () or value.dtype != torch.int64 or value.device != grid.device:
+            raise UserError(
+                f"drloc_pairs {name} must be an int or an int64 0-dim tensor on {grid.device}, got "
+                f"{value.dtype} of shape {tuple(value.shape)} on {value.device}"
+            )
+        return value
+    value = int(value)
+    if not 0 <= value < 2**63:
+        raise UserError(f"drloc_pairs seed and offset must lie in [0, 2^63), got {name}={value}")
+    return torch.full((), value, dtype=torch.int64, device=grid.device)  # a fill, not a host copy
+
+
+def _check_inputs(grid, num_pairs, positions):
     if grid.dim() != 4 or min(grid.shape[1:3]) < 1:
         raise UserError(
             f"drloc_pairs expects a grid of shape (B, Hg, Wg, C) with Hg, Wg >= 1, got {tuple(grid.shape)}"
         )
     if not grid.is_floating_point():
         raise UserError(f"drloc_pairs expects a floating-point grid, got {grid.dtype}")
-    if not (0 <= seed < 2**63 and 0 <= offset < 2**63):
-        raise UserError(f"drloc_pairs seed and offset must lie in [0, 2^63), got seed={seed} offset={offset}")
     B, Hg, Wg, _ = grid.shape
     if positions is None:
         if num_pairs < 1 or B * num_pairs >= 2**32:
@@ -371,6 +420,8 @@ def drloc_pairs(grid, num_pairs, *, seed, offset=0, use_abs=True, positions=None
 
     Positions are drawn uniformly with replacement (the two ends of a pair may coincide) from the Philox
     stream keyed by `seed` at counter `offset` (e.g. the global step), or taken from `positions`.
+    seed, offset: ints in [0, 2^63) or int64 0-dim tensors on the grid's device (what a compiled step
+    passes: no recompile per step).
 
     Returns:
       pairs (B, m, 2C), grid dtype: concat(grid[b, r1, c1], grid[b, r2, c2]); differentiable w.r.t. grid.
@@ -400,8 +451,9 @@ def drloc_pair_sum(grid, num_pairs, *, seed, offset=0, use_abs=True, positions=N
 
 
 def _dispatch(grid, num_pairs, seed, offset, use_abs, positions, backend, sum_halves):
-    seed, offset, num_pairs = int(seed), int(offset), int(num_pairs)
-    _check_inputs(grid, num_pairs, seed, offset, positions)
+    num_pairs = int(num_pairs)
+    _check_inputs(grid, num_pairs, positions)
+    seed, offset = _stream_tensor(seed, "seed", grid), _stream_tensor(offset, "offset", grid)
     if _pick_backend(grid, backend) == "torch":
         return _torch_pairs(grid, positions, num_pairs, seed, offset, use_abs, sum_halves)
     return _drloc_pairs_op(grid, positions, num_pairs, seed, offset, bool(use_abs), sum_halves)

@@ -10,7 +10,7 @@ from scipy.stats import chisquare
 
 from fastvit.errors import UserError
 from fastvit.kernels import drloc_pairs, reference
-from fastvit.kernels.drloc_pairs import drloc_pair_sum, philox4x32, philox_positions
+from fastvit.kernels.drloc_pairs import drloc_pair_sum, drloc_positions, philox4x32, philox_positions
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.skipif(
@@ -263,16 +263,39 @@ def test_custom_op_traces_under_torch_compile():
 
 
 def test_custom_ops_pass_opcheck():
-    # schema, fake tensor, autograd registration and AOT dispatch (dynamic shapes) of both ops
+    # schema, fake tensor, autograd registration and AOT dispatch (dynamic shapes) of the three ops
     grid = _grid((2, 3, 4, 8)).requires_grad_()
     positions = _random_positions(2, 3, 4, 6)
+    seed, offset = torch.tensor(3), torch.tensor(2**40 + 1)
     ops = torch.ops.fastvit
-    for args in [(grid, None, 6, 3, 0, True, False), (grid, positions, 6, 3, 0, False, True)]:
+    for args in [(grid, None, 6, seed, offset, True, False), (grid, positions, 6, seed, offset, False, True)]:
         results = torch.library.opcheck(ops.drloc_pairs.default, args)
         assert set(results.values()) == {"SUCCESS"}, results
     grad_out = _grid((2, 6, 16), seed=2)
     results = torch.library.opcheck(ops.drloc_pairs_backward.default, (grad_out, positions, 3, 4, 8, False))
     assert set(results.values()) == {"SUCCESS"}, results
+    results = torch.library.opcheck(ops.drloc_positions.default, (seed, offset, 2, 3, 4, 6))
+    assert set(results.values()) == {"SUCCESS"}, results
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_tensor_seed_and_offset_draw_the_int_stream(backend):
+    # what a compiled step passes: int64 0-dim tensors, the same positions as the ints
+    grid = _grid((2, 4, 7, 2))
+    for seed, offset in [(5, 9), (2**62 + 5, 2**40 + 3)]:
+        a = drloc_pairs(grid, 24, seed=torch.tensor(seed), offset=torch.tensor(offset), backend=backend)
+        assert torch.equal(a[2], philox_positions(2, 4, 7, 24, seed, offset))
+        assert torch.equal(a[2], drloc_positions(torch.tensor(seed), torch.tensor(offset), 2, 4, 7, 24))
+
+
+@pytest.mark.parametrize(
+    "value,message",
+    [(torch.tensor(3, dtype=torch.int32), "int64 0-dim tensor on cpu, got torch.int32 of shape ()"),
+     (torch.tensor([3]), "int64 0-dim tensor on cpu, got torch.int64 of shape (1,)")],
+)
+def test_user_errors_stream_tensors(value, message):
+    with pytest.raises(UserError, match=re.escape(f"drloc_pairs offset must be an int or an {message}")):
+        drloc_pairs(_grid((2, 3, 5, 4)), 4, seed=0, offset=value)
 
 
 def test_auto_backend_is_torch_on_cpu(monkeypatch):

@@ -27,9 +27,14 @@ _CBR_VAR_EPS = 1e-8
 _SCALE_SEED_STRIDE = 0x9E3779B97F4A7C15  # odd 64-bit constant: distinct scales get unrelated Philox keys
 
 
-def scale_seed(seed: int, scale: int) -> int:
-    """The Philox key that scale `scale` samples with: scale 0 keeps `seed`, others get their own stream."""
-    return int(seed) ^ ((scale * _SCALE_SEED_STRIDE) & (2**63 - 1))
+def scale_seed(seed, scale: int):
+    """The Philox key that scale `scale` samples with: scale 0 keeps `seed`, others get their own stream.
+
+    seed: an int, or an int64 tensor (what a compiled step passes); the result has the same type.
+    """
+    if scale == 0:
+        return seed
+    return seed ^ ((scale * _SCALE_SEED_STRIDE) & (2**63 - 1))
 
 
 def drloc_lambda(epoch: float, lam: float, warmup_epochs: float, total_epochs: float) -> float:
@@ -114,6 +119,8 @@ class Drloc(nn.Module):
     Usage: `loss = Drloc([768], grid_sizes=[(7, 7)])([grid], seed=cfg.seed, offset=global_step)`,
     weighted by `drloc_lambda(epoch, ...)`. Scale i samples with `scale_seed(seed, i)` at counter `offset`,
     so a step's positions depend only on (seed, step): exact under resume and across backends.
+    seed and offset: ints, or int64 0-dim tensors on the grid's device (a compiled step: one graph for
+    every step).
     path: "gather", "project" (see the module docstring) or "auto" (project when Hg*Wg < num_pairs).
     backend: passed to `fastvit.kernels.drloc_pairs` (None: triton on CUDA, torch otherwise).
     """
@@ -143,7 +150,7 @@ class Drloc(nn.Module):
             return self.path == "project"
         return head.grid_size[0] * head.grid_size[1] < self.num_pairs
 
-    def forward(self, grids: list[torch.Tensor], *, seed: int, offset: int) -> torch.Tensor:
+    def forward(self, grids: list[torch.Tensor], *, seed: int | torch.Tensor, offset: int | torch.Tensor):
         if len(grids) != len(self.heads):
             raise UserError(f"Drloc has {len(self.heads)} heads but got {len(grids)} grids")
         total = None
