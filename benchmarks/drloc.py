@@ -8,6 +8,10 @@ Run: python -m benchmarks.drloc [--batch 256] [--pairs 64] [--reps 20]
   CPU:  correctness checks, then the torch-backend timings of (a) and (b) in float32 (wall clock, median);
         no GPU timing is taken there.
 Always printed: FLOPs, minimum bytes and H100 roofline times (989 TFLOP/s bf16 dense, 3.35 TB/s HBM3).
+
+     python -m benchmarks.drloc --compile-step [--batch 32]
+  torch.compile (inductor) of train.Supervised's step with and without L_drloc (vit_tiny; swin_tiny with
+  the multiscale heads): seconds of the first (compiling) step, then median step ms compiled vs eager.
 """
 
 import argparse
@@ -153,15 +157,68 @@ def run_timings(B, m, reps, device):
             print(f"{name:<9} {label:<22} {t_fwd[label]:9.3f} {t_full[label]:9.3f}")
 
 
+def _time_step(objective, x, targets, steps):
+    """(seconds of the first compiled step, {"compiled"|"eager": median ms}) of one Supervised objective."""
+    from fastvit.train import Supervised
+
+    torch._dynamo.reset()
+    compiled = torch.compile(objective, fullgraph=True)
+
+    def step(fn, i):
+        loss, _ = fn(x, targets, **Supervised.step_inputs(0.5, 0, i, x.device))
+        loss.backward()
+        objective.zero_grad(set_to_none=True)
+
+    t0 = time.perf_counter()
+    step(compiled, 0)
+    compile_s = time.perf_counter() - t0
+    times = {"compiled": [], "eager": []}
+    for i in range(1, steps + 1):  # interleaved: the machine's load hits both alike
+        for name, fn in (("compiled", compiled), ("eager", objective)):
+            t0 = time.perf_counter()
+            step(fn, i)
+            times[name].append(time.perf_counter() - t0)
+    return compile_s, {k: 1e3 * sorted(v)[len(v) // 2] for k, v in times.items()}
+
+
+def compile_step_timings(B, m, steps):
+    """First-step (compile) seconds and median step ms, compiled vs eager, of Supervised with/without drloc."""
+    from fastvit import models
+    from fastvit.train import Supervised
+
+    print(f"\ntorch.compile of the training step (inductor, B={B}, m={m}, 32 px, fp32, torch {torch.__version__})")
+    print(f"{'arch':<10} {'drloc':<11} {'compile s':>10} {'compiled ms':>12} {'eager ms':>9}")
+    probe = torch.zeros(1, 3, 32, 32)
+    for arch, multiscale in (("vit_tiny", False), ("swin_tiny", True)):
+        for with_drloc in (False, True):
+            torch.manual_seed(0)
+            model = models.create(arch, img_size=32, num_classes=10)
+            drloc = None
+            if with_drloc:
+                grids = model.forward_stages(probe) if multiscale else [model.forward_features(probe)[1]]
+                sizes = [tuple(g.shape[1:3]) for g in grids]
+                drloc = Drloc([g.shape[-1] for g in grids], num_pairs=m, grid_sizes=sizes)
+            objective = Supervised(model, drloc, multiscale and with_drloc)
+            x, targets = torch.randn(B, 3, 32, 32), torch.randint(0, 10, (B,))
+            compile_s, med = _time_step(objective, x, targets, steps)
+            label = ("multiscale" if multiscale else "l1") if with_drloc else "none"
+            print(f"{arch:<10} {label:<11} {compile_s:10.1f} {med['compiled']:12.1f} {med['eager']:9.1f}", flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=256, help="images per step (B)")
     parser.add_argument("--pairs", type=int, default=64, help="pairs per image (m)")
     parser.add_argument("--reps", type=int, default=20, help="timed repetitions per case")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    parser.add_argument("--compile-step", action="store_true", help="only time torch.compile of the step")
+    parser.add_argument("--steps", type=int, default=7, help="timed steps per side with --compile-step")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.compile_step:
+        compile_step_timings(args.batch, args.pairs, args.steps)
+        return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     check_correctness(device)
     run_timings(args.batch, args.pairs, args.reps, device)
