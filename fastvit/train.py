@@ -501,12 +501,13 @@ def run(cfg: Config) -> dict:
 
 
 def supervised_example(cfg: Config, img_size: int, in_chans: int, num_classes: int, device):
-    """Random (x, targets, lambda) like one training batch (the precision measurement's input), at most
+    """Random (x, targets, lambda, seed, step) like one training batch (the precision measurement's input), at most
     choices.PROBE_BATCH images."""
     def example():
         b = min(cfg.batch_size, choices.PROBE_BATCH)
         return (torch.randn(b, in_chans, img_size, img_size, device=device),
-                torch.randint(0, num_classes, (b,), device=device), 0.1)
+                torch.randint(0, num_classes, (b,), device=device),
+                *Supervised.step_inputs(0.1, cfg.seed, 0, device).values())  # lambda, seed, step as the loop passes
     return example
 
 
