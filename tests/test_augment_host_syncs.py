@@ -64,8 +64,9 @@ def test_multicrop_does_not_sync(c, side, sizes):
     assert c_.total == 0, c_.by_name
 
 
-# the issue's three runs: (command, flags)
+# issue #15's three runs and issue #12's L_drloc run: (command, flags)
 RUNS = {
+    "swin-drloc-none": ("train", dict(arch="swin_tiny", drloc=True, augment="none")),
     "vit-gani22-finetune": ("train", dict(arch="vit_tiny", augment="gani22-finetune")),
     "swin-drloc21": ("train", dict(arch="swin_tiny", augment="drloc21", img_size=32)),
     "pretrain-vit-p8": ("pretrain", dict(arch="vit_tiny_p8", n_local=2)),
