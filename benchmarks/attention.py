@@ -256,11 +256,11 @@ def compile_sm90(kernel, shape, dtype="bf16", num_warps=4, num_stages=3, **const
 
 
 def compile_generic_sm90(kernel, dtype="bf16", num_warps=4, num_stages=3, **constexprs):
-    """compile_sm90 for kernels named in the `*_ptr` style (drloc_pairs): tensors `*_ptr` (positions int64,
-    targets fp32, the rest `dtype`), every other non-constexpr argument a 32-bit int (64-bit for seeds)."""
+    """compile_sm90 for kernels named in the `*_ptr` style (drloc_pairs): tensors `*_ptr` (positions, seed and
+    offset int64, targets fp32, the rest `dtype`), every other non-constexpr argument a 32-bit int."""
     from triton.compiler import ASTSource
 
-    pointer_types = {"pos_ptr": "*i64", "targets_ptr": "*fp32"}
+    pointer_types = {"pos_ptr": "*i64", "targets_ptr": "*fp32", "seed_ptr": "*i64", "offset_ptr": "*i64"}
     signature, attrs = {}, {}
     for i, name in enumerate(kernel.arg_names):
         if name in constexprs:
@@ -269,7 +269,7 @@ def compile_generic_sm90(kernel, dtype="bf16", num_warps=4, num_stages=3, **cons
             signature[name] = pointer_types.get(name, f"*{dtype}")
             attrs[(i,)] = [["tt.divisibility", 16]]
         else:
-            signature[name] = "i64" if "seed" in name else "i32"
+            signature[name] = "i32"
     return _ptxas_use(ASTSource(fn=kernel, signature=signature, constexprs=dict(constexprs), attrs=attrs),
                       num_warps, num_stages)
 

@@ -573,11 +573,11 @@ def test_compiled_attention_follows_the_eager_choice_and_later_choices_do_not_re
     monkeypatch.setattr(attn.MathBackend, "__call__", lambda self, q, k, v, bias, scale: q * 0 + 1)
     monkeypatch.setattr(attn.SdpaBackend, "__call__", lambda self, q, k, v, bias, scale: q * 0 + 2)
     torch._dynamo.reset()
-    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
     compiled = torch.compile(lambda q, k, v, bias: attn.attention(q, k, v, bias), backend="eager")
-    assert torch.equal(compiled(q, k, v, bias), torch.ones_like(q))
-    attn._chosen["cpu float32 B1 H1 N1x1 D1/1 bias none"] = "sdpa"  # the cache grows (e.g. eval shapes)
-    assert torch.equal(compiled(q, k, v, bias), torch.ones_like(q))  # no recompile (it would raise)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        assert torch.equal(compiled(q, k, v, bias), torch.ones_like(q))
+        attn._chosen["cpu float32 B1 H1 N1x1 D1/1 bias none"] = "sdpa"  # the cache grows (e.g. eval shapes)
+        assert torch.equal(compiled(q, k, v, bias), torch.ones_like(q))  # no recompile (it would raise)
     torch._dynamo.reset()
 
 

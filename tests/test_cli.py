@@ -1,30 +1,15 @@
 """The CLI's contract for bad input: one line on stderr naming the problem, exit 2, no traceback,
 nothing written."""
 
-import contextlib
-import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-from fastvit.cli import main
-
-
-def fastvit(*args):
-    """Run the CLI in this process (no per-call torch import) and capture what it prints."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as e:
-            code = e.code
-    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+from tests.cli_runner import fastvit
 
 
 def assert_one_line_error(result, *needles, max_lines=1):

@@ -13,19 +13,12 @@ from fastvit import augment, config, train
 from fastvit.augment import mixing
 from fastvit.cli import main
 from fastvit.errors import UserError
+from tests.cli_runner import printed
 
 RESIDENT_RGB = {"storage": "raw", "channels": 3, "mean": [125.3, 123.0, 113.9], "std": [63.0, 62.1, 66.7]}
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 AUGMENT_KEYS = ("erase_mode", "erase_aspect", "erase_tries", "mix_mode", "color_jitter", "norm_stats", "eval_crop_pct")
 
-
-def printed(*args) -> dict:
-    """The CLI's --print-config JSON, run in this process."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_:
-        main([*args, "--print-config"])
-    assert exit_.value.code == 0
-    return json.loads(out.getvalue())
 
 
 def shown(c: dict) -> tuple:

@@ -1,30 +1,19 @@
 """Recipes reproduce what each paper's code ran: schedule length, clip mode, teacher drop path, weight-decay
 groups, lambda and drop path by arch family, multi-crop scales by dataset."""
 
-import contextlib
-import io
-import json
 import math
 
 import pytest
 import torch
 
 from fastvit import config, models
-from fastvit.cli import main
 from fastvit.objectives.dino import DINO
 from fastvit.objectives.drloc import drloc_lambda
 from fastvit.train import clip_gradients_, lr_schedule, param_groups, prefixed_no_decay
+from tests.cli_runner import printed
 
 STEPS = 390  # paper B: CIFAR-10's 50,000 images at batch 128
 
-
-def printed(*args) -> dict:
-    """The CLI's --print-config JSON, run in this process."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_:
-        main([*args, "--print-config"])
-    assert exit_.value.code == 0
-    return json.loads(out.getvalue())
 
 
 def test_drloc21_follows_a_300_epoch_schedule_cut_at_100_as_paper_b_logged():

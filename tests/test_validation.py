@@ -2,30 +2,17 @@
 never overwritten or rewritten by a refused command; the config saved is the one that ran."""
 
 import contextlib
-import io
 import json
 import shutil
 import subprocess
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from fastvit import checkpoint, config, models, train
-from fastvit.cli import main
-
-
-def fastvit(*args):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as e:
-            code = e.code
-    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+from tests.cli_runner import fastvit
 
 
 def assert_refused(result, *needles, max_lines=2):
