@@ -347,6 +347,7 @@ def run(cfg: Config) -> dict:
     wd_end = cfg.weight_decay if cfg.weight_decay_end is None else cfg.weight_decay_end
     wd_at = cosine_schedule(cfg.weight_decay, wd_end, total_steps)
     ema = WeightEMA(model, cfg.ema) if cfg.ema else None
+    trained = list(objective.parameters())  # what gradient clipping walks, listed once
     step_module = objective
     if d.enabled:
         step_module = nn.parallel.DistributedDataParallel(
@@ -442,7 +443,7 @@ def run(cfg: Config) -> dict:
                 if pretrain:
                     cancel_last_layer_grads(objective.student.head, epoch, cfg.freeze_last_layer)
                 if cfg.grad_clip:
-                    clip_gradients_(list(objective.parameters()), cfg.grad_clip, cfg.clip_mode)
+                    clip_gradients_(trained, cfg.grad_clip, cfg.clip_mode)
                 scaler.step(opt)
                 scaler.update()
                 opt.zero_grad(set_to_none=True)
@@ -458,10 +459,10 @@ def run(cfg: Config) -> dict:
                 bar.update(1)
                 if step % cfg.log_every == 0:  # a host sync: only on logging steps
                     check_finite(nonfinite_at, last_good)
-                    rate = images_seen / (time.perf_counter() - t0)
-                    bar.set_postfix({"loss": f"{loss.item():.4f}", "lr": f"{lr_now:.2e}",
+                    rate, loss_now = images_seen / (time.perf_counter() - t0), loss.item()
+                    bar.set_postfix({"loss": f"{loss_now:.4f}", "lr": f"{lr_now:.2e}",
                                      **pace.postfix(step, len(images) * d.world_size)})
-                    log.scalars(step, {"train/loss": loss.item(), "train/lr": lr_now, "train/images_per_s": rate})
+                    log.scalars(step, {"train/loss": loss_now, "train/lr": lr_now, "train/images_per_s": rate})
                 if cfg.save_every and step % cfg.save_every == 0:
                     check_finite(nonfinite_at, last_good)
                     save("last.pt", epoch, step, best_acc1, sums.cpu())
