@@ -427,14 +427,19 @@ def run(cfg: Config) -> dict:
                         group["weight_decay"] = wd_now
                 epoch_f = step / steps_per_epoch
                 epoch_t.fill_(epoch_f)  # DINO's τ_t input: a device tensor, so the compiled step never recompiles
+                # augmentation stays in fp32 outside autocast: under it a conv (sharpness) or matmul would
+                # hand bf16 images to the ops after it, and the reference-checked numerics would change
+                if pretrain:
+                    views = views_tf(images, gen)
+                else:
+                    x, targets = train_tf(images, labels, gen)
+                    lam = drloc_lambda(epoch_f, cfg.drloc_weight(), cfg.drloc_warmup_epochs,
+                                       cfg.schedule_length()) if cfg.drloc else 0.0
                 with autocast(device, precision):
                     if pretrain:
-                        loss = step_module(views_tf(images, gen), epoch_t)
+                        loss = step_module(views, epoch_t)
                         aux = loss.new_zeros(())
                     else:
-                        x, targets = train_tf(images, labels, gen)
-                        lam = drloc_lambda(epoch_f, cfg.drloc_weight(), cfg.drloc_warmup_epochs,
-                                           cfg.schedule_length()) if cfg.drloc else 0.0
                         # lambda, seed, step as device scalars: no recompile per step, no host sync
                         loss, aux = step_module(x, targets, **Supervised.step_inputs(lam, cfg.seed, step, device))
                 scaler.scale(loss).backward()

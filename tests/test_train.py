@@ -157,6 +157,20 @@ def test_drloc_training_reports_its_loss(data_args, tmp_path):
     assert any(k.startswith("drloc.") for k in state["objective"])
 
 
+@pytest.mark.parametrize("command, augment", [("train", "drloc21"), ("pretrain", "gani22-pretrain")])
+def test_bf16_runs_augment_in_fp32(command, augment, data_args, tmp_path):
+    # Under autocast, the augmentation's convs (sharpness) came out in bf16 and Mixup's fp32 lerp weight
+    # then failed: the CI machine with AMX picks bf16 by itself, this test asks for it on every CPU.
+    out = tmp_path / "run"
+    what = ["--augment", augment] if command == "train" else ["--recipe", augment, "--knn-every", "0"]
+    r = run_cli(command, "--arch", "vit_tiny_p8", *data_args, *what, "--epochs", "1", "--subset", "32",
+                "--batch-size", "16", "--precision", "bf16", "--out", out)
+    assert r.returncode == 0, r.stderr
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert np.isfinite(row["train_loss"])
+    assert json.loads((out / "config.json").read_text())["resolved"]["precision"] == "bf16"
+
+
 def test_pretrain_then_finetune_loads_every_backbone_key(data_args, tmp_path):
     pre = tmp_path / "pre"
     # 4 batches per pass; --steps-per-epoch 2 makes each of the 2 epochs half a pass
