@@ -102,7 +102,8 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(data_args, tmp_path)
 def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(data_args, tmp_path):
     common = ["--arch", "vit_tiny", *data_args, "--epochs", "1", "--subset", "256", "--augment", "none",
               "--drop-path", "0", "--label-smoothing", "0", "--warmup-epochs", "0", "--device", "cpu",
-              "--precision", "fp32"]  # equal math: auto may pick bf16 for one batch size and not the other
+              # equal math: auto may pick bf16, or another attention backend, for one batch size and not the other
+              "--precision", "fp32", "--attn", "math"]
     r = run_cli("train", *common, "--batch-size", "64", "--out", tmp_path / "one")
     assert r.returncode == 0, r.stderr
     r = run_cli("--standalone", "--nproc_per_node=2", "-m", "fastvit", "train", *common, "--batch-size", "32",
