@@ -815,7 +815,7 @@ class SdpaKernelBackend(SdpaBackend):
 
 
 class MathBackend:
-    """`reference.attention`: plain torch in the input dtype; materializes the (B, H, N_Q, N_K) scores."""
+    """Plain torch in the input dtype; materializes the (B, H, N_Q, N_K) scores (`math_attention`)."""
 
     name = "math"
     auto_devices = ("cuda", "cpu", "mps", "xpu")
@@ -824,7 +824,40 @@ class MathBackend:
         return [] if inp.dtype.is_floating_point else [f"dtype {inp.dtype} is not floating point"]
 
     def __call__(self, q, k, v, bias, scale):
-        return reference.attention(q, k, v, bias, scale)
+        return math_attention(q, k, v, bias, scale)
+
+
+def math_attention(q, k, v, bias=None, scale=None):
+    """`reference.attention` arranged for speed, with SDPA's answer for fully masked rows (output 0, no
+    gradient) where the reference gives NaN.
+
+    The scale multiplies q (N*D products) rather than the scores (N*N): on a CPU in bf16 the scores'
+    multiply, forward and backward, was 15% of a ViT step (65 tokens, head dim 16). A row is fully
+    masked when its bias row is all -inf (q k^T is finite): the bias, shared over the batch, is checked,
+    such a row gets a finite bias, and its probabilities or its output (whichever is smaller) are
+    zeroed, so no NaN is made and none flows back.
+    """
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    q = q * (scale.reshape(-1, 1, 1).to(q.dtype) if isinstance(scale, torch.Tensor) else scale)
+    scores = q @ k.transpose(-2, -1)  # (B, H, N_Q, N_K)
+    if bias is None:
+        return torch.softmax(scores, dim=-1) @ v
+    bias = bias.to(scores.dtype)
+    dead = (bias == float("-inf")).all(-1, keepdim=True)  # (..., N_Q, 1): the bias's shape, not the batch's
+    keep = ~dead
+    probs = torch.softmax(_per_window(torch.add, scores, bias.masked_fill(dead, 0.0)), dim=-1)
+    if scores.shape[-1] <= v.shape[-1]:
+        return _per_window(torch.mul, probs, keep) @ v
+    return _per_window(torch.mul, probs @ v, keep)
+
+
+def _per_window(op, x, y):
+    """op(x, y) for x (B, ...) and a y that broadcasts to it or is windowed: (nb, ...) with nb dividing B,
+    batch b reading y[b % nb]."""
+    if y.dim() == 4 and y.shape[0] not in (1, x.shape[0]):
+        return op(x.unflatten(0, (-1, y.shape[0])), y).flatten(0, 1)
+    return op(x, y)
 
 
 def _fold_per_head_scale(q, scale):

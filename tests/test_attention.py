@@ -164,12 +164,13 @@ def masked_bias(kind, B, H, n, g):
     return table, mask, full_rows
 
 
+@pytest.mark.parametrize("backend", ["triton", "math", "sdpa"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("kind", ["first-block", "rows", "swin"])
-def test_triton_minus_inf_rows_match_float64(monkeypatch, kind, dtype):
+def test_minus_inf_rows_match_float64(monkeypatch, kind, dtype, backend):
     """-inf in the bias: a row whose first key block is all -inf is exact, a fully masked row gives output 0
     and contributes 0 to every gradient (torch 2.13's SDPA on CPU, math and flash alike, does this), and no
-    NaN reaches dQ, dK, dV or dbias. 16-wide blocks, so N = 40 spans three key blocks."""
+    NaN reaches dQ, dK, dV or dbias. Triton: 16-wide blocks, so N = 40 spans three key blocks."""
     monkeypatch.setattr(attn, "_CPU_BLOCK", 16)
     B, H, n, D = 4, 2, 40, 16
     g = torch.Generator().manual_seed(31)
@@ -183,7 +184,7 @@ def test_triton_minus_inf_rows_match_float64(monkeypatch, kind, dtype):
     expected = ref_out.detach().masked_fill(rows[..., None], 0.0)
 
     low = [t.to(dtype).requires_grad_() for t in (q, k, v)] + [table.float().requires_grad_()]
-    out = attn.attention(*low[:3], low[3] + mask.float(), backend="triton")
+    out = attn.attention(*low[:3], low[3] + mask.float(), backend=backend)
     out.backward(dout.to(dtype))
     grads = [t.grad for t in low]
     for name, tensor in zip(("out", "dq", "dk", "dv", "dbias"), (out, *grads), strict=True):

@@ -68,6 +68,33 @@ def window_mask(
     return mask.unsqueeze(1)  # (nW, 1, N, N)
 
 
+def window_order(Hp: int, Wp: int, wh: int, ww: int, sh: int, sw: int,
+                 device: torch.device | None = None) -> torch.Tensor:
+    """(2, Hp * Wp): row 0 lists the tokens of a (Hp, Wp) grid rolled by (-sh, -sw) in window order
+    (window, then row and column inside it); row 1 is its inverse, back to grid order."""
+    grid = torch.arange(Hp * Wp, device=device).view(Hp, Wp).roll((-sh, -sw), dims=(0, 1))
+    order = grid.view(Hp // wh, wh, Wp // ww, ww).permute(0, 2, 1, 3).reshape(-1)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel(), device=device)
+    return torch.stack([order, inverse])
+
+
+class _PermuteTokens(torch.autograd.Function):
+    """x (B, T, C) -> x[:, order] for a permutation `order`, whose gradient is the gather by `inverse`:
+    index_select's own backward is a scatter-add into zeros. One gather each way replaces the roll
+    (two copies per shifted axis) and the window-partition copy, forward and backward."""
+
+    @staticmethod
+    def forward(ctx, x, order, inverse):
+        ctx.save_for_backward(inverse)
+        return x.index_select(1, order)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inverse,) = ctx.saved_tensors
+        return grad.index_select(1, inverse), None, None
+
+
 def window_geometry(H: int, W: int, window: int, shifted: bool) -> tuple[int, int, int, int]:
     """(wh, ww, sh, sw): window clamped to the grid; no shift along an axis the window covers."""
     wh, ww = min(window, H), min(window, W)
@@ -100,6 +127,8 @@ class SwinBlock(nn.Module):
             wh, ww, sh, sw = window_geometry(*grid, window, shifted)
             self.register_buffer("native_index", relative_index(wh, ww, window), persistent=False)
             self.register_buffer("native_mask", window_mask(*grid, wh, ww, sh, sw), persistent=False)
+            Hp, Wp = -(-grid[0] // wh) * wh, -(-grid[1] // ww) * ww
+            self.register_buffer("native_order", window_order(Hp, Wp, wh, ww, sh, sw), persistent=False)
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, num_heads, qkv_bias=True)
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, num_heads))
@@ -112,17 +141,17 @@ class SwinBlock(nn.Module):
         B, H, W, C = x.shape
         wh, ww, sh, sw = window_geometry(H, W, self.window, self.shifted)
         Hp, Wp = -(-H // wh) * wh, -(-W // ww) * ww
-        x = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H))  # (B, Hp, Wp, C)
-        if sh or sw:
-            x = x.roll((-sh, -sw), dims=(1, 2))
-        nh, nw = Hp // wh, Wp // ww
-        # window index must vary fastest within the batch: row b*nW + w reads bias[w]
-        win = x.view(B, nh, wh, nw, ww, C).permute(0, 1, 3, 2, 4, 5).reshape(B * nh * nw, wh * ww, C)
+        if (Hp, Wp) != (H, W):
+            x = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H))  # (B, Hp, Wp, C)
         if (H, W) == self.grid:
-            idx, mask = self.native_index, self.native_mask
+            idx, mask, order = self.native_index, self.native_mask, self.native_order
         else:  # another input size (e.g. DINO local crops): build them for this grid
             idx = relative_index(wh, ww, self.window, x.device)
             mask = window_mask(H, W, wh, ww, sh, sw, x.device)
+            order = window_order(Hp, Wp, wh, ww, sh, sw, x.device)
+        # rolled and partitioned in one gather; the window index varies fastest within the batch: row
+        # b*nW + w reads bias[w]
+        win = _PermuteTokens.apply(x.reshape(B, Hp * Wp, C), order[0], order[1]).view(-1, wh * ww, C)
         bias = self.relative_position_bias_table[idx].permute(2, 0, 1).unsqueeze(0)  # (1, heads, N, N)
         if mask is not None:
             bias = bias + mask.to(bias.dtype)  # (nW, heads, N, N)
@@ -130,9 +159,7 @@ class SwinBlock(nn.Module):
         if attention_map:
             return self.attn.attention_map(win, bias)  # (B * nW, heads, N, N)
         out = self.attn(win, bias)  # (B * nW, N, C)
-        out = out.view(B, nh, nw, wh, ww, C).permute(0, 1, 3, 2, 4, 5).reshape(B, Hp, Wp, C)
-        if sh or sw:
-            out = out.roll((sh, sw), dims=(1, 2))
+        out = _PermuteTokens.apply(out.reshape(B, Hp * Wp, C), order[1], order[0]).view(B, Hp, Wp, C)
         return out[:, :H, :W]  # (B, H, W, C)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
