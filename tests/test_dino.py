@@ -217,6 +217,9 @@ def _ddp_worker(rank, world_size, init_file, result_dir):
         ddp(views, 0.5).backward()
         torch.save({"teacher_out": teacher_out, "center": dino.loss.center,
                     "grad": dino.student.backbone.stem.weight.grad}, result_dir / f"rank{rank}.pt")
+        # both ranks reach teardown together: a rank destroying the group while the other's gloo thread
+        # still works aborted once ("terminate called without an active exception")
+        torch.distributed.barrier()
     finally:
         torch.distributed.destroy_process_group()
 
