@@ -11,7 +11,8 @@ from torch import nn
 from torch._inductor.compile_fx import compile_fx
 
 from fastvit.kernels.drloc_pairs import drloc_pairs, philox_positions
-from fastvit.objectives.drloc import HIDDEN, Drloc
+from fastvit.models.layers import ReLU
+from fastvit.objectives.drloc import HIDDEN, Drloc, DrlocHead
 from fastvit.train import Supervised
 
 EPS32 = torch.finfo(torch.float32).eps
@@ -110,3 +111,56 @@ def test_compiled_draw_is_the_philox_stream_for_every_step(backend):
         positions = compiled(grid, torch.tensor(seed), torch.tensor(offset))
         assert torch.equal(positions, philox_positions(3, 4, 5, 16, seed, offset))  # bit-identical
     assert len(graphs) == 1
+
+
+def _saved_dtypes(module: nn.Module, *inputs) -> list[torch.dtype]:
+    """dtypes of the tensors a compiled forward saves for backward: inductor's decompositions and partitioner,
+    without its code generation."""
+    from functorch.compile import min_cut_rematerialization_partition
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._inductor.decomposition import select_decomp_table
+
+    saved = []
+
+    def fw_compiler(gm, example_inputs):
+        (outputs,) = [n.args[0] for n in gm.graph.nodes if n.op == "output"]
+        saved.extend(o.meta["val"].dtype for o in outputs if isinstance(o, torch.fx.Node))
+        return gm
+
+    backend = aot_autograd(fw_compiler=fw_compiler, bw_compiler=lambda gm, _: gm,
+                           partition_fn=min_cut_rematerialization_partition, decompositions=select_decomp_table())
+    torch._dynamo.reset()
+    torch.compile(module, backend=backend, fullgraph=True)(*inputs).sum().backward()
+    return saved
+
+
+@pytest.mark.parametrize("mode", ["l1", "ce"])
+def test_compiled_drloc_head_saves_no_bool_mask(mode):
+    # inductor's CPU code for bool tensors is ~16x slower than eager (NOTES, #16): the head's ReLUs must not
+    # leave a saved x <= 0 mask behind; nn.ReLU does, so this fails if the trunk goes back to it
+    head = DrlocHead(16, mode=mode, grid_size=(3, 4))
+    pairs = torch.randn(2, 6, 32, requires_grad=True)
+    loss = lambda p: head.loss(head(p), torch.ones(2, 6, 2))  # noqa: E731
+    saved = _saved_dtypes(_Wrap(loss), pairs)
+    assert saved and torch.bool not in saved
+    head.trunk[0] = nn.ReLU()
+    assert torch.bool in _saved_dtypes(_Wrap(loss), pairs)  # the check itself can see a saved mask
+
+
+class _Wrap(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+def test_relu_is_nn_relu_exactly():
+    x = torch.randn(300, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    x[:7] = 0.0  # the kink: both give gradient 0 there
+    grad = torch.randn(300, dtype=torch.float64)
+    got_x, want_x = x.clone().requires_grad_(), x.clone().requires_grad_()
+    got, want = ReLU()(got_x), nn.ReLU()(want_x)
+    got.backward(grad), want.backward(grad)
+    assert torch.equal(got, want) and torch.equal(got_x.grad, want_x.grad)

@@ -1,4 +1,4 @@
-"""Layers shared by the architectures: patch embedding, attention, MLP, stochastic depth, LayerScale.
+"""Layers shared by the architectures: patch embedding, attention, MLP, stochastic depth, LayerScale, ReLU.
 
 Every attention here goes through `fastvit.kernels.attention`, so the backend (triton / sdpa / math)
 is chosen in one place. Parameter names follow the usual ViT layout (`qkv`, `proj`, `fc1`, `fc2`,
@@ -69,6 +69,31 @@ class DropPath(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+class _ReLUFromOutput(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        out = x.clamp_min(0)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        return grad * out.sign()  # out >= 0: sign is the 0/1 derivative, with no bool tensor in between
+
+
+class ReLU(nn.Module):
+    """ReLU whose backward reads the saved float output, never a saved bool mask.
+
+    Why: with nn.ReLU, torch.compile's partitioner saves the `x <= 0` mask as a bool tensor, and inductor's
+    CPU code for storing and loading bool tensors (torch 2.13) is ~16x slower than eager; it made a compiled
+    L_drloc step slower than eager (NOTES, #16). The values and the gradient are nn.ReLU's exactly.
+    """
+
+    def forward(self, x):
+        return _ReLUFromOutput.apply(x)
 
 
 class LayerScale(nn.Module):

@@ -18,6 +18,7 @@ from torch import nn
 
 from fastvit.errors import UserError
 from fastvit.kernels.drloc_pairs import drloc_pair_sum, drloc_pairs
+from fastvit.models.layers import ReLU
 
 MODES = ("l1", "ce", "cbr")
 PATHS = ("auto", "gather", "project")
@@ -71,7 +72,7 @@ class DrlocHead(nn.Module):
         self.grid_size = (int(grid_size[0]), int(grid_size[1]))
         self.fc1 = nn.Linear(2 * in_dim, HIDDEN)
         out_dim = 2 if mode == "l1" else HIDDEN
-        self.trunk = nn.Sequential(nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, out_dim))
+        self.trunk = nn.Sequential(ReLU(), nn.Linear(HIDDEN, HIDDEN), ReLU(), nn.Linear(HIDDEN, out_dim))
         if mode != "l1":
             self.num_classes = tuple(size if use_abs else 2 * size - 1 for size in self.grid_size)
             self.row_head = nn.Linear(HIDDEN, self.num_classes[0])
