@@ -4,6 +4,9 @@ A choice is keyed by what decides it (the machine: CPU model and ISA flags or GP
 library versions; the shapes and settings involved), measured once, and stored in
 $FASTVIT_CACHE/choices.json (default ~/.cache/fastvit/choices.json) with the times behind it. Later runs
 on the same machine and versions reuse it without measuring. Delete the file to measure again.
+A measurement taken while other processes (or the hypervisor, as steal time) used more than LOADED_SHARE of
+the CPUs is used by the run that took it but not written to disk: a loaded machine's timings would
+otherwise decide every later run (measured: a cached bf16 choice from a loaded run, 945 vs 2643 ms).
 
 Measurement is timing, so it is noise: `--deterministic` runs (torch.are_deterministic_algorithms_enabled)
 never measure; they take each caller's documented fixed fallback, and that is what gets recorded.
@@ -15,6 +18,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import resource
 import statistics
 import time
 from pathlib import Path
@@ -26,6 +30,7 @@ CACHE_FILE = "choices.json"
 ISA_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2", "fma", "bf16", "asimd")
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")  # a bf16 dot-product instruction (x86 AMX / AVX-512, ARM)
 BF16_MARGIN = 1.1  # bf16 costs accuracy headroom: on a CPU it must be this much faster than fp32 to be chosen
+LOADED_SHARE = 0.25  # others' share of all CPUs during a measurement above which it is not cached
 PROBE_BATCH = 64  # the precision measurement's batch (at most): a few steps must stay a few seconds
 
 
@@ -124,6 +129,27 @@ def store(key: str, record: dict) -> None:
         pass
 
 
+def cpu_seconds() -> tuple[float, float] | None:
+    """(CPU seconds all processes have used since boot, steal time included; this process's own), or None
+    where there is no /proc/stat."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    own = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK"), own.ru_utime + own.ru_stime
+
+
+def others_share(before, after, wall: float, n_cpus: int) -> float | None:
+    """Share of all CPUs that other processes used between two cpu_seconds() readings `wall` seconds apart;
+    None where unknown or the interval is too short to tell (CPU times tick at 10 ms)."""
+    if before is None or after is None or wall < 0.2:
+        return None
+    others = (after[0] - before[0]) - (after[1] - before[1])
+    return min(max(others / (wall * n_cpus), 0.0), 1.0)
+
+
 def seconds(fn, device, repeats: int = 3) -> float:
     """Median wall time of fn() over `repeats` calls after one warm-up call (device synchronized)."""
     device = torch.device(device)
@@ -153,6 +179,7 @@ def fastest(key: str, candidates: dict, device, timer=None, baseline: str | None
     """
     timer = timer or seconds
     times, failed = {}, {}
+    before, start = cpu_seconds(), time.perf_counter()
     for name, fn in candidates.items():
         try:
             times[name] = timer(fn, device)
@@ -166,8 +193,20 @@ def fastest(key: str, candidates: dict, device, timer=None, baseline: str | None
     record = {"choice": choice, "seconds": {k: round(v, 6) for k, v in times.items()}, "measured": True}
     if failed:
         record["failed"] = failed
-    store(key, record)
+    loaded = others_share(before, cpu_seconds(), time.perf_counter() - start, os.cpu_count() or 1)
+    if loaded is not None and loaded > LOADED_SHARE:
+        record["loaded"] = round(loaded, 2)
+        _memory[key] = record  # this process uses it; later runs measure again
+    else:
+        store(key, record)
     return record
+
+
+def how_measured(record: dict) -> str:
+    """How a fresh record came about, for the run's log: measured, and whether it was cached."""
+    if "loaded" in record:
+        return f"measured while other processes used {record['loaded']:.0%} of the CPUs, so not cached"
+    return "measured"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,7 +243,7 @@ def resolve_precision(requested: str, device: torch.device, step_fn, key_fields:
             record = fastest(key, {p: step_fn(p) for p in ("fp32", "bf16")}, device,
                              timer or functools.partial(seconds, repeats=2),
                              baseline="fp32", margin=BF16_MARGIN)
-        how = "auto: measured"
+        how = f"auto: {how_measured(record)}"
     times = ", ".join(f"{p} {t * 1e3:.0f} ms" for p, t in record["seconds"].items())
     return {"precision": record["choice"], "how": f"{how} ({times} per fwd+bwd at batch {key_fields['batch']})"}
 

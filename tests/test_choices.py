@@ -223,3 +223,41 @@ def test_kept_choices_are_reused_without_measuring(monkeypatch, fresh):
     resolved = train.resolve_speed_choices(cfg, torch.device("cpu"), model, model, None, [(2, 3, 32, 32)],
                                            {"arch": "vit_tiny"}, kept)
     assert resolved == {**kept, "tf32": False, "cuda_graphs": False}
+
+
+def test_others_share_is_the_other_processes_cpu_time_over_all_cpus():
+    # 2 CPUs for 1 s: all processes used 1.5 CPU-s, this one 0.5 -> others 1.0 of 2.0 CPU-s
+    assert choices.others_share((10.0, 2.0), (11.5, 2.5), wall=1.0, n_cpus=2) == 0.5
+    assert choices.others_share((10.0, 2.0), (10.5, 2.5), wall=1.0, n_cpus=2) == 0.0  # only us
+    assert choices.others_share((10.0, 2.0), (10.5, 2.5), wall=0.1, n_cpus=2) is None  # too short to tell
+    assert choices.others_share(None, (10.5, 2.5), wall=1.0, n_cpus=2) is None  # no /proc/stat
+
+
+def test_a_measurement_on_a_loaded_machine_is_used_but_not_cached(monkeypatch, fresh):
+    readings = iter([(100.0, 1.0), (100.0 + 2.0 * 0.9 + 0.3, 1.3)])  # others: 90% of 2 CPUs over the 1 s
+    clock = iter([0.0, 1.0])
+    monkeypatch.setattr(choices, "cpu_seconds", lambda: next(readings))
+    monkeypatch.setattr(choices.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(choices.os, "cpu_count", lambda: 2)
+    record = fresh.fastest("k", {"a": named("a"), "b": named("b")}, "cpu", by_name({"a": 2.0, "b": 1.5}))
+    assert record["choice"] == "b" and record["loaded"] == 0.9
+    assert fresh.lookup("k") == record  # this process keeps using it
+    assert not fresh.cache_path().exists()  # later runs measure again
+    assert fresh.how_measured(record) == "measured while other processes used 90% of the CPUs, so not cached"
+
+
+def test_busy_processes_beside_a_real_measurement_keep_it_off_disk(fresh):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
+    try:
+        time.sleep(0.3)  # let them start spinning
+        record = fresh.fastest("k", {"sleep": lambda: time.sleep(0.1)}, "cpu")
+    finally:
+        for p in spinners:
+            p.kill()
+    assert record["loaded"] > choices.LOADED_SHARE
+    assert not fresh.cache_path().exists()
