@@ -31,7 +31,6 @@ import torch.nn.functional as F
 from packaging.version import Version
 
 from fastvit.errors import UserError
-from fastvit.kernels import reference
 
 try:
     import triton

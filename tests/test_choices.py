@@ -261,3 +261,20 @@ def test_busy_processes_beside_a_real_measurement_keep_it_off_disk(fresh):
             p.kill()
     assert record["loaded"] > choices.LOADED_SHARE
     assert not fresh.cache_path().exists()
+
+
+@pytest.mark.parametrize("drloc", [False, True])
+def test_precision_step_records_under_the_key_a_run_looks_up(monkeypatch, fresh, drloc):
+    from benchmarks import precision_step
+
+    calls = []
+
+    def timer(fn, device):  # never runs the steps (no compile here): eager 2 s, compiled 1 s
+        calls.append(fn)
+        return 2.0 if len(calls) == 1 else 1.0
+
+    monkeypatch.setattr(choices, "seconds", timer)
+    precision_step.record_compile("vit_tiny", 8, "fp32", drloc=drloc)
+    key_fields = {"arch": "vit_tiny", "img_size": 32, "batch": 8, "objective": "drloc" if drloc else "supervised"}
+    got = choices.resolve_compile("auto", torch.device("cpu"), key_fields, "fp32")
+    assert got["compile"] is True and "eager 2000 ms, compiled 1000 ms" in got["how"]
