@@ -14,6 +14,7 @@ the final grid: the CLI's `--drloc`) to every variant and records under the key 
 """
 
 import argparse
+import itertools
 import os
 import time
 
@@ -35,7 +36,7 @@ def make_step(arch: str, variant: str, batch: int = BATCH, drloc: bool = False):
         model, x = model.to(torch.bfloat16), x.to(torch.bfloat16)
     hg, wg, dim = model.grid_shape
     objective = Supervised(model, Drloc([dim], grid_sizes=[(hg, wg)]) if drloc else None)
-    counter = iter(range(1 << 62))  # L_drloc's step: new pairs every step, one compiled graph for all
+    counter = itertools.count()  # L_drloc's step: new pairs every step, one compiled graph for all
     opt = torch.optim.AdamW(objective.parameters(), lr=1e-3, fused=True)
     forward = torch.compile(objective) if "compile" in variant else objective
     precision = "bf16" if "amp" in variant else "fp32"

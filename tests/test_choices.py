@@ -2,6 +2,10 @@
 No clocks: every measurement here goes through a fake timer."""
 
 import json
+import os
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -247,11 +251,6 @@ def test_a_measurement_on_a_loaded_machine_is_used_but_not_cached(monkeypatch, f
 
 
 def test_busy_processes_beside_a_real_measurement_keep_it_off_disk(fresh):
-    import os
-    import subprocess
-    import sys
-    import time
-
     spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
     try:
         time.sleep(0.3)  # let them start spinning

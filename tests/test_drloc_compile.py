@@ -113,7 +113,7 @@ def test_compiled_draw_is_the_philox_stream_for_every_step(backend):
     assert len(graphs) == 1
 
 
-def _saved_dtypes(module: nn.Module, *inputs) -> list[torch.dtype]:
+def _saved_dtypes(fn, *inputs) -> list[torch.dtype]:
     """dtypes of the tensors a compiled forward saves for backward: inductor's decompositions and partitioner,
     without its code generation."""
     from functorch.compile import min_cut_rematerialization_partition
@@ -130,7 +130,7 @@ def _saved_dtypes(module: nn.Module, *inputs) -> list[torch.dtype]:
     backend = aot_autograd(fw_compiler=fw_compiler, bw_compiler=lambda gm, _: gm,
                            partition_fn=min_cut_rematerialization_partition, decompositions=select_decomp_table())
     torch._dynamo.reset()
-    torch.compile(module, backend=backend, fullgraph=True)(*inputs).sum().backward()
+    torch.compile(fn, backend=backend, fullgraph=True)(*inputs).sum().backward()
     return saved
 
 
@@ -140,20 +140,14 @@ def test_compiled_drloc_head_saves_no_bool_mask(mode):
     # leave a saved x <= 0 mask behind; nn.ReLU does, so this fails if the trunk goes back to it
     head = DrlocHead(16, mode=mode, grid_size=(3, 4))
     pairs = torch.randn(2, 6, 32, requires_grad=True)
-    loss = lambda p: head.loss(head(p), torch.ones(2, 6, 2))  # noqa: E731
-    saved = _saved_dtypes(_Wrap(loss), pairs)
+
+    def loss(p):
+        return head.loss(head(p), torch.ones(2, 6, 2))
+
+    saved = _saved_dtypes(loss, pairs)
     assert saved and torch.bool not in saved
     head.trunk[0] = nn.ReLU()
-    assert torch.bool in _saved_dtypes(_Wrap(loss), pairs)  # the check itself can see a saved mask
-
-
-class _Wrap(nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x):
-        return self.fn(x)
+    assert torch.bool in _saved_dtypes(loss, pairs)  # the check itself can see a saved mask
 
 
 def test_relu_is_nn_relu_exactly():
