@@ -169,13 +169,16 @@ def main(argv=None) -> None:
         plot_knn_curve(knn["curve"], knn["random"], knn["budget"], a.pretrain_steps, out / "knn_curve.png")
         init = pre_dir / f"epoch-{knn['budget']}.pt"
         for seed in a.seeds:
-            run("train", ["--arch", arch, *ft, "--seed", str(seed)], out / f"{arch}-scratch-s{seed}", log)
             run("finetune", ["--arch", arch, *ft, "--init", str(init), "--seed", str(seed)],
                 out / f"{arch}-ssl-s{seed}", log)
 
-    queues = {"swin": queue_swin, "ssl": queue_ssl}
+    def queue_scratch():  # needs no pretrain: runs beside it
+        for seed in a.seeds:
+            run("train", ["--arch", arch, *ft, "--seed", str(seed)], out / f"{arch}-scratch-s{seed}", log)
+
+    queues = {"swin": [queue_swin], "ssl": [queue_ssl, queue_scratch]}
     with ThreadPoolExecutor(2) as pool:
-        for f in [pool.submit(queues[arm]) for arm in a.arms]:
+        for f in [pool.submit(q) for arm in a.arms for q in queues[arm]]:
             f.result()
 
     summary_path = out / "summary.json"

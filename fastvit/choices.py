@@ -150,21 +150,25 @@ def others_share(before, after, wall: float, n_cpus: int) -> float | None:
     return min(max(others / (wall * n_cpus), 0.0), 1.0)
 
 
-def seconds(fn, device, repeats: int = 3) -> float:
-    """Median wall time of fn() over `repeats` calls after one warm-up call (device synchronized)."""
+def _sync(device) -> None:
     device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
 
+def warm_up(fn, device) -> None:
+    """One untimed call (allocations, autotuning, a compile), device synchronized."""
     fn()
-    sync()
+    _sync(device)
+
+
+def seconds(fn, device, repeats: int = 3) -> float:
+    """Median wall time of fn() over `repeats` calls (device synchronized); warm it up first."""
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
-        sync()
+        _sync(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -175,16 +179,29 @@ def fastest(key: str, candidates: dict, device, timer=None, baseline: str | None
 
     A candidate that raises RuntimeError (e.g. a kernel that refuses these inputs at run time) is left
     out with its message. With a baseline, another candidate wins only if `margin` times faster.
-    timer(fn, device) -> seconds; default `seconds` (tests pass a fake one).
+    Every candidate runs once before any is timed, and the machine's load is read over the timing only:
+    a compiled candidate's warm-up is its compile, whose worker processes would count as other load.
+    timer(fn, device) -> seconds of warmed-up calls; default `seconds` (tests pass a fake one).
     """
     timer = timer or seconds
     times, failed = {}, {}
-    before, start = cpu_seconds(), time.perf_counter()
+
+    def refused(name, e: RuntimeError) -> None:
+        failed[name] = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+
+    warm = {}
     for name, fn in candidates.items():
+        try:
+            warm_up(fn, device)
+            warm[name] = fn
+        except RuntimeError as e:
+            refused(name, e)
+    before, start = cpu_seconds(), time.perf_counter()
+    for name, fn in warm.items():
         try:
             times[name] = timer(fn, device)
         except RuntimeError as e:
-            failed[name] = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            refused(name, e)
     if not times:
         raise RuntimeError(f"every candidate failed: {failed}")
     choice = min(times, key=times.get)

@@ -60,9 +60,12 @@ def test_failing_candidates_are_left_out_and_all_failing_raises(fresh):
         fresh.fastest("k2", {"bad": broken}, "cpu", lambda fn, d: fn())
 
 
-def test_the_real_timer_runs_a_warm_up_and_the_repeats():
+def test_the_real_timer_runs_the_repeats_after_fastest_warmed_up_each_candidate(fresh):
     fn = named("x")
-    assert choices.seconds(fn, "cpu", repeats=3) >= 0 and fn.calls == 4
+    assert choices.seconds(fn, "cpu", repeats=3) >= 0 and fn.calls == 3
+    a, b = named("a"), named("b")
+    fresh.fastest("k", {"a": a, "b": b}, "cpu")
+    assert a.calls == b.calls == 4
 
 
 def test_a_torn_cache_file_is_measured_again(fresh):
@@ -262,6 +265,27 @@ def test_busy_processes_beside_a_real_measurement_keep_it_off_disk(fresh):
     assert not fresh.cache_path().exists()
 
 
+def test_a_compile_in_the_warm_up_is_not_load(fresh):
+    # a compiled candidate's first call is its compile, run by worker processes: that is this
+    # measurement's own work, so it must not mark the timing as taken on a loaded machine
+    n = os.cpu_count() or 1
+    compile_like = "import multiprocessing as m, time\nt=time.time()\ndef f(_):\n while time.time()-t<1: pass\n" \
+                   f"if __name__=='__main__': m.Pool({n}).map(f, range({n}))"
+
+    class Compiled:
+        calls = 0
+
+        def __call__(self):
+            if self.calls == 0:
+                subprocess.run([sys.executable, "-c", compile_like], check=True)
+            self.calls += 1
+            time.sleep(0.1)
+
+    record = fresh.fastest("k", {"compiled": Compiled(), "eager": lambda: time.sleep(0.1)}, "cpu")
+    assert "loaded" not in record
+    assert fresh._read_disk() == {"k": record}
+
+
 @pytest.mark.parametrize("drloc", [False, True])
 def test_precision_step_records_under_the_key_a_run_looks_up(monkeypatch, fresh, drloc):
     from benchmarks import precision_step
@@ -273,6 +297,7 @@ def test_precision_step_records_under_the_key_a_run_looks_up(monkeypatch, fresh,
         return 2.0 if len(calls) == 1 else 1.0
 
     monkeypatch.setattr(choices, "seconds", timer)
+    monkeypatch.setattr(choices, "warm_up", lambda fn, device: None)
     precision_step.record_compile("vit_tiny", 8, "fp32", drloc=drloc)
     key_fields = {"arch": "vit_tiny", "img_size": 32, "batch": 8, "objective": "drloc" if drloc else "supervised"}
     got = choices.resolve_compile("auto", torch.device("cpu"), key_fields, "fp32")
