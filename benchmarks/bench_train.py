@@ -6,7 +6,9 @@
 images/s through loader, augmentation, forward, backward and optimizer step, batch 256, 32x32x3:
 - reference (`reference_*`): the papers' pipeline written plainly: a torch DataLoader with 2 workers
   running the per-image PIL augmentations (benchmarks/reference_pipeline.py), Mixup/CutMix on the
-  batch, an eager fp32 model whose attention is the plain softmax(q k^T) v (`math` backend), AdamW.
+  batch, an eager fp32 model, AdamW. The `vit` model is paper A's ViT as its code computes it
+  (benchmarks/reference_models.py, frozen: fastvit's model changes do not move the baseline); `swin` is
+  still fastvit's Swin with the plain softmax(q k^T) v (`math` backend).
 - fastvit (`fastvit_*`): `fastvit.train.run` itself, the code users run (resident loader, batched
   on-device augmentation, attention dispatch, fused optimizer where available), on a .beton made by
   `fastvit.loaders.prepare` from CIFAR-10-format files; the second epoch's images/s is the figure.
@@ -26,6 +28,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.conftest import CIFAR_MEAN, CIFAR_STD
+from benchmarks.reference_models import PlainViT
 from benchmarks.reference_pipeline import finetune_loader, multicrop_loader
 
 BATCH = 256
@@ -112,14 +115,20 @@ def soft_ce(logits, targets):
     return torch.sum(-targets * torch.log_softmax(logits, dim=-1), dim=-1).mean()
 
 
-def reference_supervised(arch, cifar_like, steps=REFERENCE_STEPS):
+def reference_model(arch: str, num_classes: int = 10):
     from fastvit import models
 
+    if arch == "vit":
+        return PlainViT(num_classes=num_classes, drop_path=0.1)
+    return models.create(arch, img_size=32, num_classes=num_classes, drop_path=0.1)
+
+
+def reference_supervised(arch, cifar_like, steps=REFERENCE_STEPS):
     images, labels = cifar_like
     batches = finetune_loader(images, labels, batch_size=BATCH, num_classes=10, mean=CIFAR_MEAN, std=CIFAR_STD,
                               num_workers=2, seed=0)
     torch.manual_seed(0)
-    model = models.create(arch, img_size=32, num_classes=10, drop_path=0.1)
+    model = reference_model(arch)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
 
     def step():
@@ -159,23 +168,21 @@ def run_fastvit(cache, cifar_files, tmp_path, **overrides) -> dict:
 
 @pytest.mark.parametrize("arch", ["vit", "swin"])
 def test_reference_train(benchmark, arch, cifar_like, rates, gemm_rate, monkeypatch):
-    monkeypatch.setenv("FASTVIT_ATTN", "math")  # plain softmax(q k^T) v, as the papers' models compute it
+    monkeypatch.setenv("FASTVIT_ATTN", "math")  # fastvit's swin: plain softmax(q k^T) v, as the papers' code
     rate = benchmark.pedantic(lambda: reference_supervised(arch, cifar_like), rounds=1, iterations=1)
     rates[f"reference_train_{arch}"] = rate
     benchmark.extra_info.update(images_per_s=round(rate, 1), threads=torch.get_num_threads(), precision="fp32")
     record_mfu(benchmark, rate, train_flops_per_image(arch), gemm_rate["fp32"])
 
 
-def test_reference_pretrain(benchmark, cifar_like, rates, monkeypatch):
-    from fastvit import models
+def test_reference_pretrain(benchmark, cifar_like, rates):
     from fastvit.objectives.dino import DINO, momentum_schedule
 
-    monkeypatch.setenv("FASTVIT_ATTN", "math")
     images, labels = cifar_like
     views = multicrop_loader(images, labels, batch_size=PRETRAIN_BATCH, mean=CIFAR_MEAN, std=CIFAR_STD,
                              global_size=32, local_size=16, n_local=8, num_workers=2, seed=0)
     torch.manual_seed(0)
-    dino = DINO(models.create("vit", img_size=32, num_classes=10, drop_path=0.1), total_epochs=100)
+    dino = DINO(reference_model("vit"), total_epochs=100)
     opt = torch.optim.AdamW([p for p in dino.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.04)
 
     def step(i):
