@@ -6,9 +6,8 @@
 images/s through loader, augmentation, forward, backward and optimizer step, batch 256, 32x32x3:
 - reference (`reference_*`): the papers' pipeline written plainly: a torch DataLoader with 2 workers
   running the per-image PIL augmentations (benchmarks/reference_pipeline.py), Mixup/CutMix on the
-  batch, an eager fp32 model, AdamW. The `vit` model is paper A's ViT as its code computes it
-  (benchmarks/reference_models.py, frozen: fastvit's model changes do not move the baseline); `swin` is
-  still fastvit's Swin with the plain softmax(q k^T) v (`math` backend).
+  batch, an eager fp32 model, AdamW. The models are paper A's ViT and Swin as its code computes them
+  (benchmarks/reference_models.py, frozen: fastvit's model changes do not move the baseline).
 - fastvit (`fastvit_*`): `fastvit.train.run` itself, the code users run (resident loader, batched
   on-device augmentation, attention dispatch, fused optimizer where available), on a .beton made by
   `fastvit.loaders.prepare` from CIFAR-10-format files; the second epoch's images/s is the figure.
@@ -28,7 +27,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.conftest import CIFAR_MEAN, CIFAR_STD
-from benchmarks.reference_models import PlainViT
+from benchmarks.reference_models import PlainSwin, PlainViT
 from benchmarks.reference_pipeline import finetune_loader, multicrop_loader
 
 BATCH = 256
@@ -116,11 +115,7 @@ def soft_ce(logits, targets):
 
 
 def reference_model(arch: str, num_classes: int = 10):
-    from fastvit import models
-
-    if arch == "vit":
-        return PlainViT(num_classes=num_classes, drop_path=0.1)
-    return models.create(arch, img_size=32, num_classes=num_classes, drop_path=0.1)
+    return {"vit": PlainViT, "swin": PlainSwin}[arch](num_classes=num_classes, drop_path=0.1)
 
 
 def reference_supervised(arch, cifar_like, steps=REFERENCE_STEPS):
@@ -157,7 +152,7 @@ def run_fastvit(cache, cifar_files, tmp_path, **overrides) -> dict:
     cfg = config.build(values, recipe=recipe, command=command)
     metrics = train.run(cfg)
     resolved = json.loads((Path(cfg.out) / "config.json").read_text())["resolved"]
-    return {**metrics, "precision": resolved["precision"]}
+    return {**metrics, "precision": resolved["precision"], "compile": resolved["compile"]}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -167,8 +162,7 @@ def run_fastvit(cache, cifar_files, tmp_path, **overrides) -> dict:
 
 
 @pytest.mark.parametrize("arch", ["vit", "swin"])
-def test_reference_train(benchmark, arch, cifar_like, rates, gemm_rate, monkeypatch):
-    monkeypatch.setenv("FASTVIT_ATTN", "math")  # fastvit's swin: plain softmax(q k^T) v, as the papers' code
+def test_reference_train(benchmark, arch, cifar_like, rates, gemm_rate):
     rate = benchmark.pedantic(lambda: reference_supervised(arch, cifar_like), rounds=1, iterations=1)
     rates[f"reference_train_{arch}"] = rate
     benchmark.extra_info.update(images_per_s=round(rate, 1), threads=torch.get_num_threads(), precision="fp32")
@@ -213,7 +207,8 @@ def test_fastvit_train(benchmark, arch, cache, cifar_files, tmp_path, rates, gem
     key = f"fastvit_train_{arch}"
     rates[key] = rate
     baseline = f"reference_train_{arch}"
-    benchmark.extra_info.update(images_per_s=round(rate, 1), precision=metrics["precision"], target=f"train_{arch}",
+    benchmark.extra_info.update(images_per_s=round(rate, 1), precision=metrics["precision"],
+                                compile=metrics["compile"], target=f"train_{arch}",
                                 baseline=baseline, baseline_images_per_s=round(rates.get(baseline, 0), 1),
                                 ratio=round(rate / rates[baseline], 2) if baseline in rates else None)
     record_mfu(benchmark, rate, train_flops_per_image(arch), gemm_rate.get(metrics["precision"], gemm_rate["fp32"]))
@@ -226,7 +221,8 @@ def test_fastvit_pretrain(benchmark, cache, cifar_files, tmp_path, rates):
         rounds=1, iterations=1)
     rate = metrics["images_per_s"]
     baseline = "reference_pretrain_vit"
-    benchmark.extra_info.update(images_per_s=round(rate, 1), precision=metrics["precision"], target="pretrain_vit",
+    benchmark.extra_info.update(images_per_s=round(rate, 1), precision=metrics["precision"],
+                                compile=metrics["compile"], target="pretrain_vit",
                                 baseline=baseline, baseline_images_per_s=round(rates.get(baseline, 0), 1),
                                 ratio=round(rate / rates[baseline], 2) if baseline in rates else None,
                                 unit="source images/s")

@@ -1,11 +1,14 @@
-"""Paper A's ViT as its released code computes it, for the benchmarks' reference: the baseline must not
-speed up when fastvit's own models do (the reference used to be `fastvit.models` on the `math` backend).
+"""Paper A's ViT and Swin as their released code computes them, for the benchmarks' reference: the
+baseline must not speed up when fastvit's own models do (it used to be `fastvit.models` on `math`).
 
-Written from the structure of timm's ViT that paper A's `models/vit.py` follows: qkv Linear reshaped
-and permuted to (3, B, H, N, d), scores q kᵀ scaled after the product, softmax, (attn v) transposed back,
+ViT, from the structure of timm's ViT that paper A's `models/vit.py` follows: qkv Linear reshaped and
+permuted to (3, B, H, N, d), scores q kᵀ scaled after the product, softmax, (attn v) transposed back,
 pre-norm blocks with per-sample stochastic depth, the position embedding resized with paper A's
-`interpolate_pos_encoding` (bicubic by a scale factor, +0.1) for other input sizes. Parameter names
-equal fastvit's `vit`, so `load_state_dict` moves weights between the two.
+`interpolate_pos_encoding` (bicubic by a scale factor, +0.1) for other input sizes.
+Swin, from the original Swin code paper A's `models/swin.py` follows: torch.roll for the shift, window
+partition / reverse as view + permute copies, q scaled before q kᵀ, the relative-position table gathered
+every call, the shift mask (-100) added per window, patch merging by strided slices and a concatenation.
+Parameter names equal fastvit's `vit` / `swin`, so `load_state_dict` moves weights between them.
 """
 
 import math
@@ -116,3 +119,133 @@ class PlainViT(nn.Module):
         for block in self.blocks:
             t = block(t)
         return self.head(self.norm(t)[:, 0])
+
+
+def window_partition(x, ws: int):
+    B, H, W, C = x.shape
+    return x.view(B, H // ws, ws, W // ws, ws, C).permute(0, 1, 3, 2, 4, 5).reshape(-1, ws * ws, C)
+
+
+def window_reverse(windows, ws: int, H: int, W: int):
+    B = windows.shape[0] // (H * W // ws // ws)
+    return windows.view(B, H // ws, W // ws, ws, ws, -1).permute(0, 1, 3, 2, 4, 5).reshape(B, H, W, -1)
+
+
+class WindowAttention(nn.Module):
+    def __init__(self, dim: int, heads: int, ws: int):
+        super().__init__()
+        self.heads, self.scale = heads, (dim // heads) ** -0.5
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        coords = torch.stack(torch.meshgrid(torch.arange(ws), torch.arange(ws), indexing="ij")).flatten(1)
+        rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (ws - 1)
+        self.register_buffer("index", rel[..., 0] * (2 * ws - 1) + rel[..., 1], persistent=False)
+
+    def forward(self, x, table, mask):
+        B_, N, C = x.shape
+        qkv = self.qkv(x).reshape(B_, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0] * self.scale, qkv[1], qkv[2]
+        attn = q @ k.transpose(-2, -1)
+        attn = attn + table[self.index.view(-1)].view(N, N, -1).permute(2, 0, 1).unsqueeze(0)
+        if mask is not None:
+            nW = mask.shape[0]
+            attn = attn.view(B_ // nW, nW, self.heads, N, N) + mask.unsqueeze(1).unsqueeze(0)
+            attn = attn.view(-1, self.heads, N, N)
+        return self.proj((attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(B_, N, C))
+
+
+class SwinBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, grid: int, window: int, shifted: bool, mlp_ratio: float,
+                 drop_path: float):
+        super().__init__()
+        self.ws = min(window, grid)
+        self.shift = self.ws // 2 if shifted and grid > window else 0
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, heads))
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
+        self.attn, self.mlp = WindowAttention(dim, heads, self.ws), Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path)
+        mask = None
+        if self.shift:
+            img = torch.zeros(1, grid, grid, 1)
+            bands = (slice(0, -self.ws), slice(-self.ws, -self.shift), slice(-self.shift, None))
+            for n, (h, w) in enumerate((h, w) for h in bands for w in bands):
+                img[:, h, w, :] = n
+            ids = window_partition(img, self.ws).squeeze(-1)  # (nW, N)
+            mask = (ids[:, None, :] != ids[:, :, None]).float() * -100.0
+        self.register_buffer("mask", mask, persistent=False)
+
+    def forward(self, x):  # (B, H, W, C)
+        B, H, W, C = x.shape
+        y = self.norm1(x)
+        if self.shift:
+            y = torch.roll(y, shifts=(-self.shift, -self.shift), dims=(1, 2))
+        y = self.attn(window_partition(y, self.ws), self.relative_position_bias_table, self.mask)
+        y = window_reverse(y, self.ws, H, W)
+        if self.shift:
+            y = torch.roll(y, shifts=(self.shift, self.shift), dims=(1, 2))
+        x = x + self.drop_path(y)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class PatchMerging(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * dim, eps=1e-6)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+
+    def forward(self, x):
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+        return self.reduction(self.norm(x))
+
+
+class SwinStage(nn.Module):
+    def __init__(self, dim, depth, heads, grid, window, mlp_ratio, rates, downsample):
+        super().__init__()
+        self.blocks = nn.ModuleList(SwinBlock(dim, heads, grid, window, i % 2 == 1, mlp_ratio, rates[i])
+                                    for i in range(depth))
+        self.downsample = PatchMerging(dim) if downsample else nn.Identity()
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return self.downsample(x)
+
+
+class SwinPatchEmbed(PatchEmbed):
+    def __init__(self, in_chans: int, dim: int, patch: int):
+        super().__init__(in_chans, dim, patch)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+
+    def forward(self, x):
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+
+
+class PlainSwin(nn.Module):
+    """Paper A's 32-px Swin: patch 2, embed 96, depths (2, 6, 4), heads (3, 6, 12), window 4, mlp ratio 2."""
+
+    def __init__(self, img_size: int = 32, num_classes: int = 10, in_chans: int = 3, patch: int = 2,
+                 dim: int = 96, depths=(2, 6, 4), heads=(3, 6, 12), window: int = 4, mlp_ratio: float = 2.0,
+                 drop_path: float = 0.0):
+        super().__init__()
+        self.patch_embed = SwinPatchEmbed(in_chans, dim, patch)
+        rates = torch.linspace(0, drop_path, sum(depths)).tolist()
+        side, stages = img_size // patch, []
+        for i, (depth, h) in enumerate(zip(depths, heads, strict=True)):
+            start = sum(depths[:i])
+            stages.append(SwinStage(dim * 2**i, depth, h, side >> i, window, mlp_ratio,
+                                    rates[start:start + depth], downsample=i < len(depths) - 1))
+        self.stages = nn.ModuleList(stages)
+        self.num_features = dim * 2 ** (len(depths) - 1)
+        self.norm = nn.LayerNorm(self.num_features, eps=1e-6)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, x):
+        x = self.patch_embed(x)
+        for stage in self.stages:
+            x = stage(x)
+        return self.head(self.norm(x).flatten(1, 2).mean(dim=1))

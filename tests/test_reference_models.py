@@ -1,16 +1,20 @@
-"""benchmarks.reference_models: the benchmarks' frozen paper-A ViT computes what fastvit's `vit` computes."""
+"""benchmarks.reference_models: the benchmarks' frozen paper-A ViT and Swin compute what fastvit's compute."""
 
+import pytest
 import torch
 
-from benchmarks.reference_models import PlainViT
+from benchmarks.reference_models import PlainSwin, PlainViT
 from fastvit import models
 from fastvit.objectives.dino import DINO
 
 
-def test_plain_vit_equals_fastvit_vit_with_the_same_weights_float64():
+@pytest.mark.parametrize("arch, plain_model", [("vit", PlainViT), ("swin", PlainSwin)])
+def test_plain_model_equals_fastvit_with_the_same_weights_float64(arch, plain_model):
     torch.manual_seed(0)
-    ours = models.create("vit", img_size=32, num_classes=10).double()
-    plain = PlainViT(num_classes=10).double()
+    ours = models.create(arch, img_size=32, num_classes=10).double()
+    for p in ours.parameters():  # biases and bias tables start at 0: give every parameter a value
+        p.data.add_(0.02 * torch.randn_like(p))
+    plain = plain_model(num_classes=10).double()
     plain.load_state_dict(ours.state_dict())  # same names and shapes, strict
     x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
     a, b = ours(x), plain(x)
