@@ -3,20 +3,37 @@
     python -m benchmarks.report runs/bench.json
 
 A target is a benchmark that names a baseline measured in the same run (extra_info `baseline`,
-`ratio`); its name is extra_info `target`, else the test's name.
+`ratio`); its name is extra_info `target`, else the test's name. Its goal depends on the CPU family the
+JSON was measured on (py-cpuinfo's flags in `machine_info`): issue #12 sets the end-to-end goals for a
+CPU with AMX-bf16 (3x) and for an AVX2-only one (1.8x, fp32); any other family gets no goal.
 """
 
 import json
 import sys
 
-GOALS = {  # what each target must reach (issue text): ratio >= goal
-    "train_vit": 3.0, "train_swin": 3.0, "pretrain_vit": 3.0, "drloc_overhead_swin": 0.97,
-    "drloc_overhead_swin_t224": 0.97,
-    "fastvit_finetune_resident_batched": 5.0, "fastvit_multicrop_resident_batched": 5.0,
-}
+from fastvit.choices import BF16_CPU_FLAGS
+
+END_TO_END = ("train_vit", "train_swin", "pretrain_vit")
+FAMILY_GOALS = {"amx": 3.0, "avx2": 1.8}  # ratio >= goal, per CPU family (issue #12, item 9)
+GOALS = {"drloc_overhead_swin": 0.97, "drloc_overhead_swin_t224": 0.97}  # on every machine
+
+
+def cpu_family(flags) -> str:
+    """'amx' (AMX-bf16), 'avx2' (AVX2 and no bf16 dot-product instruction), else 'other'."""
+    flags = set(flags)
+    if "amx_bf16" in flags:
+        return "amx"
+    if "avx2" in flags and not flags & set(BF16_CPU_FLAGS):
+        return "avx2"
+    return "other"
+
+
+def goal(name: str, family: str) -> float | None:
+    return FAMILY_GOALS.get(family) if name in END_TO_END else GOALS.get(name)
 
 
 def targets(data: dict) -> list[dict]:
+    family = cpu_family(data.get("machine_info", {}).get("cpu", {}).get("flags", []))
     rows = []
     for bench in data["benchmarks"]:
         info = bench.get("extra_info", {})
@@ -25,7 +42,7 @@ def targets(data: dict) -> list[dict]:
         name = info.get("target") or bench["name"].removeprefix("test_")
         rows.append({"target": name, "fastvit": info["images_per_s"], "reference": info["baseline_images_per_s"],
                      "ratio": info["ratio"], "mfu": info.get("mfu"), "precision": info.get("precision", ""),
-                     "goal": GOALS.get(name)})
+                     "goal": goal(name, family)})
     return rows
 
 
@@ -38,19 +55,26 @@ def main(argv=None) -> None:
     machine = data.get("machine_info", {})
     print(f"machine: {machine.get('cpu', {}).get('brand_raw', '?')}, {machine.get('cpu', {}).get('count', '?')} "
           f"cores, python {machine.get('python_version', '?')}; {data.get('datetime', '')}")
+    family = cpu_family(machine.get("cpu", {}).get("flags", []))
+    print(f"CPU family: {family}" + ("" if family in FAMILY_GOALS else
+                                     " (issue #12 sets end-to-end goals only for amx and avx2-only CPUs)"))
     rows = targets(data)
-    header = f"{'target':38} {'fastvit img/s':>14} {'reference img/s':>16} {'ratio':>7} {'goal':>6} {'MFU':>6}"
+    header = (f"{'target':38} {'fastvit img/s':>14} {'reference img/s':>16} {'ratio':>7} {'goal':>6} {'met':>4} "
+              f"{'MFU':>6}")
     print(header)
     print("-" * len(header))
     for r in rows:
-        goal = f"{r['goal']:.2f}" if r["goal"] else "-"
+        goal_s = f"{r['goal']:.2f}" if r["goal"] else "-"
+        met = ("yes" if r["ratio"] >= r["goal"] else "no") if r["goal"] else "-"
         mfu = f"{r['mfu']:.2f}" if r["mfu"] is not None else "-"
-        print(f"{r['target']:38} {r['fastvit']:14.1f} {r['reference']:16.1f} {r['ratio']:7.2f} {goal:>6} {mfu:>6}")
+        print(f"{r['target']:38} {r['fastvit']:14.1f} {r['reference']:16.1f} {r['ratio']:7.2f} {goal_s:>6} "
+              f"{met:>4} {mfu:>6}")
     print()
     for r in rows:
         mfu = f"{r['mfu']:.2f}" if r["mfu"] is not None else "na"
+        goal_s, met = (f"{r['goal']:.2f}", str(r["ratio"] >= r["goal"]).lower()) if r["goal"] else ("na", "na")
         print(f"target={r['target']} fastvit={r['fastvit']:.1f} reference={r['reference']:.1f} "
-              f"ratio={r['ratio']:.2f} mfu={mfu}")
+              f"ratio={r['ratio']:.2f} mfu={mfu} goal={goal_s} met={met}")
 
 
 if __name__ == "__main__":
