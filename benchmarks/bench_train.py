@@ -114,8 +114,8 @@ def soft_ce(logits, targets):
     return torch.sum(-targets * torch.log_softmax(logits, dim=-1), dim=-1).mean()
 
 
-def reference_model(arch: str, num_classes: int = 10):
-    return {"vit": PlainViT, "swin": PlainSwin}[arch](num_classes=num_classes, drop_path=0.1)
+def reference_model(arch: str):
+    return {"vit": PlainViT, "swin": PlainSwin}[arch](num_classes=10, drop_path=0.1)
 
 
 def reference_supervised(arch, cifar_like, steps=REFERENCE_STEPS):
