@@ -13,11 +13,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.reference_train import CIFAR_MEAN, CIFAR_STD, cifar_like_arrays  # noqa: E402, F401
+
 # The machine these numbers are quoted for has 2 cores; fix the thread count so runs compare.
 torch.set_num_threads(2)
-
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # CIFAR-10 per-channel statistics, 0-1 scale
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 
 @pytest.fixture(scope="session")
@@ -27,11 +26,8 @@ def device() -> torch.device:
 
 @pytest.fixture(scope="session")
 def cifar_like() -> tuple[np.ndarray, np.ndarray]:
-    """10,240 random 32x32x3 uint8 images and labels 0..9: CIFAR-10's shape without its files
-    (every op here costs the same on noise as on photos)."""
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, size=(10_240, 32, 32, 3), dtype=np.uint8)
-    return images, rng.integers(0, 10, size=10_240).astype(np.int64)
+    """10,240 random 32x32x3 uint8 images and labels 0..9 (reference_train.cifar_like_arrays)."""
+    return cifar_like_arrays()
 
 
 @pytest.fixture(scope="session")

@@ -326,6 +326,8 @@ def _loader(dataset, batch_size, num_workers, seed) -> DataLoader:
 
 
 def _forever(loader: DataLoader) -> Iterator:
+    if len(loader) == 0:  # drop_last: an endless loop that yields nothing otherwise
+        raise ValueError(f"{len(loader.dataset)} images make no full batch of {loader.batch_size}")
     while True:
         yield from loader
 

@@ -129,12 +129,21 @@ def store(key: str, record: dict) -> None:
         pass
 
 
+def proc_stat_cpu(path: str = "/proc/stat") -> list[int] | None:
+    """The machine's CPU ticks since boot: user nice system idle iowait irq softirq steal (guest time, after
+    them, is inside user already), or None where the file or the steal field is missing."""
+    try:
+        fields = [int(v) for v in Path(path).read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return fields if len(fields) == 8 else None
+
+
 def cpu_seconds() -> tuple[float, float] | None:
     """(CPU seconds all processes have used since boot, steal time included; this process's own), or None
     where there is no /proc/stat."""
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    except (OSError, ValueError):
+    fields = proc_stat_cpu()
+    if fields is None:
         return None
     user, nice, system, _idle, _iowait, irq, softirq, steal = fields
     own = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process
