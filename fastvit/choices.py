@@ -183,16 +183,20 @@ def seconds(fn, device, repeats: int = 3) -> float:
 
 
 def fastest(key: str, candidates: dict, device, timer=None, baseline: str | None = None,
-            margin: float = 1.0) -> dict:
+            margin: float = 1.0, rounds: int = 4) -> dict:
     """Time each candidate (name -> zero-argument callable), cache and return the record of the fastest.
 
     A candidate that raises RuntimeError (e.g. a kernel that refuses these inputs at run time) is left
     out with its message. With a baseline, another candidate wins only if `margin` times faster.
     Every candidate runs once before any is timed, and the machine's load is read over the timing only:
     a compiled candidate's warm-up is its compile, whose worker processes would count as other load.
-    timer(fn, device) -> seconds of warmed-up calls; default `seconds` (tests pass a fake one).
+    The candidates are timed in `rounds` interleaved rounds, the order reversed every round (a b, b a,
+    ...), and each gets the median of its rounds: a machine whose speed drifts (a VM losing a third of
+    its CPU to its neighbours within minutes) then slows every candidate alike, where timing one
+    candidate after the other hands the drift to whichever runs last.
+    timer(fn, device) -> seconds of one timed sample; default one call (tests pass a fake one).
     """
-    timer = timer or seconds
+    timer = timer or functools.partial(seconds, repeats=1)
     times, failed = {}, {}
 
     def refused(name, e: RuntimeError) -> None:
@@ -205,12 +209,16 @@ def fastest(key: str, candidates: dict, device, timer=None, baseline: str | None
             warm[name] = fn
         except RuntimeError as e:
             refused(name, e)
+    samples = {name: [] for name in warm}
     before, start = cpu_seconds(), time.perf_counter()
-    for name, fn in warm.items():
-        try:
-            times[name] = timer(fn, device)
-        except RuntimeError as e:
-            refused(name, e)
+    for r in range(rounds):
+        for name in list(samples)[::-1 if r % 2 else 1]:
+            try:
+                samples[name].append(timer(warm[name], device))
+            except RuntimeError as e:
+                refused(name, e)
+                del samples[name]
+    times = {name: statistics.median(s) for name, s in samples.items()}
     if not times:
         raise RuntimeError(f"every candidate failed: {failed}")
     choice = min(times, key=times.get)
@@ -266,9 +274,8 @@ def resolve_precision(requested: str, device: torch.device, step_fn, key_fields:
     how = "auto: cached measurement"
     if record is None:
         with torch.random.fork_rng(devices=[]):  # the copy's drop path draws: keep the run's stream
-            record = fastest(key, {p: step_fn(p) for p in ("fp32", "bf16")}, device,
-                             timer or functools.partial(seconds, repeats=2),
-                             baseline="fp32", margin=BF16_MARGIN)
+            record = fastest(key, {p: step_fn(p) for p in ("fp32", "bf16")}, device, timer,
+                             baseline="fp32", margin=BF16_MARGIN, rounds=2)  # fp32 bf16 bf16 fp32
         how = f"auto: {how_measured(record)}"
     times = ", ".join(f"{p} {t * 1e3:.0f} ms" for p, t in record["seconds"].items())
     return {"precision": record["choice"], "how": f"{how} ({times} per fwd+bwd at batch {key_fields['batch']})"}

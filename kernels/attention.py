@@ -939,7 +939,7 @@ def _forward_backward(impl, tensors, grad):
 
 
 def measured_choice(inputs, eligible, timer=None):
-    """The fastest of `eligible` for inputs: from the disk cache, else timed forward+backward once each
+    """The fastest of `eligible` for inputs: from the disk cache, else timed forward+backward in interleaved rounds
     (eagerly, on random tensors of the same shapes, under the caller's autocast state) and cached."""
     from fastvit import choices
 

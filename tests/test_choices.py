@@ -65,7 +65,22 @@ def test_the_real_timer_runs_the_repeats_after_fastest_warmed_up_each_candidate(
     assert choices.seconds(fn, "cpu", repeats=3) >= 0 and fn.calls == 3
     a, b = named("a"), named("b")
     fresh.fastest("k", {"a": a, "b": b}, "cpu")
-    assert a.calls == b.calls == 4
+    assert a.calls == b.calls == 5  # a warm-up, then one call in each of 4 rounds
+
+
+def test_interleaved_rounds_keep_a_drifting_machine_from_picking_the_first_candidate(fresh):
+    """The machine slows by 20% of the first sample's time per sample (steal on a shared VM). b is 10%
+    cheaper; timed a a a a b b b b, a's median would be 1.3 against b's 1.89 and a would win."""
+    calls = []
+
+    def drifting(fn, device):
+        calls.append(fn.name)
+        return {"a": 1.0, "b": 0.9}[fn.name] * (1 + 0.2 * (len(calls) - 1))
+
+    record = fresh.fastest("k", {"a": named("a"), "b": named("b")}, "cpu", drifting)
+    assert calls == ["a", "b", "b", "a", "a", "b", "b", "a"]
+    assert record["choice"] == "b"
+    assert record["seconds"] == {"a": pytest.approx(1.7), "b": pytest.approx(0.9 * 1.7)}
 
 
 def test_a_torn_cache_file_is_measured_again(fresh):
@@ -290,11 +305,10 @@ def test_a_compile_in_the_warm_up_is_not_load(fresh):
 def test_precision_step_records_under_the_key_a_run_looks_up(monkeypatch, fresh, drloc):
     from benchmarks import precision_step
 
-    calls = []
+    cost = {}
 
-    def timer(fn, device):  # never runs the steps (no compile here): eager 2 s, compiled 1 s
-        calls.append(fn)
-        return 2.0 if len(calls) == 1 else 1.0
+    def timer(fn, device, repeats=1):  # never runs the steps (no compile here): eager (timed first) 2 s, compiled 1 s
+        return cost.setdefault(fn, 1.0 if cost else 2.0)
 
     monkeypatch.setattr(choices, "seconds", timer)
     monkeypatch.setattr(choices, "warm_up", lambda fn, device: None)
