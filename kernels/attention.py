@@ -939,8 +939,9 @@ def _forward_backward(impl, tensors, grad):
 
 
 def measured_choice(inputs, eligible, timer=None):
-    """The fastest of `eligible` for inputs: from the disk cache, else timed forward+backward in interleaved rounds
-    (eagerly, on random tensors of the same shapes, under the caller's autocast state) and cached."""
+    """The fastest of `eligible` for inputs: from the disk cache, else forward+backward timed in interleaved
+    rounds (choices.fastest; eagerly, on random tensors of the same shapes, under the caller's autocast
+    state) and cached."""
     from fastvit import choices
 
     key = choices.make_key("attention", inputs.device_type, inputs=inputs.describe(),
