@@ -19,8 +19,9 @@ reason, so on a shared machine compare figures from one run and look at `load_av
 
 import torch
 
-from benchmarks.conftest import CIFAR_MEAN, CIFAR_STD, record_rate, sync
+from benchmarks.conftest import record_rate, sync
 from benchmarks.reference_pipeline import finetune_loader, multicrop_loader
+from benchmarks.reference_train import CIFAR_MEAN, CIFAR_STD
 from fastvit.augment import MultiCrop, build_train_transform
 from fastvit.loaders.pipeline import FFCVLoader, ResidentLoader
 

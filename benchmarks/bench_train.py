@@ -135,7 +135,7 @@ FASTVIT_RUNS = {  # target -> train.run overrides
 
 
 @pytest.mark.parametrize("target", list(FASTVIT_RUNS))
-def test_fastvit_vs_reference(benchmark, target, cache, cifar_files, tmp_path, rates, gemm_rate):
+def test_fastvit_vs_reference(benchmark, target, cache, cifar_files, tmp_path, gemm_rate):
     """ratio = fastvit's second-epoch images/s over the reference's images/s, the reference being the
     images over the seconds of its two brackets (REFERENCE_STEPS steps each)."""
     steal = StealMeter()
@@ -146,7 +146,6 @@ def test_fastvit_vs_reference(benchmark, target, cache, cifar_files, tmp_path, r
         after = reference.rate(REFERENCE_STEPS)
     baseline = 2 / (1 / before + 1 / after)  # same images each side: the harmonic mean is images / seconds
     rate = metrics["images_per_s"]
-    rates[f"fastvit_{target}"], rates[f"reference_{target}"] = rate, baseline
     benchmark.extra_info.update(
         images_per_s=round(rate, 1), precision=metrics["precision"], compile=metrics["compile"], target=target,
         baseline=f"reference_{target}", baseline_images_per_s=round(baseline, 1),
@@ -172,7 +171,7 @@ DRLOC_SETTINGS = {"swin": ("swin", 32, BATCH, 5), "swin_t224": ("swin_t", 224, 1
 
 
 @pytest.mark.parametrize("setting", list(DRLOC_SETTINGS))
-def test_fastvit_swin_drloc_cost(benchmark, rates, setting):
+def test_fastvit_swin_drloc_cost(benchmark, setting):
     """fastvit's own step module (`train.Supervised`) on the same weights and batches, with and without
     L_drloc (paper B's l1 head, 64 pairs, lambda 0.5), timed in alternating rounds; the cost is the
     median over rounds of t_with / t_without - 1. `flop_overhead` is the head's share of the FLOPs

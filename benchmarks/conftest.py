@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.reference_train import CIFAR_MEAN, CIFAR_STD, cifar_like_arrays  # noqa: E402, F401
+from benchmarks.reference_train import cifar_like_arrays  # noqa: E402
 
 # The machine these numbers are quoted for has 2 cores; fix the thread count so runs compare.
 torch.set_num_threads(2)

@@ -367,8 +367,8 @@ def reference_rate(arch, images, labels, batch, steps, device, num_workers):
     """images/s of the papers' pipeline: DataLoader + PIL augmentations, eager fp32 model, math attention."""
     import torch
 
-    from benchmarks.conftest import CIFAR_MEAN, CIFAR_STD
     from benchmarks.reference_pipeline import finetune_loader
+    from benchmarks.reference_train import CIFAR_MEAN, CIFAR_STD
     from fastvit import models
 
     saved = os.environ.get("FASTVIT_ATTN")

@@ -19,6 +19,7 @@ AdamW (foreach, torch's default).
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import time
 import traceback
@@ -80,15 +81,14 @@ def pretrain_step(images, labels):
     torch.manual_seed(0)
     dino = DINO(reference_model("vit"), total_epochs=100)
     opt = torch.optim.AdamW([p for p in dino.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.04)
-    steps_done = [0]
+    step_index = itertools.count()
 
     def step():
         dino(next(views), 0.0).backward()
         torch.nn.utils.clip_grad_norm_(dino.student.parameters(), 3.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        dino.update_teacher(momentum_schedule(steps_done[0], 1000))
-        steps_done[0] += 1
+        dino.update_teacher(momentum_schedule(next(step_index), 1000))
 
     return step, PRETRAIN_BATCH
 

@@ -197,7 +197,7 @@ def fastest(key: str, candidates: dict, device, timer=None, baseline: str | None
     timer(fn, device) -> seconds of one timed sample; default one call (tests pass a fake one).
     """
     timer = timer or functools.partial(seconds, repeats=1)
-    times, failed = {}, {}
+    failed = {}
 
     def refused(name, e: RuntimeError) -> None:
         failed[name] = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
