@@ -312,7 +312,10 @@ def test_precision_step_records_under_the_key_a_run_looks_up(monkeypatch, fresh,
 
     monkeypatch.setattr(choices, "seconds", timer)
     monkeypatch.setattr(choices, "warm_up", lambda fn, device: None)
+    retained = []  # the steps are timed with the allocator train.run sets on a CPU
+    monkeypatch.setattr(precision_step.hostmem, "retain_freed_memory", lambda: retained.append(len(cost)))
     precision_step.record_compile("vit_tiny", 8, "fp32", drloc=drloc)
+    assert retained and retained[0] == 0
     key_fields = {"arch": "vit_tiny", "img_size": 32, "batch": 8, "objective": "drloc" if drloc else "supervised"}
     got = choices.resolve_compile("auto", torch.device("cpu"), key_fields, "fp32")
     assert got["compile"] is True and "eager 2000 ms, compiled 1000 ms" in got["how"]
