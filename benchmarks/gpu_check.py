@@ -10,7 +10,8 @@ that would start past its section's budget is skipped with a note; a running ite
      d32, bias), Swin-T 7x7 windows (49, d32, bias) and T2T (197, d64), bf16;
   3. end to end: images/s of `fastvit.train.run` with its auto choices for vit and swin (32 px, batch 256,
      gani22-finetune) and swin_t (224 px, drloc21, batch 64) against the reference pipeline
-     (benchmarks/reference_pipeline.py: torch DataLoader + PIL augmentations, eager model, math attention).
+     (benchmarks/reference_pipeline.py: torch DataLoader + PIL augmentations; the frozen paper models of
+     benchmarks/reference_models.py in eager fp32, paper B's L_drloc for swin_t).
 Every item runs in try/except: an error is recorded in the JSON and the check goes on.
 Output: one JSON file (default runs/gpu_check.json) and one printed table.
 
@@ -363,43 +364,42 @@ def fastvit_rate(root, arch, recipe, batch, images, img_size=None, epochs=2, **e
     return {"images_per_s": round(metrics["images_per_s"], 1), "batch": batch, "images": images}
 
 
-def reference_rate(arch, images, labels, batch, steps, device, num_workers):
-    """images/s of the papers' pipeline: DataLoader + PIL augmentations, eager fp32 model, math attention."""
+def reference_rate(arch, images, labels, batch, steps, device, num_workers, drloc=False):
+    """images/s of the papers' pipeline: DataLoader + PIL augmentations, the frozen paper model
+    (benchmarks/reference_models.py) in eager fp32, with paper B's L_drloc (lambda 0.5) where drloc."""
     import torch
 
+    from benchmarks.reference_models import PlainDrloc
     from benchmarks.reference_pipeline import finetune_loader
-    from benchmarks.reference_train import CIFAR_MEAN, CIFAR_STD
-    from fastvit import models
+    from benchmarks.reference_train import CIFAR_MEAN, CIFAR_STD, reference_model, soft_ce
 
-    saved = os.environ.get("FASTVIT_ATTN")
-    os.environ["FASTVIT_ATTN"] = "math"
-    try:
-        batches = finetune_loader(images, labels, batch_size=batch, num_classes=10, mean=CIFAR_MEAN, std=CIFAR_STD,
-                                  num_workers=num_workers, seed=0)
-        torch.manual_seed(0)
-        model = models.create(arch, img_size=images.shape[1], num_classes=10, drop_path=0.1).to(device)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    batches = finetune_loader(images, labels, batch_size=batch, num_classes=10, mean=CIFAR_MEAN, std=CIFAR_STD,
+                              num_workers=num_workers, seed=0)
+    torch.manual_seed(0)
+    model = reference_model(arch).to(device)
+    drloc_loss = PlainDrloc(model.num_features).to(device) if drloc else None
+    params = list(model.parameters()) + (list(drloc_loss.parameters()) if drloc else [])
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.05)
 
-        def step():
-            x, targets = next(batches)
-            x, targets = x.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            loss = torch.sum(-targets * torch.log_softmax(model(x), dim=-1), dim=-1).mean()
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
-        step()
-        _sync(device)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-        _sync(device)
-        return {"images_per_s": round(steps * batch / (time.perf_counter() - t0), 1), "batch": batch}
-    finally:
-        if saved is None:
-            os.environ.pop("FASTVIT_ATTN")
+    def step():
+        x, targets = next(batches)
+        x, targets = x.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        if drloc:
+            grid = model.forward_grid(x)
+            loss = soft_ce(model.head(grid.flatten(1, 2).mean(dim=1)), targets) + 0.5 * drloc_loss(grid)
         else:
-            os.environ["FASTVIT_ATTN"] = saved
+            loss = soft_ce(model(x), targets)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    return {"images_per_s": round(steps * batch / (time.perf_counter() - t0), 1), "batch": batch}
 
 
 def _sync(device):
@@ -419,22 +419,23 @@ def end_to_end(section, device, smoke):
     root = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     write_cifar_files(root / "src", images, labels)
     extra = {}
-    if smoke:  # a tiny arch, two steps each side, no augmentation: the code path, not the figure
-        settings = [("vit_tiny", "gani22-finetune", 32, None, 1)]
+    # (fastvit arch, the paper model it is timed against, recipe, batch, image size, epochs)
+    if smoke:  # a tiny arch against paper A's vit, two steps each side, no augmentation: the code path, not the figure
+        settings = [("vit_tiny", "vit", "gani22-finetune", 32, None, 1)]
         ref_workers, ref_steps = 0, 1
         extra = {"augment": "none", "repeats": 1}
     else:
-        settings = [("vit", "gani22-finetune", 256, None, 2), ("swin", "gani22-finetune", 256, None, 2),
-                    ("swin_t", "drloc21", 64, 224, 2)]
+        settings = [("vit", "vit", "gani22-finetune", 256, None, 2), ("swin", "swin", "gani22-finetune", 256, None, 2),
+                    ("swin_t", "swin_t", "drloc21", 64, 224, 2)]
         ref_workers, ref_steps = min(8, os.cpu_count() or 1), 8
     images_per_run = (lambda b: 2 * b) if smoke else (lambda b: min(n, 8 * b))
-    for arch, recipe, batch, img_size, epochs in settings:
+    for arch, ref_arch, recipe, batch, img_size, epochs in settings:
         big = None
         if img_size and img_size != 32:  # the reference at its pixel count: upsampled random images
             big = np.repeat(np.repeat(images[: 8 * batch], img_size // 32, axis=1), img_size // 32, axis=2)
         ref_images = big if big is not None else images
-        ref = section.run(f"reference {arch} {recipe}", lambda a=arch, b=batch, r=ref_images: reference_rate(
-            a, r, labels[: len(r)], b, ref_steps, device, ref_workers))
+        ref = section.run(f"reference {ref_arch} {recipe}", lambda a=ref_arch, b=batch, r=ref_images, d=recipe == "drloc21":
+                          reference_rate(a, r, labels[: len(r)], b, ref_steps, device, ref_workers, drloc=d))
         def own_run(a=arch, r=recipe, b=batch, s=img_size, e=epochs):
             return fastvit_rate(root, a, r, b, images_per_run(b), s, e, **extra)
 

@@ -8,7 +8,10 @@ pre-norm blocks with per-sample stochastic depth, the position embedding resized
 Swin, from the original Swin code paper A's `models/swin.py` follows: torch.roll for the shift, window
 partition / reverse as view + permute copies, q scaled before q kᵀ, the relative-position table gathered
 every call, the shift mask (-100) added per window, patch merging by strided slices and a concatenation.
-Parameter names equal fastvit's `vit` / `swin`, so `load_state_dict` moves weights between them.
+Swin-T (paper B's `swin_t`, 224 px) is the same Swin with `SWIN_T`'s sizes; `PlainDrloc` is paper B's
+L_drloc as its code computes it: positions drawn with torch.randint per image, flat-index gathers, the
+two embeddings concatenated, the MLP, an L1 loss.
+Parameter names equal fastvit's `vit` / `swin` / `swin_t`, so `load_state_dict` moves weights between them.
 """
 
 import math
@@ -160,13 +163,13 @@ class WindowAttention(nn.Module):
 
 class SwinBlock(nn.Module):
     def __init__(self, dim: int, heads: int, grid: int, window: int, shifted: bool, mlp_ratio: float,
-                 drop_path: float):
+                 drop_path: float, eps: float):
         super().__init__()
         self.ws = min(window, grid)
         self.shift = self.ws // 2 if shifted and grid > window else 0
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, heads))
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
-        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
+        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=eps), nn.LayerNorm(dim, eps=eps)
         self.attn, self.mlp = WindowAttention(dim, heads, self.ws), Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path)
         mask = None
@@ -193,9 +196,9 @@ class SwinBlock(nn.Module):
 
 
 class PatchMerging(nn.Module):
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, eps: float):
         super().__init__()
-        self.norm = nn.LayerNorm(4 * dim, eps=1e-6)
+        self.norm = nn.LayerNorm(4 * dim, eps=eps)
         self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
 
     def forward(self, x):
@@ -204,11 +207,11 @@ class PatchMerging(nn.Module):
 
 
 class SwinStage(nn.Module):
-    def __init__(self, dim, depth, heads, grid, window, mlp_ratio, rates, downsample):
+    def __init__(self, dim, depth, heads, grid, window, mlp_ratio, rates, downsample, eps):
         super().__init__()
-        self.blocks = nn.ModuleList(SwinBlock(dim, heads, grid, window, i % 2 == 1, mlp_ratio, rates[i])
+        self.blocks = nn.ModuleList(SwinBlock(dim, heads, grid, window, i % 2 == 1, mlp_ratio, rates[i], eps)
                                     for i in range(depth))
-        self.downsample = PatchMerging(dim) if downsample else nn.Identity()
+        self.downsample = PatchMerging(dim, eps) if downsample else nn.Identity()
 
     def forward(self, x):
         for block in self.blocks:
@@ -217,36 +220,67 @@ class SwinStage(nn.Module):
 
 
 class SwinPatchEmbed(PatchEmbed):
-    def __init__(self, in_chans: int, dim: int, patch: int):
+    def __init__(self, in_chans: int, dim: int, patch: int, eps: float):
         super().__init__(in_chans, dim, patch)
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.norm = nn.LayerNorm(dim, eps=eps)
 
     def forward(self, x):
         return self.norm(self.proj(x).permute(0, 2, 3, 1))
 
 
+# paper B's Swin-T at 224 px (its LayerNorms keep torch's default eps)
+SWIN_T = dict(img_size=224, patch=4, dim=96, depths=(2, 2, 6, 2), heads=(3, 6, 12, 24), window=7, mlp_ratio=4.0,
+              eps=1e-5)
+
+
 class PlainSwin(nn.Module):
-    """Paper A's 32-px Swin: patch 2, embed 96, depths (2, 6, 4), heads (3, 6, 12), window 4, mlp ratio 2."""
+    """Paper A's 32-px Swin: patch 2, embed 96, depths (2, 6, 4), heads (3, 6, 12), window 4, mlp ratio 2,
+    LayerNorm eps 1e-6; `PlainSwin(**SWIN_T)` is paper B's Swin-T."""
 
     def __init__(self, img_size: int = 32, num_classes: int = 10, in_chans: int = 3, patch: int = 2,
                  dim: int = 96, depths=(2, 6, 4), heads=(3, 6, 12), window: int = 4, mlp_ratio: float = 2.0,
-                 drop_path: float = 0.0):
+                 drop_path: float = 0.0, eps: float = 1e-6):
         super().__init__()
-        self.patch_embed = SwinPatchEmbed(in_chans, dim, patch)
+        self.patch_embed = SwinPatchEmbed(in_chans, dim, patch, eps)
         rates = torch.linspace(0, drop_path, sum(depths)).tolist()
         side, stages = img_size // patch, []
         for i, (depth, h) in enumerate(zip(depths, heads, strict=True)):
             start = sum(depths[:i])
             stages.append(SwinStage(dim * 2**i, depth, h, side >> i, window, mlp_ratio,
-                                    rates[start:start + depth], downsample=i < len(depths) - 1))
+                                    rates[start:start + depth], downsample=i < len(depths) - 1, eps=eps))
         self.stages = nn.ModuleList(stages)
         self.num_features = dim * 2 ** (len(depths) - 1)
-        self.norm = nn.LayerNorm(self.num_features, eps=1e-6)
+        self.norm = nn.LayerNorm(self.num_features, eps=eps)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
         init_linears(self)
 
-    def forward(self, x):
+    def forward_grid(self, x):
+        """The normed final token grid (B, Hg, Wg, C): what the classifier pools and L_drloc samples."""
         x = self.patch_embed(x)
         for stage in self.stages:
             x = stage(x)
-        return self.head(self.norm(x).flatten(1, 2).mean(dim=1))
+        return self.norm(x)
+
+    def forward(self, x):
+        return self.head(self.forward_grid(x).flatten(1, 2).mean(dim=1))
+
+
+class PlainDrloc(nn.Module):
+    """Paper B's L_drloc, l1 mode: m random pairs per image of the (B, Hg, Wg, C) grid, their concatenated
+    embeddings through Linear(2C, 512)-ReLU-Linear(512, 512)-ReLU-Linear(512, 2) against |row, col| offsets."""
+
+    def __init__(self, in_dim: int, num_pairs: int = 64, hidden: int = 512):
+        super().__init__()
+        self.num_pairs = num_pairs
+        self.mlp = nn.Sequential(nn.Linear(2 * in_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, 2))
+
+    def forward(self, grid, generator=None):
+        B, Hg, Wg, C = grid.shape
+        pos = torch.stack([torch.randint(size, (B, self.num_pairs, 2), generator=generator, device=grid.device)
+                           for size in (Hg, Wg)], dim=-1)  # (B, m, 2 points, row/col)
+        flat = (torch.arange(B, device=grid.device).view(B, 1, 1) * Hg + pos[..., 0]) * Wg + pos[..., 1]
+        tokens = grid.reshape(B * Hg * Wg, C)[flat]  # (B, m, 2, C)
+        pred = self.mlp(tokens.flatten(2))
+        target = (pos[:, :, 0] - pos[:, :, 1]).abs().to(pred.dtype)
+        return (pred - target).abs().mean()

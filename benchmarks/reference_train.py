@@ -27,7 +27,7 @@ import traceback
 import numpy as np
 import torch
 
-from benchmarks.reference_models import PlainSwin, PlainViT
+from benchmarks.reference_models import SWIN_T, PlainSwin, PlainViT
 from benchmarks.reference_pipeline import finetune_loader, multicrop_loader
 
 BATCH = 256
@@ -51,8 +51,11 @@ def soft_ce(logits, targets):
     return torch.sum(-targets * torch.log_softmax(logits, dim=-1), dim=-1).mean()
 
 
-def reference_model(arch: str):
-    return {"vit": PlainViT, "swin": PlainSwin}[arch](num_classes=10, drop_path=0.1)
+def reference_model(arch: str, drop_path: float = 0.1):
+    """The frozen paper model behind fastvit's `arch`: vit and swin (paper A, 32 px), swin_t (paper B, 224 px)."""
+    if arch == "swin_t":
+        return PlainSwin(**SWIN_T, num_classes=10, drop_path=drop_path)
+    return {"vit": PlainViT, "swin": PlainSwin}[arch](num_classes=10, drop_path=drop_path)
 
 
 def supervised_step(arch: str, images, labels):

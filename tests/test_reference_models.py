@@ -3,20 +3,21 @@
 import pytest
 import torch
 
-from benchmarks.reference_models import PlainSwin, PlainViT
+from benchmarks.reference_models import SWIN_T, PlainDrloc, PlainSwin, PlainViT
 from fastvit import models
 from fastvit.objectives.dino import DINO
 
 
-@pytest.mark.parametrize("arch, plain_model", [("vit", PlainViT), ("swin", PlainSwin)])
-def test_plain_model_equals_fastvit_with_the_same_weights_float64(arch, plain_model):
+@pytest.mark.parametrize("arch, plain_model, img_size", [
+    ("vit", PlainViT, 32), ("swin", PlainSwin, 32), ("swin_t", lambda **kw: PlainSwin(**SWIN_T, **kw), 224)])
+def test_plain_model_equals_fastvit_with_the_same_weights_float64(arch, plain_model, img_size):
     torch.manual_seed(0)
-    ours = models.create(arch, img_size=32, num_classes=10).double()
+    ours = models.create(arch, img_size=img_size, num_classes=10).double()
     for p in ours.parameters():  # biases and bias tables start at 0: give every parameter a value
         p.data.add_(0.02 * torch.randn_like(p))
     plain = plain_model(num_classes=10).double()
     plain.load_state_dict(ours.state_dict())  # same names and shapes, strict
-    x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    x = torch.randn(2, 3, img_size, img_size, dtype=torch.float64)
     a, b = ours(x), plain(x)
     torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
     a.square().sum().backward()
@@ -24,6 +25,34 @@ def test_plain_model_equals_fastvit_with_the_same_weights_float64(arch, plain_mo
     grads = dict(ours.named_parameters())
     for name, p in plain.named_parameters():
         torch.testing.assert_close(p.grad, grads[name].grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_plain_drloc_is_the_l1_loss_of_the_pairs_it_draws_float64():
+    torch.manual_seed(0)
+    B, Hg, Wg, C, m = 3, 4, 5, 6, 7
+    drloc = PlainDrloc(C, num_pairs=m, hidden=8).double()
+    grid = torch.randn(B, Hg, Wg, C, dtype=torch.float64)
+    loss = drloc(grid, torch.Generator().manual_seed(1))
+    draws = torch.Generator().manual_seed(1)  # the same draws: rows (B, m, 2 points), then cols
+    rows, cols = torch.randint(Hg, (B, m, 2), generator=draws), torch.randint(Wg, (B, m, 2), generator=draws)
+    total = 0.0
+    for b in range(B):
+        for j in range(m):
+            (r1, r2), (c1, c2) = rows[b, j].tolist(), cols[b, j].tolist()
+            pred = drloc.mlp(torch.cat([grid[b, r1, c1], grid[b, r2, c2]]))
+            total += (pred[0] - abs(r1 - r2)).abs() + (pred[1] - abs(c1 - c2)).abs()
+    torch.testing.assert_close(loss, total / (B * m * 2), rtol=1e-12, atol=1e-12)
+
+
+def test_reference_step_with_drloc_runs_swin_t_at_224():
+    import numpy as np
+
+    from benchmarks.gpu_check import reference_rate
+
+    images = np.random.default_rng(0).integers(0, 256, size=(2, 224, 224, 3), dtype=np.uint8)
+    got = reference_rate("swin_t", images, np.array([1, 2]), batch=2, steps=1, device="cpu", num_workers=0,
+                         drloc=True)
+    assert got["images_per_s"] > 0 and got["batch"] == 2
 
 
 def test_plain_vit_drop_path_keeps_the_expectation():
