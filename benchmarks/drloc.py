@@ -184,9 +184,10 @@ def _time_step(objective, x, targets, steps):
 
 def compile_step_timings(B, m, steps):
     """First-step (compile) seconds and median step ms, compiled vs eager, of Supervised with/without drloc."""
-    from fastvit import models
+    from fastvit import hostmem, models
     from fastvit.train import Supervised
 
+    hostmem.retain_freed_memory()  # as train.run on a CPU (else eager re-faults its activations each step)
     print(f"\ntorch.compile of the training step (inductor, B={B}, m={m}, 32 px, fp32, torch {torch.__version__})")
     print(f"{'arch':<10} {'drloc':<11} {'compile s':>10} {'compiled ms':>12} {'eager ms':>9}")
     probe = torch.zeros(1, 3, 32, 32)

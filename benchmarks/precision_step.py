@@ -8,7 +8,8 @@ fp32: eager fp32; amp: bf16 autocast; pure: weights and inputs in bf16; compile:
 model; compile_amp: both. Batch 128 of 32x32x3, fused AdamW; two warm-up steps (incl. the compile), 4 timed;
 attention backends as auto chooses them (measured per shape, fastvit.choices).
 --record times fastvit's supervised step (train.Supervised, 32 px, 10 classes) eager and compiled, median
-of 4 interleaved rounds after warm-up, and stores the faster in the choices cache under the key
+of 4 interleaved rounds after warm-up, and stores the choice (compiled only if COMPILE_MARGIN faster) in the
+choices cache under the key
 `train.run` looks up for the same arch, image size, batch, precision, CPU and thread count (T).
 --drloc adds L_drloc (l1, 64 pairs, on the final grid: the CLI's `--drloc`) to every variant and
 records under the key of `--drloc` runs.
@@ -70,7 +71,8 @@ def record_compile(arch: str, batch: int, precision: str, drloc: bool = False) -
     variant = "amp" if precision == "bf16" else ""
     candidates = {"eager": make_step(arch, variant, batch, drloc),
                   "compiled": make_step(arch, f"compile{variant}", batch, drloc)}
-    return choices.fastest(choices.compile_key("cpu", key_fields, precision), candidates, "cpu")
+    return choices.fastest(choices.compile_key("cpu", key_fields, precision), candidates, "cpu", baseline="eager",
+                           margin=choices.COMPILE_MARGIN)
 
 
 def main(argv=None) -> None:

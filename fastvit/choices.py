@@ -30,6 +30,9 @@ CACHE_FILE = "choices.json"
 ISA_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2", "fma", "bf16", "asimd")
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")  # a bf16 dot-product instruction (x86 AMX / AVX-512, ARM)
 BF16_MARGIN = 1.1  # bf16 costs accuracy headroom: on a CPU it must be this much faster than fp32 to be chosen
+# a compiled CPU step must beat eager by this much: per-step records overstate what a run gains (swin fp32,
+# 1.09x a step, ran 0.95x end to end; NOTES 2026-12-03, session 10)
+COMPILE_MARGIN = 1.1
 LOADED_SHARE = 0.25  # others' share of all CPUs during a measurement above which it is not cached
 PROBE_BATCH = 64  # the precision measurement's batch (at most): a few steps must stay a few seconds
 
