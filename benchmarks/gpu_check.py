@@ -434,8 +434,11 @@ def end_to_end(section, device, smoke):
         if img_size and img_size != 32:  # the reference at its pixel count: upsampled random images
             big = np.repeat(np.repeat(images[: 8 * batch], img_size // 32, axis=1), img_size // 32, axis=2)
         ref_images = big if big is not None else images
-        ref = section.run(f"reference {ref_arch} {recipe}", lambda a=ref_arch, b=batch, r=ref_images, d=recipe == "drloc21":
-                          reference_rate(a, r, labels[: len(r)], b, ref_steps, device, ref_workers, drloc=d))
+        def reference_run(a=ref_arch, b=batch, r=ref_images, d=recipe == "drloc21"):
+            return reference_rate(a, r, labels[: len(r)], b, ref_steps, device, ref_workers, drloc=d)
+
+        ref = section.run(f"reference {ref_arch} {recipe}", reference_run)
+
         def own_run(a=arch, r=recipe, b=batch, s=img_size, e=epochs):
             return fastvit_rate(root, a, r, b, images_per_run(b), s, e, **extra)
 
