@@ -365,34 +365,11 @@ def fastvit_rate(root, arch, recipe, batch, images, img_size=None, epochs=2, **e
 
 
 def reference_rate(arch, images, labels, batch, steps, device, num_workers, drloc=False):
-    """images/s of the papers' pipeline: DataLoader + PIL augmentations, the frozen paper model
-    (benchmarks/reference_models.py) in eager fp32, with paper B's L_drloc (lambda 0.5) where drloc."""
-    import torch
+    """images/s of the papers' pipeline (benchmarks/reference_train.supervised_step: DataLoader + PIL
+    augmentations, the frozen paper model in eager fp32, paper B's L_drloc where drloc)."""
+    from benchmarks.reference_train import supervised_step
 
-    from benchmarks.reference_models import PlainDrloc
-    from benchmarks.reference_pipeline import finetune_loader
-    from benchmarks.reference_train import CIFAR_MEAN, CIFAR_STD, reference_model, soft_ce
-
-    batches = finetune_loader(images, labels, batch_size=batch, num_classes=10, mean=CIFAR_MEAN, std=CIFAR_STD,
-                              num_workers=num_workers, seed=0)
-    torch.manual_seed(0)
-    model = reference_model(arch).to(device)
-    drloc_loss = PlainDrloc(model.num_features).to(device) if drloc else None
-    params = list(model.parameters()) + (list(drloc_loss.parameters()) if drloc else [])
-    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.05)
-
-    def step():
-        x, targets = next(batches)
-        x, targets = x.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        if drloc:
-            grid = model.forward_grid(x)
-            loss = soft_ce(model.head(grid.flatten(1, 2).mean(dim=1)), targets) + 0.5 * drloc_loss(grid)
-        else:
-            loss = soft_ce(model(x), targets)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
+    step, _ = supervised_step(arch, images, labels, batch=batch, device=device, num_workers=num_workers, drloc=drloc)
     step()
     _sync(device)
     t0 = time.perf_counter()

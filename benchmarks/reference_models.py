@@ -275,9 +275,9 @@ class PlainDrloc(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(2 * in_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
                                  nn.Linear(hidden, 2))
 
-    def forward(self, grid, generator=None):
+    def forward(self, grid):
         B, Hg, Wg, C = grid.shape
-        pos = torch.stack([torch.randint(size, (B, self.num_pairs, 2), generator=generator, device=grid.device)
+        pos = torch.stack([torch.randint(size, (B, self.num_pairs, 2), device=grid.device)
                            for size in (Hg, Wg)], dim=-1)  # (B, m, 2 points, row/col)
         flat = (torch.arange(B, device=grid.device).view(B, 1, 1) * Hg + pos[..., 0]) * Wg + pos[..., 1]
         tokens = grid.reshape(B * Hg * Wg, C)[flat]  # (B, m, 2, C)

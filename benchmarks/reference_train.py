@@ -27,7 +27,7 @@ import traceback
 import numpy as np
 import torch
 
-from benchmarks.reference_models import SWIN_T, PlainSwin, PlainViT
+from benchmarks.reference_models import SWIN_T, PlainDrloc, PlainSwin, PlainViT
 from benchmarks.reference_pipeline import finetune_loader, multicrop_loader
 
 BATCH = 256
@@ -51,28 +51,40 @@ def soft_ce(logits, targets):
     return torch.sum(-targets * torch.log_softmax(logits, dim=-1), dim=-1).mean()
 
 
-def reference_model(arch: str, drop_path: float = 0.1):
+def reference_model(arch: str):
     """The frozen paper model behind fastvit's `arch`: vit and swin (paper A, 32 px), swin_t (paper B, 224 px)."""
     if arch == "swin_t":
-        return PlainSwin(**SWIN_T, num_classes=10, drop_path=drop_path)
-    return {"vit": PlainViT, "swin": PlainSwin}[arch](num_classes=10, drop_path=drop_path)
+        return PlainSwin(**SWIN_T, num_classes=10, drop_path=0.1)
+    return {"vit": PlainViT, "swin": PlainSwin}[arch](num_classes=10, drop_path=0.1)
 
 
-def supervised_step(arch: str, images, labels):
-    """One fine-tuning step of the papers' pipeline (returns the step and its batch size)."""
-    batches = finetune_loader(images, labels, batch_size=BATCH, num_classes=10, mean=CIFAR_MEAN, std=CIFAR_STD,
-                              num_workers=2, seed=0)
+def supervised_step(arch: str, images, labels, batch: int = BATCH, device="cpu", num_workers: int = 2,
+                    drloc: bool = False):
+    """One fine-tuning step of the papers' pipeline (returns the step and its batch size); with drloc,
+    paper B's L_drloc on the final grid at lambda 0.5."""
+    batches = finetune_loader(images, labels, batch_size=batch, num_classes=10, mean=CIFAR_MEAN, std=CIFAR_STD,
+                              num_workers=num_workers, seed=0)
     torch.manual_seed(0)
-    model = reference_model(arch)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    model = reference_model(arch).to(device)
+    params = list(model.parameters())
+    if drloc:
+        drloc_loss = PlainDrloc(model.num_features).to(device)
+        params += list(drloc_loss.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.05)
 
     def step():
         x, targets = next(batches)
-        soft_ce(model(x), targets).backward()
+        x, targets = x.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        if drloc:
+            grid = model.forward_grid(x)
+            loss = soft_ce(model.head(grid.flatten(1, 2).mean(dim=1)), targets) + 0.5 * drloc_loss(grid)
+        else:
+            loss = soft_ce(model(x), targets)
+        loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    return step, BATCH
+    return step, batch
 
 
 def pretrain_step(images, labels):
