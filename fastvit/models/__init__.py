@@ -1,6 +1,6 @@
 """Model zoo: `create(name, img_size=..., num_classes=...)`, `names()`, `default_img_size`, `grid_shape`.
 
-Every model has
+Every model is a `backbone.Backbone`, so it has
 - `forward(x) -> logits` (pooled features when built with num_classes=0),
 - `forward_features(x) -> (pooled (B, num_features), grid (B, Hg, Wg, C))`: the grid L_drloc samples,
 - `forward_head(pooled) -> logits`, `reset_classifier(num_classes)`,

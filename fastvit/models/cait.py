@@ -16,14 +16,13 @@ import torch
 import torch.nn as nn
 
 from fastvit.kernels import attention
+from fastvit.models.backbone import Backbone, make_head
 from fastvit.models.layers import (
     DropPath,
     LayerScale,
     Mlp,
     PatchEmbed,
     check_image,
-    make_head,
-    no_decay_names,
     trunc_normal_init,
 )
 from fastvit.models.registry import build_with, register
@@ -125,8 +124,10 @@ class ClassAttentionBlock(nn.Module):
         return cls + self.ls2(self.mlp(self.norm2(cls)))
 
 
-class CaiT(nn.Module):
+class CaiT(Backbone):
     """CaiT; `forward_features` returns (normed CLS token, normed patch-token grid)."""
+
+    no_decay = ("pos_embed", "cls_token")
 
     def __init__(
         self,
@@ -170,16 +171,6 @@ class CaiT(nn.Module):
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         self.head = make_head(embed_dim, num_classes)
 
-    @property
-    def grid_shape(self) -> tuple[int, int, int]:
-        return (*self.grid, self.num_features)
-
-    def no_weight_decay(self) -> set[str]:
-        return no_decay_names(self, ("pos_embed", "cls_token"))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.head = make_head(self.num_features, num_classes).to(self.pos_embed)
-
     def _patch_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         check_image(x, self.in_chans, self.patch_size, self.arch)
         n_max = self.pos_embed.shape[1]
@@ -202,12 +193,6 @@ class CaiT(nn.Module):
             cls = block(t, cls)
         t = self.norm(torch.cat([cls, t], dim=1))  # (B, 1 + N, D)
         return t[:, 0], t[:, 1:].reshape(t.shape[0], Hg, Wg, -1)  # grid (B, Hg, Wg, D)
-
-    def forward_head(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.head(pooled)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x)[0])
 
     @torch.no_grad()
     def last_attention(self, x: torch.Tensor) -> torch.Tensor:

@@ -14,13 +14,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fastvit.kernels import attention
+from fastvit.models.backbone import Backbone, make_head
 from fastvit.models.layers import (
     DropPath,
     Mlp,
     check_image,
     linear_rates,
-    make_head,
-    no_decay_names,
     trunc_normal_init,
 )
 from fastvit.models.registry import build_with, register
@@ -100,7 +99,7 @@ class CvTStage(nn.Module):
         return x
 
 
-class CvT(nn.Module):
+class CvT(Backbone):
     """CvT without CLS token; `forward_features` returns (mean of normed tokens, pooled last-stage grid)."""
 
     def __init__(
@@ -139,16 +138,6 @@ class CvT(nn.Module):
         self.apply(trunc_normal_init)
         self.head = make_head(self.num_features, num_classes)
 
-    @property
-    def grid_shape(self) -> tuple[int, int, int]:
-        return (*self.grid, self.num_features)
-
-    def no_weight_decay(self) -> set[str]:
-        return no_decay_names(self)
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.head = make_head(self.num_features, num_classes).to(self.norm.weight)
-
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         check_image(x, self.in_chans, self.multiple, self.arch)
         for stage in self.stages:
@@ -156,12 +145,6 @@ class CvT(nn.Module):
             last = x
             x = x.permute(0, 3, 1, 2)  # (B, C, H, W) for the next conv embedding
         return self.norm(last).mean(dim=(1, 2)), drloc_pool(last)
-
-    def forward_head(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.head(pooled)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x)[0])
 
 
 @register(default_img_size=224)

@@ -11,7 +11,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fastvit.errors import UserError
 from fastvit.kernels import attention
 
 
@@ -28,12 +27,6 @@ def trunc_normal_init(module: nn.Module) -> None:
     elif isinstance(module, (nn.LayerNorm, nn.BatchNorm2d, nn.GroupNorm)):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
-
-
-def no_decay_names(model: nn.Module, extra: tuple[str, ...] = ()) -> set[str]:
-    """Names of parameters without weight decay: every 1-D tensor (norm weights, biases, LayerScale) plus
-    those whose last name part is in `extra` (position embeddings, class tokens, rel-pos tables)."""
-    return {n for n, p in model.named_parameters() if p.ndim <= 1 or n.split(".")[-1] in extra}
 
 
 def linear_rates(last: float, n: int) -> list[float]:
@@ -203,14 +196,3 @@ def resize_pos_embed(pos: torch.Tensor, grid: tuple[int, int], size: tuple[int, 
     img = pos.reshape(1, grid[0], grid[1], D).permute(0, 3, 1, 2)  # (1, D, Hg, Wg)
     img = F.interpolate(img, size=size, mode="bicubic", align_corners=False)
     return img.permute(0, 2, 3, 1).reshape(1, size[0] * size[1], D)  # (1, H'*W', D)
-
-
-def make_head(dim: int, num_classes: int) -> nn.Module:
-    """Linear classifier, or identity when num_classes == 0 (forward then returns pooled features)."""
-    if num_classes < 0:
-        raise UserError(f"num_classes must be >= 0 (0: no classifier), got {num_classes}")
-    if num_classes == 0:
-        return nn.Identity()
-    head = nn.Linear(dim, num_classes)
-    trunc_normal_init(head)
-    return head

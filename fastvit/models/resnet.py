@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from fastvit.models.layers import DropPath, check_image, linear_rates, make_head, no_decay_names
+from fastvit.models.backbone import Backbone, make_head
+from fastvit.models.layers import DropPath, check_image, linear_rates
 from fastvit.models.registry import build_with, register
 from fastvit.models.vit import check_img_size
 
@@ -41,7 +42,7 @@ class Bottleneck(nn.Module):
         return self.relu(shortcut + self.drop_path(self.bn3(self.conv3(y))))
 
 
-class ResNet(nn.Module):
+class ResNet(Backbone):
     """ResNet; `forward_features` returns (global average pool, layer4 grid (B, H/32, W/32, C))."""
 
     def __init__(
@@ -83,28 +84,12 @@ class ResNet(nn.Module):
         self.grid = (img_size // 32, img_size // 32)
         self.head = make_head(in_dim, num_classes)
 
-    @property
-    def grid_shape(self) -> tuple[int, int, int]:
-        return (*self.grid, self.num_features)
-
-    def no_weight_decay(self) -> set[str]:
-        return no_decay_names(self)
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.head = make_head(self.num_features, num_classes).to(self.stem[0].weight)
-
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         check_image(x, self.in_chans, 32, self.arch)
         x = self.stem(x)
         for layer in self.layers:
             x = layer(x)
         return x.mean(dim=(2, 3)), x.permute(0, 2, 3, 1)  # grid (B, H/32, W/32, C)
-
-    def forward_head(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.head(pooled)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x)[0])
 
 
 @register(default_img_size=224)

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fastvit.models.backbone import Backbone, make_head
 from fastvit.models.layers import (
     Attention,
     DropPath,
@@ -23,8 +24,6 @@ from fastvit.models.layers import (
     PatchEmbed,
     check_image,
     linear_rates,
-    make_head,
-    no_decay_names,
     trunc_normal_init,
 )
 from fastvit.models.registry import build_with, register
@@ -201,8 +200,10 @@ class SwinStage(nn.Module):
         return self.downsample(x)
 
 
-class SwinTransformer(nn.Module):
+class SwinTransformer(Backbone):
     """Swin; `forward_features` returns (mean-pooled normed tokens, last-stage grid before the final norm)."""
+
+    no_decay = ("relative_position_bias_table",)
 
     def __init__(
         self,
@@ -258,16 +259,6 @@ class SwinTransformer(nn.Module):
         self.apply(trunc_normal_init)
         self.head = make_head(self.num_features, num_classes)
 
-    @property
-    def grid_shape(self) -> tuple[int, int, int]:
-        return (*self.grid, self.num_features)
-
-    def no_weight_decay(self) -> set[str]:
-        return no_decay_names(self, ("relative_position_bias_table",))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.head = make_head(self.num_features, num_classes).to(self.norm.weight)
-
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Per-stage grids (B, H_i, W_i, grid_dims[i]), each after its stage's patch merging."""
         check_image(x, self.in_chans, self.multiple, self.arch)
@@ -281,12 +272,6 @@ class SwinTransformer(nn.Module):
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         grid = self.forward_stages(x)[-1]  # (B, Hg, Wg, C), before the final norm
         return self.norm(grid).mean(dim=(1, 2)), grid
-
-    def forward_head(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.head(pooled)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x)[0])
 
     @torch.no_grad()
     def last_attention(self, x: torch.Tensor) -> torch.Tensor:

@@ -18,13 +18,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fastvit.models.backbone import Backbone, make_head
 from fastvit.models.cvt import drloc_pool
 from fastvit.models.layers import (
     Block,
     check_image,
     linear_rates,
-    make_head,
-    no_decay_names,
     trunc_normal_init,
 )
 from fastvit.models.registry import build_with, register
@@ -97,8 +96,10 @@ class TokensToToken(nn.Module):
         return self.project(F.unfold(x, 3, padding=1, stride=2).transpose(1, 2)), H, W  # (B, H*W, D)
 
 
-class T2TViT(nn.Module):
+class T2TViT(Backbone):
     """T2T-ViT; `forward_features` returns (normed CLS token, pooled normed patch-token grid)."""
+
+    no_decay = ("cls_token",)
 
     def __init__(
         self,
@@ -133,16 +134,6 @@ class T2TViT(nn.Module):
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         self.head = make_head(embed_dim, num_classes)
 
-    @property
-    def grid_shape(self) -> tuple[int, int, int]:
-        return (*self.grid, self.num_features)
-
-    def no_weight_decay(self) -> set[str]:
-        return no_decay_names(self, ("cls_token",))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.head = make_head(self.num_features, num_classes).to(self.cls_token)
-
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         check_image(x, self.in_chans, 16, self.arch)
         t, Hg, Wg = self.tokens_to_token(x)  # (B, N, D)
@@ -154,12 +145,6 @@ class T2TViT(nn.Module):
             t = block(t)
         t = self.norm(t)
         return t[:, 0], drloc_pool(t[:, 1:].reshape(B, Hg, Wg, D))
-
-    def forward_head(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.head(pooled)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x)[0])
 
 
 @register(default_img_size=224)

@@ -10,13 +10,12 @@ import torch
 import torch.nn as nn
 
 from fastvit.errors import UserError
+from fastvit.models.backbone import Backbone, make_head
 from fastvit.models.layers import (
     Block,
     PatchEmbed,
     check_image,
     linear_rates,
-    make_head,
-    no_decay_names,
     resize_pos_embed,
     trunc_normal_init,
 )
@@ -45,8 +44,10 @@ def resolve_patch(arch: str, img_size: int, patch_size: int | None) -> int:
     return patch
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(Backbone):
     """ViT with CLS token; `forward_features` returns (CLS feature, patch-token grid after the final norm)."""
+
+    no_decay = ("pos_embed", "cls_token")
 
     def __init__(
         self,
@@ -85,16 +86,6 @@ class VisionTransformer(nn.Module):
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         self.head = make_head(embed_dim, num_classes)
 
-    @property
-    def grid_shape(self) -> tuple[int, int, int]:
-        return (*self.grid, self.num_features)
-
-    def no_weight_decay(self) -> set[str]:
-        return no_decay_names(self, ("pos_embed", "cls_token"))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.head = make_head(self.num_features, num_classes).to(self.pos_embed)
-
     def _tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         check_image(x, self.in_chans, self.patch_size, self.arch)
         t = self.patch_embed(x)  # (B, Hg, Wg, D)
@@ -110,12 +101,6 @@ class VisionTransformer(nn.Module):
             t = block(t)
         t = self.norm(t)
         return t[:, 0], t[:, 1:].reshape(t.shape[0], Hg, Wg, -1)  # grid (B, Hg, Wg, D)
-
-    def forward_head(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.head(pooled)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x)[0])
 
     @torch.no_grad()
     def last_attention(self, x: torch.Tensor) -> torch.Tensor:
