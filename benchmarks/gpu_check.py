@@ -9,9 +9,10 @@ that would start past its section's budget is skipped with a note; a running ite
      backends, FlexAttention and xformers (when installed) for ViT (65 tokens, d16), Swin 4x4 windows (16,
      d32, bias), Swin-T 7x7 windows (49, d32, bias) and T2T (197, d64), bf16;
   3. end to end: images/s of `fastvit.train.run` with its auto choices for vit and swin (32 px, batch 256,
-     gani22-finetune) and swin_t (224 px, drloc21, batch 64) against the reference pipeline
-     (benchmarks/reference_pipeline.py: torch DataLoader + PIL augmentations; the frozen paper models of
-     benchmarks/reference_models.py in eager fp32, paper B's L_drloc for swin_t).
+     gani22-finetune) and swin_t (224 px, drloc21, batch 64) against the reference pipeline of the same
+     recipe (benchmarks/reference_pipeline.py: torch DataLoader + PIL augmentations, paper A's for
+     gani22-finetune, paper B's timm pipeline for drloc21, which crops the 32-px images to 224 itself; the
+     frozen paper models of benchmarks/reference_models.py in eager fp32, paper B's L_drloc for swin_t).
 Every item runs in try/except: an error is recorded in the JSON and the check goes on.
 Output: one JSON file (default runs/gpu_check.json) and one printed table.
 
@@ -364,12 +365,13 @@ def fastvit_rate(root, arch, recipe, batch, images, img_size=None, epochs=2, **e
     return {"images_per_s": round(metrics["images_per_s"], 1), "batch": batch, "images": images}
 
 
-def reference_rate(arch, images, labels, batch, steps, device, num_workers, drloc=False):
+def reference_rate(arch, images, labels, batch, steps, device, num_workers, drloc=False, pipeline="gani22-finetune"):
     """images/s of the papers' pipeline (benchmarks/reference_train.supervised_step: DataLoader + PIL
-    augmentations, the frozen paper model in eager fp32, paper B's L_drloc where drloc)."""
+    augmentations of `pipeline`, the frozen paper model in eager fp32, paper B's L_drloc where drloc)."""
     from benchmarks.reference_train import supervised_step
 
-    step, _ = supervised_step(arch, images, labels, batch=batch, device=device, num_workers=num_workers, drloc=drloc)
+    step, _ = supervised_step(arch, images, labels, batch=batch, device=device, num_workers=num_workers, drloc=drloc,
+                              pipeline=pipeline)
     step()
     _sync(device)
     t0 = time.perf_counter()
@@ -407,12 +409,11 @@ def end_to_end(section, device, smoke):
         ref_workers, ref_steps = min(8, os.cpu_count() or 1), 8
     images_per_run = (lambda b: 2 * b) if smoke else (lambda b: min(n, 8 * b))
     for arch, ref_arch, recipe, batch, img_size, epochs in settings:
-        big = None
-        if img_size and img_size != 32:  # the reference at its pixel count: upsampled random images
-            big = np.repeat(np.repeat(images[: 8 * batch], img_size // 32, axis=1), img_size // 32, axis=2)
-        ref_images = big if big is not None else images
-        def reference_run(a=ref_arch, b=batch, r=ref_images, d=recipe == "drloc21"):
-            return reference_rate(a, r, labels[: len(r)], b, ref_steps, device, ref_workers, drloc=d)
+        # both sides get the 32-px images: the reference pipeline named after the recipe brings them to the
+        # model's size as the paper's code does (drloc21: timm's RandomResizedCrop to 224, no upsampling first)
+        def reference_run(a=ref_arch, b=batch, r=recipe):
+            return reference_rate(a, images, labels, b, ref_steps, device, ref_workers, drloc=r == "drloc21",
+                                  pipeline=r)
 
         ref = section.run(f"reference {ref_arch} {recipe}", reference_run)
 

@@ -14,7 +14,9 @@ whose speed drifts by tens of percent within minutes, both sides then see the sa
 The steps: a torch DataLoader with 2 workers running the per-image PIL augmentations
 (benchmarks/reference_pipeline.py), Mixup/CutMix on the batch (fine-tuning) or 2 + 8 multi-crop views
 (DINO), paper A's ViT or Swin as its code computes them (benchmarks/reference_models.py), eager fp32,
-AdamW (foreach, torch's default).
+AdamW (foreach, torch's default). `supervised_step` also runs paper B's pipeline (pipeline="drloc21":
+timm's RandomResizedCrop to 224 + RandAugment + pixel erasing, ImageNet stats, timm's Mixup) for Swin-T
+with L_drloc; the ReferenceProcess targets all use paper A's.
 """
 
 from __future__ import annotations
@@ -28,12 +30,17 @@ import numpy as np
 import torch
 
 from benchmarks.reference_models import SWIN_T, PlainDrloc, PlainSwin, PlainViT
-from benchmarks.reference_pipeline import finetune_loader, multicrop_loader
+from benchmarks.reference_pipeline import drloc21_loader, finetune_loader, multicrop_loader
 
 BATCH = 256
 PRETRAIN_BATCH = 64  # paper A's SSL reference was measured at batch 64 here
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # CIFAR-10 per-channel statistics, 0-1 scale
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # timm's IMAGENET_DEFAULT_MEAN / STD: paper B's code uses them on every dataset
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# supervised_step's pipelines, named after the fastvit recipes they are the baseline of: (loader, mean, std)
+PIPELINES = {"gani22-finetune": (finetune_loader, CIFAR_MEAN, CIFAR_STD),
+             "drloc21": (drloc21_loader, IMAGENET_MEAN, IMAGENET_STD)}  # its loader crops to 224 by default
 TARGETS = ("train_vit", "train_swin", "pretrain_vit")
 ANSWER_TIMEOUT_S = 900  # a few steps take seconds to a minute on 2 cores; this is a hang
 
@@ -59,11 +66,18 @@ def reference_model(arch: str):
 
 
 def supervised_step(arch: str, images, labels, batch: int = BATCH, device="cpu", num_workers: int = 2,
-                    drloc: bool = False):
-    """One fine-tuning step of the papers' pipeline (returns the step and its batch size); with drloc,
-    paper B's L_drloc on the final grid at lambda 0.5."""
-    batches = finetune_loader(images, labels, batch_size=batch, num_classes=10, mean=CIFAR_MEAN, std=CIFAR_STD,
-                              num_workers=num_workers, seed=0)
+                    drloc: bool = False, pipeline: str = "gani22-finetune"):
+    """One supervised training step of the papers' code (returns the step and its batch size).
+
+    pipeline: "gani22-finetune" (paper A's fine-tuning at the images' own size, CIFAR stats) or "drloc21"
+    (paper B's: the images cropped and resized to 224 by the transform itself, ImageNet stats, timm's Mixup).
+    drloc: paper B's L_drloc on the final grid at lambda 0.5.
+    """
+    if pipeline not in PIPELINES:
+        raise ValueError(f"unknown reference pipeline {pipeline!r}; one of {', '.join(PIPELINES)}")
+    loader, mean, std = PIPELINES[pipeline]
+    batches = loader(images, labels, batch_size=batch, num_classes=10, mean=mean, std=std, num_workers=num_workers,
+                     seed=0)
     torch.manual_seed(0)
     model = reference_model(arch).to(device)
     params = list(model.parameters())

@@ -45,14 +45,15 @@ def test_plain_drloc_is_the_l1_loss_of_the_pairs_it_draws_float64():
     torch.testing.assert_close(loss, total / (B * m * 2), rtol=1e-12, atol=1e-12)
 
 
-def test_reference_step_with_drloc_runs_swin_t_at_224():
+def test_gpu_check_reference_runs_swin_t_with_drloc_on_paper_b_pipeline():
     import numpy as np
 
     from benchmarks.gpu_check import reference_rate
 
-    images = np.random.default_rng(0).integers(0, 256, size=(2, 224, 224, 3), dtype=np.uint8)
+    # 32-px images, as gpu_check passes them: paper B's transform crops them to 224 itself
+    images = np.random.default_rng(0).integers(0, 256, size=(2, 32, 32, 3), dtype=np.uint8)
     got = reference_rate("swin_t", images, np.array([1, 2]), batch=2, steps=1, device="cpu", num_workers=0,
-                         drloc=True)
+                         drloc=True, pipeline="drloc21")
     assert got["images_per_s"] > 0 and got["batch"] == 2
 
 
