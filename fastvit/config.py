@@ -31,7 +31,7 @@ CLIP_MODES = ("global", "per-tensor")
 WD_EXCLUDE = ("1d-and-tables", "1d", "none")
 COSINE_FROM = ("warmup-end", "step-0")
 # fastvit.augment's choices (kept here so that parsing flags imports no torch)
-MIX_MODES = ("batch", "pair")
+MIX_MODES = ("batch", "batch-flip", "pair")
 ERASE_MODES = ("mean", "pixel", "constant")
 ERASE_ASPECTS = ("log", "uniform")
 NORM_STATS = ("dataset", "imagenet")
@@ -115,9 +115,10 @@ class Config:
                                   "code); default: the augment recipe's", choices=ERASE_ASPECTS, group="augment")
     erase_tries: int | None = _f(None, "RandomErasing box draws per sample before giving up (timm 10, paper A "
                                  "100; default: the augment recipe's)", positive=True, group="augment")
-    mix_mode: str = _f("batch", "Mixup/CutMix: batch (one lambda and Mixup-or-CutMix draw per batch, as both papers' "
-                       "code; a random partner permutation) | pair (per sample, partner B-1-i: fastvit's earlier)",
-                       choices=MIX_MODES, group="augment")
+    mix_mode: str | None = _f(None, "Mixup/CutMix: batch (one lambda and Mixup-or-CutMix draw per batch and a "
+                              "random partner permutation: paper A's code) | batch-flip (the same draws, partner "
+                              "B-1-i: timm's batch mode, paper B) | pair (per sample, partner B-1-i: fastvit's "
+                              "earlier); default: the augment recipe's", choices=MIX_MODES, group="augment")
     color_jitter: float | None = _f(None, "ColorJitter brightness/contrast/saturation strength (default: the "
                                     "augment recipe's; drloc21 0: paper B's timm skips it under RandAugment)",
                                     group="augment")
@@ -261,11 +262,12 @@ class Config:
         return out
 
     def augment_recipe_defaults(self) -> dict:
-        """The augment recipe's erasing and jitter values for the fields left unset (shown in the saved config)."""
+        """The augment recipe's erasing, mixing and jitter values for the fields left unset (shown in the saved
+        config)."""
         from fastvit.augment import RECIPES, AugmentParams  # torch, only when resolving
 
         recipe = AugmentParams(**RECIPES.get(self.augment, {}))
-        names = ("erase_mode", "erase_aspect", "erase_tries", "color_jitter")
+        names = ("erase_mode", "erase_aspect", "erase_tries", "mix_mode", "color_jitter")
         return {k: getattr(recipe, AUGMENT_PARAMS[k]) for k in names if getattr(self, k) is None}
 
     def resolved_eval_crop_pct(self) -> float | None:

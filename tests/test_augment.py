@@ -490,13 +490,14 @@ def test_randaugment_levels_match_timm():
     assert neg[P.RANDAUGMENT_OPS.index("brightness"), 0] == pytest.approx(0.19)
 
 
-def test_randaugment_equals_a_per_image_loop_with_the_same_draws():
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_randaugment_equals_a_per_image_loop_with_the_same_draws(interpolation):
     b, fill = 48, (125.0, 123.0, 114.0)
     x = to_batch(natural_images(n=b, size=16, seed=2))
-    out = P.randaugment(x, generator=gen(11), magnitude=9, magnitude_std=0.5, fill=fill)
+    out = P.randaugment(x, generator=gen(11), magnitude=9, magnitude_std=0.5, fill=fill, interpolation=interpolation)
     g = gen(11)
     ref = x.clone()
-    modes = dict.fromkeys(P.GEOMETRIC_OPS, "bilinear")
+    modes = dict.fromkeys(P.GEOMETRIC_OPS, interpolation)
     for _ in range(2):
         op = torch.randint(0, len(P.RANDAUGMENT_OPS), (b,), generator=g)
         u = torch.rand(2, b, generator=g)
@@ -997,6 +998,37 @@ def test_batch_mixup_is_one_lambda_and_a_random_permutation():
     assert sorted(perm.tolist()) == list(range(b)) and perm.tolist() != list(range(b - 1, -1, -1))
 
 
+def test_batch_flip_mixing_is_timms_batch_mode_with_the_flipped_batch_as_partners():
+    b = 6
+    x = torch.rand(b, 3, 8, 8, generator=gen(9)) * 4 - 2
+    labels = torch.arange(b) % 10
+    for cutmix in (False, True):
+        y, t = A.mixup_cutmix(x, labels, num_classes=10, mixup_alpha=0.0 if cutmix else 0.8,
+                              cutmix_alpha=1.0 if cutmix else 0.0, prob=1.0, mode="batch-flip", generator=gen(3))
+        g = gen(3)  # replayed: no permutation drawn; (mix?, switch), lam, and the box centre for CutMix
+        torch.rand(2, 1, generator=g)
+        lam = float(A.sample_beta(1.0 if cutmix else 0.8, 1, generator=g))
+        flipped = x.double().flip(0)  # timm's x.flip(0): sample i meets B-1-i
+        ref = x.double().clone()
+        if cutmix:
+            cut = np.sqrt(1.0 - lam)
+            cy, cx = int(torch.randint(0, 8, (1,), generator=g)), int(torch.randint(0, 8, (1,), generator=g))
+            ch = cw = int(cut * 8)
+            y0, y1, x0, x1 = max(cy - ch // 2, 0), min(cy + ch // 2, 8), max(cx - cw // 2, 0), min(cx + cw // 2, 8)
+            ref[:, :, y0:y1, x0:x1] = flipped[:, :, y0:y1, x0:x1]
+            lam = 1.0 - (y1 - y0) * (x1 - x0) / 64
+        else:
+            ref = lam * ref + (1 - lam) * flipped
+        assert (y.double() - ref).abs().max() < 1e-5
+        one_hot = F.one_hot(labels, 10).double()
+        assert (t.double() - (lam * one_hot + (1 - lam) * one_hot.flip(0))).abs().max() < 1e-6
+
+
+def test_the_drloc21_recipe_mixes_with_the_flipped_batch_and_resamples_randaugment_bicubic():
+    params = A.AugmentParams(**A.RECIPES["drloc21"])
+    assert (params.mix_mode, params.interpolation) == ("batch-flip", "bicubic")
+
+
 def test_batch_cutmix_pastes_one_box_with_one_lambda_per_batch():
     untouched = 0
     for seed in range(200):
@@ -1057,11 +1089,13 @@ def test_drloc21_runs_no_color_jitter_with_randaugment_and_keeps_it_as_a_variant
     x, y = images(b=16), torch.randint(0, 100, (16,), generator=gen())
     kw = dict(img_size=32, mean=MEAN, std=STD, num_classes=100, erase_p=0, mixup_alpha=0, cutmix_alpha=0,
               label_smoothing=0)
-    out, _ = A.build_train_transform("drloc21", **kw)(x, y, gen(7))
-    g = gen(7)
-    ref = A.random_resized_crop(x, 32, flip_p=0.5, generator=g)
-    ref = A.Normalize(MEAN, STD)(P.randaugment_(ref, generator=g, fill=(125.0, 123.0, 114.0)))
-    assert (out - ref).abs().max() < 1e-5
+    # RandAugment resamples with the crop's interpolation, as timm's create_transform hands it on
+    for interpolation in ("bicubic", "bilinear"):
+        out, _ = A.build_train_transform("drloc21", **kw, interpolation=interpolation)(x, y, gen(7))
+        g = gen(7)
+        ref = A.random_resized_crop(x, 32, flip_p=0.5, interpolation=interpolation, generator=g)
+        ref = P.randaugment_(ref, generator=g, fill=(125.0, 123.0, 114.0), interpolation=interpolation)
+        assert (out - A.Normalize(MEAN, STD)(ref)).abs().max() < 1e-5, interpolation
     jitter, _ = A.build_train_transform("drloc21", **kw, **A.VARIANTS["jitter-with-randaugment"])(x, y, gen(7))
     g = gen(7)
     ref = A.color_jitter(A.random_resized_crop(x, 32, flip_p=0.5, generator=g), 0.4, 0.4, 0.4, 0.0, generator=g)

@@ -27,10 +27,11 @@ def shown(c: dict) -> tuple:
 
 @pytest.mark.parametrize("recipe", ["drloc21", "drloc21-annealed"])
 def test_print_config_shows_paper_b_augmentation_and_eval(recipe):
-    # timm's pixel erasing (log aspect, 10 tries), batch mixing, no jitter under RandAugment, ImageNet
-    # mean/std, eval resize 256 -> crop 224; no crop at 32 px (its build_transform: resize_im = size > 32)
+    # timm's pixel erasing (log aspect, 10 tries), batch mixing with flipped partners, no jitter under
+    # RandAugment, ImageNet mean/std, eval resize 256 -> crop 224; no crop at 32 px (its build_transform:
+    # resize_im = size > 32)
     assert shown(printed("train", "--recipe", recipe, "--arch", "swin_t")) == (
-        "pixel", "log", 10, "batch", 0.0, "imagenet", 0.875)
+        "pixel", "log", 10, "batch-flip", 0.0, "imagenet", 0.875)
     assert printed("train", "--recipe", recipe, "--arch", "swin_t_p2_w4")["eval_crop_pct"] is None
     assert printed("train", "--recipe", recipe, "--arch", "swin_t_p2_w4", "--img-size", "224")["eval_crop_pct"] == 0.875
 
@@ -80,7 +81,7 @@ def test_config_choices_are_the_augment_choices():
 
 @pytest.mark.parametrize("recipe,expected", [
     ("gani22-finetune", dict(erase_mode="constant", erase_aspect="uniform", erase_tries=100, mix_mode="batch")),
-    ("drloc21", dict(erase_mode="pixel", color_jitter=0.0, mix_mode="batch", rand_magnitude=9.0)),
+    ("drloc21", dict(erase_mode="pixel", color_jitter=0.0, mix_mode="batch-flip", rand_magnitude=9.0)),
 ])
 def test_train_transform_gets_the_recipe_values(recipe, expected):
     cfg = config.build({"arch": "vit_tiny"}, recipe=recipe)

@@ -147,7 +147,7 @@ class MixDraws:
     width: torch.Tensor
 
 
-MIX_MODES = ("batch", "pair")
+MIX_MODES = ("batch", "batch-flip", "pair")
 
 
 def mixup_cutmix_(x: torch.Tensor, labels: torch.Tensor, *, num_classes: int, mixup_alpha: float = 1.0,
@@ -159,9 +159,11 @@ def mixup_cutmix_(x: torch.Tensor, labels: torch.Tensor, *, num_classes: int, mi
     mode "pair": per sample with the mirrored batch (sample i pairs with B-1-i): each sample is mixed
         with probability `prob`, with its own lam and its own choice of CutMix (probability
         `switch_prob` when both alphas > 0) or Mixup.
-    mode "batch": as both papers' code (timm's Mixup in batch mode, paper A's mix functions): one draw
-        per batch of mixed-or-not, CutMix-or-Mixup and lam (and one CutMix box), and the partner of
-        sample i is sample perm[i] of a random permutation.
+    mode "batch": as paper A's mix functions: one draw per batch of mixed-or-not, CutMix-or-Mixup and lam
+        (and one CutMix box), and the partner of sample i is sample perm[i] of a random permutation.
+    mode "batch-flip": as timm's Mixup in batch mode (paper B): the same draws, and the partner of sample i
+        is B-1-i, the batch flipped (timm's x.flip(0)), so pairs are mutual and no sample meets itself
+        unless it is the middle one of an odd batch.
     Mixup: lam ~ Beta(mixup_alpha), x = lam*x + (1-lam)*partner. CutMix: lam ~ Beta(cutmix_alpha), a box
     of side sqrt(1-lam) times the image's, centred uniformly and clipped, is pasted from the partner,
     and lam is corrected to the kept area (as timm).
@@ -169,10 +171,11 @@ def mixup_cutmix_(x: torch.Tensor, labels: torch.Tensor, *, num_classes: int, mi
     if mode not in MIX_MODES:
         raise UserError(f"unknown mix mode {mode!r}; choose one of: {', '.join(MIX_MODES)}")
     b, _, height, width = x.shape
+    kw = {} if mode == "pair" else {"flip": mode == "batch-flip"}
     draw = mixup_cutmix_params if mode == "pair" else mixup_cutmix_batch_params
     targets, draws, partner = draw(
         x.shape, labels, num_classes=num_classes, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, prob=prob,
-        switch_prob=switch_prob, label_smoothing=label_smoothing, generator=generator, device=x.device)
+        switch_prob=switch_prob, label_smoothing=label_smoothing, generator=generator, device=x.device, **kw)
     if draws is None:
         return x, targets
     col = lambda v: v.view(-1, 1, 1, 1)
@@ -208,15 +211,19 @@ def mixup_cutmix_params(shape, labels: torch.Tensor, *, num_classes: int, mixup_
 def mixup_cutmix_batch_params(shape, labels: torch.Tensor, *, num_classes: int, mixup_alpha: float = 1.0,
                               cutmix_alpha: float = 1.0, prob: float = 1.0, switch_prob: float = 0.5,
                               label_smoothing: float = 0.0, generator: torch.Generator | None = None,
-                              device=None) -> tuple[torch.Tensor, MixDraws | None, torch.Tensor]:
-    """`mixup_cutmix_`'s per-batch ("batch") draws: as `mixup_cutmix_params`, every draw made once for the
-    batch ([1] tensors, broadcast over it) and the partner index a random permutation [B]."""
+                              device=None, flip: bool = False) -> tuple[torch.Tensor, MixDraws | None, torch.Tensor]:
+    """`mixup_cutmix_`'s per-batch ("batch", "batch-flip") draws: as `mixup_cutmix_params`, every draw made
+    once for the batch ([1] tensors, broadcast over it) and the partner index a random permutation [B], or
+    with flip B-1-i."""
     b, _, height, width = shape
     dev = device
     y = smooth_one_hot(labels, num_classes, label_smoothing)
     if mixup_alpha <= 0 and cutmix_alpha <= 0:
         return y, None, torch.arange(b, device=dev)
-    partner = torch.randperm(b, generator=generator, device=dev)
+    if flip:
+        partner = torch.arange(b - 1, -1, -1, device=dev)
+    else:
+        partner = torch.randperm(b, generator=generator, device=dev)
     u = torch.rand(2, 1, generator=generator, device=dev)
     mixed = u[0] < prob
     if mixup_alpha > 0 and cutmix_alpha > 0:

@@ -13,7 +13,9 @@ Ops, magnitudes and fills follow the implementations the two papers trained with
   random sign like the other geometric ops (that code always rotates counter-clockwise).
 - RandAugment: timm's ``rand-m9-mstd0.5-inc1`` (paper B via Swin): 2 ops drawn uniformly with
   replacement from the 15 "increasing" ops, each applied with probability 0.5, magnitude
-  N(9, 0.5) clipped to [0, 10] drawn per sample and op; fill = the dataset mean colour; bilinear.
+  N(9, 0.5) clipped to [0, 10] drawn per sample and op; fill = the dataset mean colour; the geometric
+  ops resample with the crop's interpolation, as timm's create_transform passes it on (bicubic in
+  paper B's code).
 """
 
 from __future__ import annotations
@@ -308,7 +310,6 @@ def autoaugment(x: torch.Tensor, policy: str = "cifar10", *, generator: torch.Ge
 RANDAUGMENT_OPS = ["autocontrast", "equalize", "invert", "rotate", "posterize", "solarize", "solarize_add",
                    "color", "contrast", "brightness", "sharpness", "shear_x", "shear_y", "translate_x",
                    "translate_y"]
-_RA_MODES = {n: "bilinear" for n in GEOMETRIC_OPS}
 
 
 def randaugment_values(m: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
@@ -330,9 +331,12 @@ def randaugment_values(m: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
 
 
 def randaugment_(x: torch.Tensor, *, generator: torch.Generator | None, magnitude: float = 9.0,
-                 magnitude_std: float = 0.5, num_ops: int = 2, p: float = 0.5, fill=128.0) -> torch.Tensor:
-    """In place on a float 0..255 batch: `num_ops` random ops per sample, each applied with prob `p`."""
+                 magnitude_std: float = 0.5, num_ops: int = 2, p: float = 0.5, fill=128.0,
+                 interpolation: str = "bicubic") -> torch.Tensor:
+    """In place on a float 0..255 batch: `num_ops` random ops per sample, each applied with prob `p`; the
+    geometric ops resample with `interpolation` (timm: the crop's, bicubic in paper B's code)."""
     b, dev = x.shape[0], x.device
+    modes = dict.fromkeys(GEOMETRIC_OPS, interpolation)
     for _ in range(num_ops):
         op = torch.randint(0, len(RANDAUGMENT_OPS), (b,), generator=generator, device=dev)
         u = torch.rand(2, b, generator=generator, device=dev)
@@ -343,16 +347,18 @@ def randaugment_(x: torch.Tensor, *, generator: torch.Generator | None, magnitud
         sign = torch.where(u[1] < 0.5, -1.0, 1.0)
         value = randaugment_values(m, sign).gather(0, op.view(1, b)).view(b)
         op = torch.where(u[0] < p, op, -1)
-        x.copy_(apply_op_slot(x, op, value, RANDAUGMENT_OPS, fill=fill, modes=_RA_MODES))
+        x.copy_(apply_op_slot(x, op, value, RANDAUGMENT_OPS, fill=fill, modes=modes))
     return x
 
 
 def randaugment(x: torch.Tensor, *, generator: torch.Generator | None = None, magnitude: float = 9.0,
-                magnitude_std: float = 0.5, num_ops: int = 2, p: float = 0.5, fill=128.0) -> torch.Tensor:
+                magnitude_std: float = 0.5, num_ops: int = 2, p: float = 0.5, fill=128.0,
+                interpolation: str = "bicubic") -> torch.Tensor:
     """RandAugment (timm rand-m{magnitude}-mstd{magnitude_std}-inc1) on a uint8 or float 0..255 batch.
 
     Returns a new float32 batch in 0..255; magnitude 0 with magnitude_std 0 is the identity except for
     the magnitude-free ops (autocontrast, equalize, invert), as in timm.
     """
     return randaugment_(x.float() if x.dtype == torch.uint8 else x.clone(), generator=generator,
-                        magnitude=magnitude, magnitude_std=magnitude_std, num_ops=num_ops, p=p, fill=fill)
+                        magnitude=magnitude, magnitude_std=magnitude_std, num_ops=num_ops, p=p, fill=fill,
+                        interpolation=interpolation)

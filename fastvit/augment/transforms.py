@@ -76,7 +76,7 @@ class AugmentParams:
     padding: int = 4  # px of zero padding around the image for crop="pad"
     scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area fraction range
     ratio: tuple[float, float] = (3 / 4, 4 / 3)  # RandomResizedCrop aspect range
-    interpolation: str = "bicubic"  # RandomResizedCrop resampling: "bilinear" | "bicubic"
+    interpolation: str = "bicubic"  # RandomResizedCrop and RandAugment resampling: "bilinear" | "bicubic"
     flip_p: float = 0.5  # probability of a horizontal flip
     color_jitter: float = 0.0  # ColorJitter brightness = contrast = saturation strength (hue 0)
     policy: str | None = None  # AutoAugment policy: "cifar10" | "svhn" | "imagenet" | None
@@ -96,8 +96,8 @@ class AugmentParams:
     cutmix_alpha: float = 0.0  # Beta(a, a) for CutMix; 0 disables
     mix_prob: float = 1.0  # probability that a sample is mixed
     switch_prob: float = 0.5  # probability of CutMix rather than Mixup when both are enabled
-    # "batch": one draw per batch and a random partner permutation (both papers' code) | "pair": per sample,
-    # partner B-1-i
+    # "batch": one draw per batch and a random partner permutation (paper A's code) | "batch-flip": the same
+    # draws, partner B-1-i (timm's batch mode, paper B) | "pair": per sample, partner B-1-i
     mix_mode: str = "batch"
 
     def validate(self) -> None:
@@ -142,7 +142,8 @@ RECIPES: dict[str, dict] = {
     # when RandAugment is on
     "drloc21": dict(crop="resized", interpolation="bicubic", color_jitter=0.0, rand_magnitude=9.0,
                     rand_mstd=0.5, erase_p=0.25, erase_mode="pixel", erase_max_area=1 / 3,
-                    label_smoothing=0.1, mixup_alpha=0.8, cutmix_alpha=1.0, mix_prob=1.0, switch_prob=0.5),
+                    label_smoothing=0.1, mixup_alpha=0.8, cutmix_alpha=1.0, mix_prob=1.0, switch_prob=0.5,
+                    mix_mode="batch-flip"),
 }
 
 # fastvit's earlier choices, kept as named variants: overrides on top of a recipe
@@ -186,7 +187,7 @@ class TrainTransform:
                 P.autoaugment_(x, p.policy, generator=g, fill=128.0)
             if p.rand_magnitude is not None:
                 P.randaugment_(x, generator=g, magnitude=p.rand_magnitude, magnitude_std=p.rand_mstd,
-                               num_ops=p.rand_ops, fill=self.mean_fill)
+                               num_ops=p.rand_ops, fill=self.mean_fill, interpolation=p.interpolation)
         x = self.normalize(x)
         if p.erase_p > 0:
             random_erasing_(x, p=p.erase_p, max_area=p.erase_max_area, min_aspect=p.erase_min_aspect,
