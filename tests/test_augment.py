@@ -433,7 +433,8 @@ def test_autoaugment_equals_a_per_image_loop_with_the_same_draws(policy):
     ops, probs, mags, _, _ = P.autoaugment_tables(policy)
     sub = torch.randint(0, 25, (b,), generator=g)
     ref = x.clone()
-    modes = {"shear_x": "bilinear", "shear_y": "bilinear", "translate_x": "nearest", "translate_y": "nearest",
+    # paper A's PIL code: bicubic shear, nearest translate and rotate; rotate never negated
+    modes = {"shear_x": "bicubic", "shear_y": "bicubic", "translate_x": "nearest", "translate_y": "nearest",
              "rotate": "nearest"}
     for slot in range(2):
         u = torch.rand(2, b, generator=g)
@@ -446,7 +447,7 @@ def test_autoaugment_equals_a_per_image_loop_with_the_same_draws(policy):
             mag = float(mags[s, slot])
             if name in ("color", "contrast", "brightness", "sharpness"):
                 value = 1.0 + sign * mag
-            elif name in modes:
+            elif name in modes and name != "rotate":
                 value = sign * mag
             else:
                 value = mag

@@ -7,10 +7,10 @@ data-dependent shapes. All geometric ops of a slot that share an interpolation m
 
 Ops, magnitudes and fills follow the implementations the two papers trained with:
 - AutoAugment: the sub-policy tables of Cubuk et al. (2019) with the 10-bin magnitude ranges of the
-  widely used PIL implementation paper A's code relies on: shear 0..0.3 (bilinear here, where that code
-  uses bicubic), translate 0..150/331 of the image side and rotate 0..30 degrees (nearest), enhance
-  factors 1 +- 0..0.9, posterize 8..4 bits, solarize threshold 256..0; fill grey 128. Rotations get a
-  random sign like the other geometric ops (that code always rotates counter-clockwise).
+  widely used PIL implementation paper A's code relies on: shear 0..0.3 (bicubic), translate 0..150/331
+  of the image side and rotate 0..30 degrees (nearest), enhance factors 1 +- 0..0.9, posterize 8..4
+  bits, solarize threshold 256..0; fill grey 128. Shear, translate and the enhance factors get a random
+  sign; rotations do not: that code always rotates counter-clockwise (PIL's rotate(+degrees)).
 - RandAugment: timm's ``rand-m9-mstd0.5-inc1`` (paper B via Swin): 2 ops drawn uniformly with
   replacement from the 15 "increasing" ops, each applied with probability 0.5, magnitude
   N(9, 0.5) clipped to [0, 10] drawn per sample and op; fill = the dataset mean colour; the geometric
@@ -214,9 +214,9 @@ _AUTOAUGMENT_POLICIES = {
 
 AUTOAUGMENT_OPS = ["shear_x", "shear_y", "translate_x", "translate_y", "rotate", "color", "posterize",
                    "solarize", "contrast", "sharpness", "brightness", "autocontrast", "equalize", "invert"]
-_AA_MODES = {"shear_x": "bilinear", "shear_y": "bilinear", "translate_x": "nearest",
+_AA_MODES = {"shear_x": "bicubic", "shear_y": "bicubic", "translate_x": "nearest",
              "translate_y": "nearest", "rotate": "nearest"}
-_AA_SIGNED = {"shear_x", "shear_y", "translate_x", "translate_y", "rotate"}
+_AA_SIGNED = {"shear_x", "shear_y", "translate_x", "translate_y"}  # rotate: counter-clockwise only, as that code
 _AA_ENHANCE = {"color", "contrast", "sharpness", "brightness"}
 
 
