@@ -353,7 +353,8 @@ class FinetuneTransform:
 class Drloc21Transform:
     """Paper B's training transform, one PIL image -> normalized float32 [C, size, size]: timm's
     create_transform as its build_transform calls it: RandomResizedCrop(size, scale .08-1, bicubic) straight
-    from the dataset's images (32 px on CIFAR: no separate upsampling), flip, RandAugment
+    from the dataset's images (32 px on CIFAR: no separate upsampling; at size <= 32 RandomCrop(size,
+    padding 4) instead, as its build_transform), flip, RandAugment
     rand-m9-mstd0.5-inc1, ToTensor, Normalize, RandomErasing (p .25, pixel mode, area .02-1/3, 10 tries).
     No ColorJitter: timm skips it when RandAugment is on."""
 
@@ -364,7 +365,10 @@ class Drloc21Transform:
         self.randaugment = RandAugment(fill=[min(255, round(255 * m)) for m in mean])
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
-        img = random_hflip(random_resized_crop(img, self.size, scale=(0.08, 1.0)))
+        if self.size <= 32:  # its build_transform swaps the crop for RandomCrop(size, padding 4) there
+            img = random_hflip(random_crop_padded(img, self.size, padding=4))
+        else:
+            img = random_hflip(random_resized_crop(img, self.size, scale=(0.08, 1.0)))
         img = self.randaugment(img)
         x = to_normalized_tensor(img, self.mean, self.std)
         return random_erasing_(x, self.erase_p, "pixel", max_area=1 / 3, tries=10, log_aspect=True)

@@ -1090,18 +1090,40 @@ def test_drloc21_runs_no_color_jitter_with_randaugment_and_keeps_it_as_a_variant
     x, y = images(b=16), torch.randint(0, 100, (16,), generator=gen())
     kw = dict(img_size=32, mean=MEAN, std=STD, num_classes=100, erase_p=0, mixup_alpha=0, cutmix_alpha=0,
               label_smoothing=0)
-    # RandAugment resamples with the crop's interpolation, as timm's create_transform hands it on
+    # RandAugment resamples with the crop's interpolation, as timm's create_transform hands it on; at 32 px
+    # paper B's build_transform crops with RandomCrop(32, padding 4)
     for interpolation in ("bicubic", "bilinear"):
         out, _ = A.build_train_transform("drloc21", **kw, interpolation=interpolation)(x, y, gen(7))
         g = gen(7)
-        ref = A.random_resized_crop(x, 32, flip_p=0.5, interpolation=interpolation, generator=g)
+        ref = A.random_crop(x, 32, padding=4, flip_p=0.5, generator=g).float()
         ref = P.randaugment_(ref, generator=g, fill=(125.0, 123.0, 114.0), interpolation=interpolation)
         assert (out - A.Normalize(MEAN, STD)(ref)).abs().max() < 1e-5, interpolation
     jitter, _ = A.build_train_transform("drloc21", **kw, **A.VARIANTS["jitter-with-randaugment"])(x, y, gen(7))
     g = gen(7)
-    ref = A.color_jitter(A.random_resized_crop(x, 32, flip_p=0.5, generator=g), 0.4, 0.4, 0.4, 0.0, generator=g)
+    ref = A.random_crop(x, 32, padding=4, flip_p=0.5, generator=g).float()
+    ref = A.color_jitter(ref, 0.4, 0.4, 0.4, 0.0, generator=g)
     ref = A.Normalize(MEAN, STD)(P.randaugment_(ref, generator=g, fill=(125.0, 123.0, 114.0)))
     assert (jitter - ref).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("img_size,crop", [(16, "pad"), (32, "pad"), (64, "resized"), (224, "resized")])
+def test_drloc21_crops_as_paper_b_build_transform_by_image_size(img_size, crop):
+    # its build_transform: RandomResizedCrop(size) above 32 px, RandomCrop(size, padding 4) at 32 px and below
+    x, y = images(b=4), torch.zeros(4, dtype=torch.long)
+    kw = dict(img_size=img_size, mean=MEAN, std=STD, num_classes=10, erase_p=0, mixup_alpha=0, cutmix_alpha=0,
+              label_smoothing=0, rand_magnitude=None)
+    out, _ = A.build_train_transform("drloc21", **kw)(x, y, gen(5))
+    g = gen(5)
+    if crop == "pad":
+        ref = A.random_crop(A.fit_to_size(x, img_size), img_size, padding=4, flip_p=0.5, generator=g).float()
+    else:
+        ref = A.random_resized_crop(x, img_size, flip_p=0.5, interpolation="bicubic", generator=g)
+    assert out.shape == (4, 3, img_size, img_size)
+    assert (out - A.Normalize(MEAN, STD)(ref)).abs().max() < 1e-5
+    forced, _ = A.build_train_transform("drloc21", **kw, **A.VARIANTS["resized-crop-at-32px"])(x, y, gen(5))
+    g = gen(5)
+    rrc = A.Normalize(MEAN, STD)(A.random_resized_crop(x, img_size, flip_p=0.5, interpolation="bicubic", generator=g))
+    assert (forced - rrc).abs().max() < 1e-5
 
 
 def test_eval_resize_then_centre_crop_matches_pil():

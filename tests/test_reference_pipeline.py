@@ -143,6 +143,26 @@ def test_drloc21_transform_makes_224_px_float32_from_32_px_and_normalizes_with_i
     torch.testing.assert_close(x, want[:, None, None].expand(3, 224, 224), rtol=0, atol=1e-6)
 
 
+def test_drloc21_transform_at_32_px_crops_with_zero_padding_as_paper_b_build_transform():
+    t = Drloc21Transform(32, IMAGENET_MEAN, IMAGENET_STD, erase_p=0.0)
+    t.randaugment.p = 0.0
+    colour = (200, 100, 30)
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None], torch.tensor(IMAGENET_STD)[:, None]
+    image, pad = ((torch.tensor(colour)[:, None] / 255 - mean) / std), (-mean / std)
+    random.seed(1)
+    padded = 0
+    for _ in range(40):
+        x = t(Image.new("RGB", (32, 32), colour)).flatten(1)  # (3, 32 * 32)
+        assert x.shape == (3, 1024)
+        is_image = (x - image).abs().amax(0) < 1e-5
+        is_pad = (x - pad).abs().amax(0) < 1e-5
+        assert bool((is_image | is_pad).all())  # a crop of the image in its zero border, nothing resampled
+        padded += int(is_pad.any())
+    # offsets uniform over 9 x 9 positions: 80 in 81 show some border (a RandomResizedCrop of a constant
+    # image never does)
+    assert padded >= 30
+
+
 def test_pixel_erasing_writes_normal_noise_in_one_box_of_the_allowed_area_and_aspect():
     torch.manual_seed(0)
     random.seed(0)

@@ -73,6 +73,7 @@ class AugmentParams:
     """Every knob of the train transform; a recipe is a set of defaults, ``**params`` override them."""
 
     crop: str = "pad"  # "pad": RandomCrop with `padding` (after fit_to_size); "resized": RandomResizedCrop
+    crop_small: str | None = None  # the crop at img_size <= 32 px, when set (paper B's code: "pad")
     padding: int = 4  # px of zero padding around the image for crop="pad"
     scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area fraction range
     ratio: tuple[float, float] = (3 / 4, 4 / 3)  # RandomResizedCrop aspect range
@@ -101,7 +102,8 @@ class AugmentParams:
     mix_mode: str = "batch"
 
     def validate(self) -> None:
-        choices = {"crop": ("pad", "resized"), "interpolation": ("bilinear", "bicubic"),
+        choices = {"crop": ("pad", "resized"), "crop_small": (None, "pad", "resized"),
+                   "interpolation": ("bilinear", "bicubic"),
                    "policy": (None, "cifar10", "svhn", "imagenet"), "erase_mode": ERASE_MODES,
                    "erase_aspect": ERASE_ASPECTS, "mix_mode": MIX_MODES}
         for name, valid in choices.items():
@@ -139,8 +141,9 @@ RECIPES: dict[str, dict] = {
                             erase_tries=100, erase_max_area=0.4, label_smoothing=0.1, mixup_alpha=1.0,
                             cutmix_alpha=1.0, mix_prob=0.5, switch_prob=0.5),
     # paper B (SPEC section 2.9), timm's ImageNet recipe as Swin uses it: timm applies no ColorJitter
-    # when RandAugment is on
-    "drloc21": dict(crop="resized", interpolation="bicubic", color_jitter=0.0, rand_magnitude=9.0,
+    # when RandAugment is on; at 32 px and below its build_transform swaps the RandomResizedCrop for
+    # RandomCrop(size, padding 4)
+    "drloc21": dict(crop="resized", crop_small="pad", interpolation="bicubic", color_jitter=0.0, rand_magnitude=9.0,
                     rand_mstd=0.5, erase_p=0.25, erase_mode="pixel", erase_max_area=1 / 3,
                     label_smoothing=0.1, mixup_alpha=0.8, cutmix_alpha=1.0, mix_prob=1.0, switch_prob=0.5,
                     mix_mode="batch-flip"),
@@ -151,6 +154,7 @@ VARIANTS: dict[str, dict] = {
     "pair-mixing": dict(mix_mode="pair"),  # per-sample Mixup/CutMix with the mirrored batch
     "timm-erasing": dict(erase_mode="mean", erase_aspect="log", erase_tries=10),  # fill 0, log-uniform aspect
     "jitter-with-randaugment": dict(color_jitter=0.4),  # drloc21 with ColorJitter 0.4 before RandAugment
+    "resized-crop-at-32px": dict(crop_small=None),  # drloc21's RandomResizedCrop at every size, 32 px too
 }
 
 
@@ -173,7 +177,7 @@ class TrainTransform:
                  generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         p, g = self.params, generator
         check_images(images)
-        if p.crop == "pad":
+        if (p.crop_small if p.crop_small and self.img_size <= 32 else p.crop) == "pad":
             x = fit_to_size(images, self.img_size)
             x = random_crop(x, self.img_size, padding=p.padding, flip_p=p.flip_p, generator=g)
         else:
