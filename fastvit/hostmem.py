@@ -7,9 +7,9 @@ of them back in: measured 200k minor faults and ~1 s of system time per step for
 (NOTES.md, "host allocator"). Raising the thresholds once keeps those pages in the process; the
 heap then stays at the step's high-water mark, as a caching allocator (tcmalloc, jemalloc, CUDA's)
 would. A request above 32 MiB (glibc's largest mmap threshold) is mapped anew only when no freed heap
-chunk fits it: from a step's second call on, `vit`'s 52 MB attention scores at batch 256 come from the
-heap (0 faults a step); a 52 MB tensor made where no such free chunk exists faults 12.7k pages each
-time (NOTES, session 11).
+chunk fits it. `vit` at batch 256 (52 MB attention scores) paid 632k faults in its first step and
+0-3.3k a step from the fourth, once the heap held such chunks; a 52 MB tensor made where no such free
+chunk exists faults 12.7k pages each time (NOTES, session 11).
 """
 
 from __future__ import annotations

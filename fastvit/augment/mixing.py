@@ -7,6 +7,7 @@ gets an empty box or weight 1): fixed shapes, no host sync.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import torch
@@ -171,11 +172,13 @@ def mixup_cutmix_(x: torch.Tensor, labels: torch.Tensor, *, num_classes: int, mi
     if mode not in MIX_MODES:
         raise UserError(f"unknown mix mode {mode!r}; choose one of: {', '.join(MIX_MODES)}")
     b, _, height, width = x.shape
-    kw = {} if mode == "pair" else {"flip": mode == "batch-flip"}
-    draw = mixup_cutmix_params if mode == "pair" else mixup_cutmix_batch_params
+    if mode == "pair":
+        draw = mixup_cutmix_params
+    else:
+        draw = functools.partial(mixup_cutmix_batch_params, flip=mode == "batch-flip")
     targets, draws, partner = draw(
         x.shape, labels, num_classes=num_classes, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, prob=prob,
-        switch_prob=switch_prob, label_smoothing=label_smoothing, generator=generator, device=x.device, **kw)
+        switch_prob=switch_prob, label_smoothing=label_smoothing, generator=generator, device=x.device)
     if draws is None:
         return x, targets
     col = lambda v: v.view(-1, 1, 1, 1)
