@@ -123,6 +123,28 @@ def test_drop_path_is_active_in_training_only(name):
     torch.testing.assert_close(m(x), m(x), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("branch_dtype", [torch.float64, torch.bfloat16])
+def test_drop_path_residual_is_x_plus_the_scaled_kept_branch(branch_dtype):
+    """residual(x, branch) = x + mask * branch / keep with the same draw as forward, the scale unrounded
+    even when the branch is bf16 (1/0.9 in bf16 is 1.109: a 0.16% bias on every kept sample)."""
+    from fastvit.models.layers import DropPath
+
+    dp = DropPath(0.1).train()
+    x = torch.randn(64, 5, 7, dtype=torch.float64)
+    branch = torch.randn(64, 5, 7, dtype=torch.float64).to(branch_dtype)
+    torch.manual_seed(3)
+    dropped = dp(torch.ones(64, 1, 1, dtype=torch.float64))  # the draw: 0 or 1/keep per sample
+    kept = dropped.flatten() > 0
+    assert 0 < int(kept.sum()) < 64
+    torch.manual_seed(3)
+    out = dp.residual(x, branch)
+    assert out.dtype == torch.float64
+    expected = x + branch.double() * kept.double().view(-1, 1, 1) / 0.9
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-15)  # bf16-rounded 1/keep: 1.6e-3 off
+    dp.eval()
+    assert torch.equal(dp.residual(x, branch), x + branch)
+
+
 def test_vit_matches_float64_reference_forward():
     """The ViT forward equals a from-scratch float64 recomputation using only the state dict."""
     m = _make("vit_tiny", 16, num_classes=5, depth=2).double().eval()

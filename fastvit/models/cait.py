@@ -102,8 +102,8 @@ class LayerScaleBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.ls1(self.attn(self.norm1(x))))
-        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+        x = self.drop_path.residual(x, self.ls1(self.attn(self.norm1(x))))
+        return self.drop_path.residual(x, self.ls2(self.mlp(self.norm2(x))))
 
 
 class ClassAttentionBlock(nn.Module):

@@ -79,8 +79,8 @@ class CvTBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = self.drop_path.residual(x, self.attn(self.norm1(x)))
+        return self.drop_path.residual(x, self.mlp(self.norm2(x)))
 
 
 class CvTStage(nn.Module):

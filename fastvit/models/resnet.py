@@ -39,7 +39,7 @@ class Bottleneck(nn.Module):
         shortcut = x if self.downsample is None else self.downsample(x)
         y = self.relu(self.bn1(self.conv1(x)))
         y = self.relu(self.bn2(self.conv2(y)))
-        return self.relu(shortcut + self.drop_path(self.bn3(self.conv3(y))))
+        return self.relu(self.drop_path.residual(shortcut, self.bn3(self.conv3(y))))
 
 
 class ResNet(Backbone):

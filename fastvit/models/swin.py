@@ -162,8 +162,8 @@ class SwinBlock(nn.Module):
         return out[:, :H, :W]  # (B, H, W, C)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self._windows(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = self.drop_path.residual(x, self._windows(self.norm1(x)))
+        return self.drop_path.residual(x, self.mlp(self.norm2(x)))
 
     def attention_map(self, x: torch.Tensor) -> torch.Tensor:
         return self._windows(self.norm1(x), attention_map=True)
