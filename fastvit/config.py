@@ -18,7 +18,8 @@ SWITCHES = (True, False, "auto")  # --compile / --no-compile / unset (auto: fast
 DRLOC_MODES = ("l1", "ce", "cbr")
 AUGMENTS = ("none", "basic", "gani22-finetune", "drloc21")
 LOADERS = ("auto", "resident", "ffcv")
-ATTENTION = ("auto", "triton", "xformers", "sdpa", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "math")  # kernels
+ATTENTION = ("auto", "triton", "xformers", "sdpa", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "math",
+             "math_fp32")  # kernels
 AUTOAUGMENT_POLICY = {"svhn": "svhn", "tiny-imagenet": "imagenet", "cinic10": "imagenet"}  # else cifar10
 # Paper B's lambda per arch family (SPEC §2.6; the family is the arch's module in fastvit.models). It gives
 # none for plain ViT/CaiT: we use T2T-ViT's 0.1, the closest arch it tuned (a single-scale ViT-style grid).

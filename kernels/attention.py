@@ -15,7 +15,7 @@ Layers, bottom up:
      interpreter), and the dot precision (`dot_precision`: IEEE fp32, or TF32 when torch allows it).
   3. `torch.library` custom ops `fastvit::attention_fwd` / `fastvit::attention_bwd` with fake
      implementations and autograd, so `torch.compile` traces through the kernel as one opaque node.
-  4. Backends (`triton`, `xformers`, `sdpa` and its pinned CUDA kernels, `math`) that each answer
+  4. Backends (`triton`, `xformers`, `sdpa` and its pinned CUDA kernels, `math`, `math_fp32`) that each answer
      `not_supported_reasons`, the dispatcher `select_backend` (auto: measured, cached by
      fastvit.choices), and the public `attention`.
 """
@@ -38,7 +38,7 @@ try:
 except ImportError:  # torch-only installs (e.g. macOS) still get sdpa and math
     triton = None
 
-BACKENDS = ("triton", "xformers", "sdpa", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "math")
+BACKENDS = ("triton", "xformers", "sdpa", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "math", "math_fp32")
 # auto measures every eligible backend; this order is its fallback where it cannot measure (under
 # torch.compile tracing without a cached choice, --deterministic runs, unknown shapes)
 PRIORITY = BACKENDS
@@ -826,9 +826,26 @@ class MathBackend:
         return math_attention(q, k, v, bias, scale)
 
 
-def math_attention(q, k, v, bias=None, scale=None):
+class MathFp32SoftmaxBackend(MathBackend):
+    """`math` with fp16/bf16 matmuls and the softmax (and bias add) in fp32. On a CPU, torch 2.13's bf16
+    softmax over short rows is slow: fwd+bwd at N = 16-17 ran 2-2.7x faster through fp32, casts included
+    (at N = 65 it ran 3x slower), so auto measures both per shape."""
+
+    name = "math_fp32"
+
+    def not_supported_reasons(self, inp):
+        if inp.dtype not in (torch.float16, torch.bfloat16):
+            return [f"dtype {inp.dtype}: only fp16/bf16 inputs have a lower-precision softmax to replace"]
+        return []
+
+    def __call__(self, q, k, v, bias, scale):
+        return math_attention(q, k, v, bias, scale, softmax_dtype=torch.float32)
+
+
+def math_attention(q, k, v, bias=None, scale=None, softmax_dtype=None):
     """`reference.attention` arranged for speed, with SDPA's answer for fully masked rows (output 0, no
-    gradient) where the reference gives NaN.
+    gradient) where the reference gives NaN. softmax_dtype: the dtype of the bias add and the softmax
+    (default: q's); the probabilities return to v's dtype for the second matmul.
 
     The scale multiplies q (N*D products) rather than the scores (N*N): on a CPU in bf16 the scores'
     multiply, forward and backward, was 5% of a profiled ViT step (65 tokens, head dim 16). A row is fully
@@ -840,12 +857,14 @@ def math_attention(q, k, v, bias=None, scale=None):
     if scale != 1.0:
         q = q * scale
     scores = q @ k.transpose(-2, -1)  # (B, H, N_Q, N_K)
+    softmax_dtype = softmax_dtype or scores.dtype
     if bias is None:
-        return torch.softmax(scores, dim=-1) @ v
-    bias = bias.to(scores.dtype)
+        return torch.softmax(scores.to(softmax_dtype), dim=-1).to(v.dtype) @ v
+    bias = bias.to(softmax_dtype)
     dead = (bias == float("-inf")).all(-1, keepdim=True)  # (..., N_Q, 1): the bias's shape, not the batch's
     keep = ~dead
-    probs = torch.softmax(_per_window(torch.add, scores, bias.masked_fill(dead, 0.0)), dim=-1)
+    # scores + bias in softmax_dtype: with a wider bias the add is also the cast
+    probs = torch.softmax(_per_window(torch.add, scores, bias.masked_fill(dead, 0.0)), dim=-1).to(v.dtype)
     if scores.shape[-1] <= v.shape[-1]:
         return _per_window(torch.mul, probs, keep) @ v
     return _per_window(torch.mul, probs @ v, keep)
@@ -871,7 +890,7 @@ _BACKENDS = {b.name: b for b in (
     SdpaKernelBackend("sdpa_flash", "FLASH_ATTENTION", half_only=True, takes_bias=False),
     SdpaKernelBackend("sdpa_efficient", "EFFICIENT_ATTENTION", half_only=False, takes_bias=True),
     SdpaKernelBackend("sdpa_cudnn", "CUDNN_ATTENTION", half_only=True, takes_bias=True),
-    MathBackend())}
+    MathBackend(), MathFp32SoftmaxBackend())}
 assert tuple(_BACKENDS) == BACKENDS
 
 _chosen: dict[str, str] = {}  # inputs.describe() -> auto's choice in this process (fast path, no I/O)

@@ -164,8 +164,9 @@ def masked_bias(kind, B, H, n, g):
     return table, mask, full_rows
 
 
-@pytest.mark.parametrize("backend", ["triton", "math", "sdpa"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("backend,dtype", [(b, t) for b in ("triton", "math", "sdpa", "math_fp32")
+                                           for t in (torch.float32, torch.float16)
+                                           if not (b == "math_fp32" and t == torch.float32)])  # fp16/bf16 only
 @pytest.mark.parametrize("kind", ["first-block", "rows", "swin"])
 def test_minus_inf_rows_match_float64(monkeypatch, kind, dtype, backend):
     """-inf in the bias: a row whose first key block is all -inf is exact, a fully masked row gives output 0
@@ -395,6 +396,39 @@ def test_kernels_compile_for_h100():
 ])
 def test_torch_backends_match_float64(backend, B, H, n_q, n_k, D, bias_kind, scale_kind):
     check_against_reference(backend, B, H, n_q, n_k, D, bias_kind, scale_kind, torch.float32, seed=B * n_k)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("B,H,n_q,n_k,D,bias_kind,scale_kind", [
+    (4, 3, 16, 16, 32, "window", "heads"),  # Swin at 32 px: 4x4 windows
+    (8, 2, 17, 17, 16, None, "float"),  # DINO's 16-px local crops, CLS included
+    (2, 2, 65, 65, 16, "keys", None),
+    (3, 2, 1, 49, 16, "heads", None),
+])
+def test_math_fp32_softmax_matches_float64(B, H, n_q, n_k, D, bias_kind, scale_kind, dtype):
+    check_against_reference("math_fp32", B, H, n_q, n_k, D, bias_kind, scale_kind, dtype, seed=n_k)
+
+
+def test_math_fp32_softmax_rounds_only_the_matmuls():
+    """bf16 scores and probabilities, the bias add and softmax in fp32: its output is the float64 softmax
+    of the bf16-rounded biased scores, rounded once to bf16, then times v. `math` rounds the bias, the
+    biased scores and the probabilities to bf16 on the way and misses that by far more."""
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(64, 3, 16, 32, generator=g).bfloat16() for _ in range(3))
+    bias = torch.randn(3, 16, 16, generator=g) * 3
+    scores = ((q * 32**-0.5) @ k.transpose(-2, -1)).double() + bias.double()
+    probs = torch.softmax(scores, dim=-1).bfloat16()
+    expected = (probs.double() @ v.double())
+    errors = {name: (attn.attention(q, k, v, bias, backend=name).double() - expected).abs().max().item()
+              for name in ("math", "math_fp32")}
+    assert errors["math_fp32"] <= 2**-8 * expected.abs().max().item(), errors  # the final bf16 rounding
+    assert errors["math"] > 2 * errors["math_fp32"], errors
+
+
+def test_math_fp32_softmax_is_for_half_inputs_only():
+    x = torch.zeros(1, 1, 4, 16)
+    with pytest.raises(UserError, match="math_fp32.*dtype torch.float32: only fp16/bf16 inputs"):
+        attn.attention(x, x, x, backend="math_fp32")
 
 
 def test_xformers_adapter_against_a_stand_in(monkeypatch):
@@ -653,7 +687,7 @@ def test_forced_backend_runs_the_forced_backend(monkeypatch):
 
 def test_unknown_backend_lists_choices(monkeypatch):
     with pytest.raises(UserError, match=r"unknown attention backend 'flash'; choose from auto, triton, "
-                                        r"xformers, sdpa, sdpa_flash, sdpa_efficient, sdpa_cudnn, math$"):
+                                        r"xformers, sdpa, sdpa_flash, sdpa_efficient, sdpa_cudnn, math, math_fp32$"):
         attn.select_backend(inputs(), backend="flash")
     monkeypatch.setenv("FASTVIT_ATTN", "cudnn")
     with pytest.raises(UserError, match="unknown attention backend 'cudnn'"):
