@@ -597,6 +597,18 @@ def test_auto_under_tracing_uses_the_eager_choice_or_the_fallback(monkeypatch, f
     assert unseen.describe() not in attn._chosen  # a traced fallback is not remembered as a choice
 
 
+def test_tracing_in_a_new_process_reads_the_measured_choice_from_disk(monkeypatch, fresh_choices):
+    """A module compiled before any eager call (a new process: nothing chosen in memory) takes the choice
+    this machine measured before, not PRIORITY's first eligible backend (sdpa: 3x slower steps on a CPU)."""
+    q, k, v, bias = qkv_bias()
+    chosen = attn.AttentionInputs.from_tensors(q, k, v, bias)
+    attn.select_backend(chosen, timer=FakeTimer(monkeypatch, {"sdpa": 2.0, "math": 1.0}))
+    monkeypatch.setattr(attn, "_chosen", {})
+    monkeypatch.setattr(fresh_choices, "_memory", {})  # the record comes back from the file
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert attn.select_backend(chosen, timer=None).name == "math"
+
+
 def test_compiled_attention_follows_the_eager_choice_and_later_choices_do_not_recompile(monkeypatch,
                                                                                        fresh_choices):
     import torch._dynamo
