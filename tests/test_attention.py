@@ -607,6 +607,8 @@ def test_tracing_in_a_new_process_reads_the_measured_choice_from_disk(monkeypatc
     monkeypatch.setattr(fresh_choices, "_memory", {})  # the record comes back from the file
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     assert attn.select_backend(chosen, timer=None).name == "math"
+    monkeypatch.setattr(fresh_choices, "may_measure", lambda: False)  # deterministic: the fallback, as eagerly
+    assert attn.select_backend(chosen, timer=None).name == "sdpa"
 
 
 def test_compiled_attention_follows_the_eager_choice_and_later_choices_do_not_recompile(monkeypatch,
