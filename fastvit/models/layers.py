@@ -69,7 +69,7 @@ class DropPath(nn.Module):
 
     def residual(self, x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
         """x + self(branch). One addcmul, not a mul, a div and an add: the separate ops cost 7.8 vs 4.4 ms
-        fwd+bwd at (256, 65, 192), 54 ms of a bf16 ViT step (Xeon, AMX)."""
+        fwd+bwd at (256, 65, 192); the bf16 vit step with drop_path 0.1 went 884 -> ~850 ms (Xeon, AMX)."""
         if self.p == 0.0 or not self.training:
             return x + branch
         return torch.addcmul(x, branch, self._scale(branch, torch.promote_types(x.dtype, branch.dtype)))
