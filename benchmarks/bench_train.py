@@ -70,14 +70,18 @@ def cache(tmp_path_factory, cifar_files) -> Path:
 @pytest.fixture(scope="session")
 def gemm_rate() -> dict[str, float]:
     """Dense GEMM FLOP/s of this machine now (fp32 and bf16, 1024^3), the MFU denominator: the best of
-    5 trials, since one trial caught a slow moment (90 vs 172 GFLOP/s fp32) and inflated every MFU."""
+    5 trials, since one trial caught a slow moment (90 vs 172 GFLOP/s fp32) and inflated every MFU.
+    Trials are ~0.2 s: bf16 without AVX-512 runs at ~1 GFLOP/s (2 s a GEMM), and 10 of those a trial
+    took minutes."""
     rates = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
         a, b = torch.randn(1024, 1024, dtype=dtype), torch.randn(1024, 1024, dtype=dtype)
-        for _ in range(3):
-            a @ b
-        reps, best = 10, float("inf")
-        for _ in range(5):
+        a @ b  # warm-up
+        t0 = time.perf_counter()
+        a @ b
+        once = time.perf_counter() - t0
+        reps, best = max(1, min(10, int(0.2 / once))), float("inf")
+        for _ in range(5 if once < 0.5 else 2):
             t0 = time.perf_counter()
             for _ in range(reps):
                 a @ b
