@@ -11,7 +11,7 @@ APT_PACKAGES := libopencv-dev libturbojpeg0-dev pkg-config dataset-fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_ARGS ?= --arch vit_tiny_p8 --dataset fashion-mnist --epochs 3 --batch-size 128 --lr 2e-3 --warmup-epochs 0.5 --augment none --drop-path 0 --out runs/demo
 
-.PHONY: demo test bench lint system setup
+.PHONY: demo test bench lint system setup gpu-bundle
 
 # Passive OpenMP waiting: spinning threads collapse throughput when anything else shares the cores.
 demo: setup
@@ -27,6 +27,11 @@ bench: setup
 	$(PY) -m benchmarks.report runs/bench.json
 	$(PY) -m benchmarks.attention
 	$(PY) -m benchmarks.drloc
+
+# The folder to carry to a lent GPU machine (fastvit and ffcv wheels for its Python 3.12, OpenCV's libraries);
+# there: bash benchmarks/gpu_run.sh (see README, "GPU check").
+gpu-bundle: setup
+	$(PY) -m benchmarks.gpu_bundle
 
 lint: setup
 	$(VENV)/bin/ruff check .

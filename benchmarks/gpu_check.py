@@ -54,9 +54,19 @@ class Section:
     name: str
     budget_s: float
     results: list
+    notify: object = None  # called with each entry once it is recorded (progress line, JSON rewrite)
 
     def __post_init__(self):
         self.t0 = time.perf_counter()
+
+    def record(self, entry):
+        self.results.append(entry)
+        if self.notify is not None:
+            self.notify(self.name, entry)
+        return entry
+
+    def skip(self, label, why):
+        return self.record({"item": label, "skipped": why})
 
     def left(self):
         return self.budget_s - (time.perf_counter() - self.t0)
@@ -66,9 +76,7 @@ class Section:
         entry = {"item": label}
         left = self.left()
         if left <= 1:
-            entry["skipped"] = f"section budget of {self.budget_s:.0f} s spent"
-            self.results.append(entry)
-            return entry
+            return self.skip(label, f"section budget of {self.budget_s:.0f} s spent")
         t0 = time.perf_counter()
         try:
             with _alarm(left):
@@ -79,8 +87,7 @@ class Section:
             entry["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
             entry["traceback"] = traceback.format_exc(limit=4)[-1500:]
         entry["seconds"] = round(time.perf_counter() - t0, 2)
-        self.results.append(entry)
-        return entry
+        return self.record(entry)
 
 
 @contextlib.contextmanager
@@ -324,7 +331,7 @@ def attention_timing(section, device, smoke):
     for shape in timing_shapes(smoke):
         for name, fn in providers(shape, device).items():
             if fn is None:
-                section.results.append({"item": f"{shape.label} {name}", "skipped": f"not available on {device}"})
+                section.skip(f"{shape.label} {name}", f"not available on {device}")
                 continue
             section.run(f"{shape.label} {name}", lambda f=fn, s=shape: time_fwd_bwd(f, s, device, dtype, smoke))
 
@@ -417,34 +424,63 @@ def end_to_end(section, device, smoke):
 
         ref = section.run(f"reference {ref_arch} {recipe}", reference_run)
 
-        def own_run(a=arch, r=recipe, b=batch, s=img_size, e=epochs):
-            return fastvit_rate(root, a, r, b, images_per_run(b), s, e, **extra)
+        def own_run(a=arch, r=recipe, b=batch, s=img_size, e=epochs, ref=ref):
+            own = fastvit_rate(root, a, r, b, images_per_run(b), s, e, **extra)
+            if "images_per_s" in ref:
+                own["ratio_vs_reference"] = round(own["images_per_s"] / ref["images_per_s"], 2)
+            return own
 
-        own = section.run(f"fastvit {arch} {recipe}", own_run)
-        if "images_per_s" in ref and "images_per_s" in own:
-            own["ratio_vs_reference"] = round(own["images_per_s"] / ref["images_per_s"], 2)
+        section.run(f"fastvit {arch} {recipe}", own_run)
 
 
 # --------------------------------------------------------------------------------------------------
 # report
 # --------------------------------------------------------------------------------------------------
+def _result(e):
+    if "skipped" in e:
+        return f"skipped: {e['skipped']}"
+    if "error" in e:
+        return f"ERROR {e['error'][:80]}"
+    if "worst_rel_err" in e:
+        return f"{'ok' if e['ok'] else 'FAIL'} {e['worst_rel_err']:.1e} (< {e['limit']:.0e})"
+    if "fwd_bwd_ms" in e:
+        return f"{e['fwd_bwd_ms']} ms fwd+bwd"
+    return f"{e.get('images_per_s')} img/s" + (f", {e['ratio_vs_reference']}x reference"
+                                                 if "ratio_vs_reference" in e else "")
+
+
+def _row(section, e):
+    return f"| {section} | {e['item']} | {_result(e)} | {e.get('seconds', '')} |"
+
+
 def table(report):
     rows = ["| section | item | result | s |", "|---|---|---|---|"]
-    for name, entries in report["sections"].items():
-        for e in entries:
-            if "skipped" in e:
-                result = f"skipped: {e['skipped']}"
-            elif "error" in e:
-                result = f"ERROR {e['error'][:80]}"
-            elif "worst_rel_err" in e:
-                result = f"{'ok' if e['ok'] else 'FAIL'} {e['worst_rel_err']:.1e} (< {e['limit']:.0e})"
-            elif "fwd_bwd_ms" in e:
-                result = f"{e['fwd_bwd_ms']} ms fwd+bwd"
-            else:
-                result = f"{e.get('images_per_s')} img/s" + (f", {e['ratio_vs_reference']}x reference"
-                                                             if "ratio_vs_reference" in e else "")
-            rows.append(f"| {name} | {e['item']} | {result} | {e.get('seconds', '')} |")
+    rows += [_row(name, e) for name, entries in report["sections"].items() for e in entries]
     return "\n".join(rows)
+
+
+def _ok(report):
+    return all(e.get("ok", True) and "error" not in e for entries in report["sections"].values() for e in entries)
+
+
+def _save(report, path):
+    """Rewritten after every item (atomically), so a run killed at its time limit still leaves its figures."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=1))
+    tmp.replace(path)
+
+
+def provenance():
+    """Where fastvit and ffcv were imported from and which OpenCV / turbojpeg files are mapped: on the GPU
+    machine, the bundle's (benchmarks/gpu_bundle.py)."""
+    import re
+    import sys
+
+    found = {name: getattr(sys.modules.get(name), "__file__", None) for name in ("fastvit", "fastvit.kernels", "ffcv")}
+    with contextlib.suppress(OSError):
+        maps = Path("/proc/self/maps").read_text().split()
+        found["libraries"] = sorted({p for p in maps if re.search(r"/lib(opencv_core|turbojpeg)\.so", p)})
+    return found
 
 
 def main(argv=None):
@@ -468,26 +504,34 @@ def main(argv=None):
     budgets = SMOKE_BUDGET_S if smoke else SECTION_BUDGET_S
     report = {"mode": "smoke" if smoke else "gpu", "device": torch.cuda.get_device_name() if device == "cuda" else
               platform.processor() or platform.machine(), "torch": torch.__version__,
-              "budgets_s": budgets, "sections": {}}
+              "budgets_s": budgets, "complete": False, "sections": {}}
     with contextlib.suppress(ImportError):
         import triton
 
         report["triton"] = triton.__version__
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def progress(section, entry):
+        print(_row(section, entry), flush=True)
+        _save(report, path)
+
     steps = {"correctness": correctness, "attention": attention_timing, "end_to_end": end_to_end}
     t0 = time.perf_counter()
+    print(f"{report['mode']} mode on {report['device']}, torch {report['torch']}, triton {report.get('triton')}; "
+          f"JSON: {path}", flush=True)
     for name in args.sections.split(","):
-        section = Section(name, budgets[name], [])
+        section = Section(name, budgets[name], [], notify=progress)
         report["sections"][name] = section.results
         try:
             steps[name](section, device, smoke)
         except Exception as err:  # a section's own setup failed: note it, run the next section
-            section.results.append({"item": f"{name} setup", "error": f"{type(err).__name__}: {err}"[:300]})
+            section.record({"item": f"{name} setup", "error": f"{type(err).__name__}: {err}"[:300]})
     report["seconds"] = round(time.perf_counter() - t0, 1)
-    report["ok"] = all(e.get("ok", True) and "error" not in e for entries in report["sections"].values()
-                       for e in entries)
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=1))
+    report["ok"] = _ok(report)
+    report["imported"] = provenance()
+    report["complete"] = True
+    _save(report, path)
     print(table(report))
     print(f"{report['mode']} mode on {report['device']}: {report['seconds']} s, "
           f"{'all ok' if report['ok'] else 'FAILURES or errors above'}; JSON: {path}")

@@ -2,12 +2,15 @@
 cannot rot), and its sections record errors and budget overruns instead of stopping."""
 
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from benchmarks import gpu_check
+import pytest
+
+from benchmarks import gpu_bundle, gpu_check
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,3 +54,47 @@ def test_section_budget_cuts_a_long_item_and_skips_the_rest():
     assert time.perf_counter() - t0 < 10
     assert section.results[0]["skipped"].startswith("cut at the section budget")
     assert section.results[1]["skipped"].startswith("section budget of 2 s spent")
+
+
+def test_the_gpu_machine_path_installs_the_bundle_and_runs_from_it(tmp_path):
+    """benchmarks/gpu_run.sh as the GPU machine runs it (no fastvit or ffcv installed there, no OpenCV):
+    the check imports fastvit and ffcv from the carried wheels and maps OpenCV / turbojpeg from the bundle."""
+    bundle = tmp_path / "bundle"
+    manifest = gpu_bundle.build(bundle, f"{sys.version_info.major}.{sys.version_info.minor}")
+    files = set(manifest["files"])
+    for prefix in ("wheels/fastvit-", "wheels/ffcv-1.0.2-", "lib/libopencv_core.so", "lib/libturbojpeg.so"):
+        assert any(f.startswith(prefix) for f in files), prefix
+    assert not any(gpu_bundle.SYSTEM_LIBRARIES.match(f.removeprefix("lib/")) for f in files)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": sys.executable, "GPU_BUNDLE": str(bundle), "OUT": str(out)}
+    result = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_run.sh"), "--smoke", "--sections", "end_to_end"],
+                            env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert report["complete"] is True and report["ok"] is True
+    imported = report["imported"]
+    site = Path(imported["fastvit"]).parents[1]
+    assert site != ROOT and not site.is_relative_to(ROOT)
+    assert Path(imported["fastvit.kernels"]).is_relative_to(site) and Path(imported["ffcv"]).is_relative_to(site)
+    assert len(imported["libraries"]) == 2
+    assert all(Path(p).parent == bundle / "lib" for p in imported["libraries"])
+    assert "smoke mode on" in (out / "gpu_check.log").read_text()
+
+
+def test_a_run_cut_short_leaves_the_items_it_finished(tmp_path, monkeypatch):
+    calls = []
+
+    def check(case, precision, device):
+        calls.append(case.label)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # what a kill looks like to the loop: not an Exception, nothing catches it
+        return {"worst_rel_err": 1e-7, "limit": 2e-5, "ok": True}
+
+    monkeypatch.setattr(gpu_check, "check_attention", check)
+    path = tmp_path / "check.json"
+    with pytest.raises(KeyboardInterrupt):
+        gpu_check.main(["--smoke", "--sections", "correctness", "--json", str(path)])
+    report = json.loads(path.read_text())
+    assert report["complete"] is False
+    finished = [e["item"] for e in report["sections"]["correctness"]]
+    assert finished == ["attention vit d16 fp32", "attention vit d16 fp16"]
