@@ -86,6 +86,8 @@ def _sha256(path: Path) -> str:
 def build(out: Path, python_version: str) -> dict:
     python = find_python(python_version)
     if out.exists():
+        if any(out.iterdir()) and not (out / "MANIFEST.json").exists():
+            raise SystemExit(f"{out} is not empty and holds no MANIFEST.json: not a bundle, left as it is")
         shutil.rmtree(out)
     wheels, lib = out / "wheels", out / "lib"
     wheels.mkdir(parents=True)

@@ -98,3 +98,10 @@ def test_a_run_cut_short_leaves_the_items_it_finished(tmp_path, monkeypatch):
     assert report["complete"] is False
     finished = [e["item"] for e in report["sections"]["correctness"]]
     assert finished == ["attention vit d16 fp32", "attention vit d16 fp16"]
+
+
+def test_the_bundle_builder_leaves_a_folder_that_is_not_a_bundle_alone(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="holds no MANIFEST.json: not a bundle"):
+        gpu_bundle.build(tmp_path, f"{sys.version_info.major}.{sys.version_info.minor}")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
