@@ -18,7 +18,9 @@ Output: one JSON file (default runs/gpu_check.json) and one printed table.
 
 Without a GPU (or with --smoke) the same code runs a smoke mode in seconds: tiny shapes, fp32/fp16 through
 the Triton interpreter, one timed call per provider, a few training steps; tests/test_gpu_check.py runs it
-so the command cannot rot. The GPU mode has not been run yet (no GPU was available when it was written).
+so the command cannot rot. On the project's lent GPU machine it runs through benchmarks/gpu_run.sh, which
+installs what benchmarks/gpu_bundle.py packed (README, "GPU check on a lent machine"). The GPU mode has not
+been run yet (no GPU was available when it was written).
 """
 
 import argparse
@@ -28,7 +30,9 @@ import json
 import os
 import pickle
 import platform
+import re
 import signal
+import sys
 import tempfile
 import time
 import traceback
@@ -473,9 +477,6 @@ def _save(report, path):
 def provenance():
     """Where fastvit and ffcv were imported from and which OpenCV / turbojpeg files are mapped: on the GPU
     machine, the bundle's (benchmarks/gpu_bundle.py)."""
-    import re
-    import sys
-
     found = {name: getattr(sys.modules.get(name), "__file__", None) for name in ("fastvit", "fastvit.kernels", "ffcv")}
     with contextlib.suppress(OSError):
         maps = Path("/proc/self/maps").read_text().split()
