@@ -275,7 +275,7 @@ def run(cfg: Config) -> dict:
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + d.rank)  # augmentation
     knn_splits = None
     if pretrain:
-        local_size = cfg.local_size or (96 if img_size >= 224 else img_size // 2)
+        local_size = local_crop_size(cfg, img_size)
         global_scale, local_scale = cfg.multicrop_scales()
         views_tf = MultiCrop(global_size=img_size, local_size=local_size, n_local=cfg.n_local,
                              global_scale=global_scale, local_scale=local_scale, mean=mean, std=std)
@@ -309,8 +309,7 @@ def run(cfg: Config) -> dict:
                      (cfg.n_local * cfg.batch_size, in_chans, local_size, local_size)] if pretrain else
                     [(cfg.batch_size, in_chans, img_size, img_size)])
     # rank 0 measures; every rank then runs what it chose (one numeric recipe per run)
-    key_fields = {"arch": cfg.arch, "img_size": img_size, "batch": cfg.batch_size,
-                  "objective": "dino" if pretrain else "drloc" if cfg.drloc else "supervised"}
+    key_fields = speed_key_fields(cfg, img_size)
     resolved = None
     if d.is_main:
         previous = read_resolved(Path(cfg.resume)) if cfg.resume else None  # a resumed run keeps its choices
@@ -515,6 +514,21 @@ def supervised_example(cfg: Config, img_size: int, in_chans: int, num_classes: i
                 torch.randint(0, num_classes, (b,), device=device),
                 *Supervised.step_inputs(0.1, cfg.seed, 0, device).values())  # lambda, seed, step as the loop passes
     return example
+
+
+def local_crop_size(cfg: Config, img_size: int) -> int:
+    return cfg.local_size or (96 if img_size >= 224 else img_size // 2)
+
+
+def speed_key_fields(cfg: Config, img_size: int) -> dict:
+    """What this run's cached speed choices are keyed by, besides the machine and the precision; a
+    `benchmarks/precision_step.py --record` measurement is stored under the same fields."""
+    if cfg.command != "pretrain":
+        return {"arch": cfg.arch, "img_size": img_size, "batch": cfg.batch_size,
+                "objective": "drloc" if cfg.drloc else "supervised"}
+    # the DINO step's other shapes: its local views and its head
+    return {"arch": cfg.arch, "img_size": img_size, "batch": cfg.batch_size, "objective": "dino",
+            "n_local": cfg.n_local, "local_size": local_crop_size(cfg, img_size), "out_dim": cfg.dino_out_dim}
 
 
 def dino_example(cfg: Config, img_size: int, local_size: int, in_chans: int, device):

@@ -320,3 +320,36 @@ def test_precision_step_records_under_the_key_a_run_looks_up(monkeypatch, fresh,
     key_fields = {"arch": "vit_tiny", "img_size": 32, "batch": 8, "objective": "drloc" if drloc else "supervised"}
     got = choices.resolve_compile("auto", torch.device("cpu"), key_fields, "fp32")
     assert got["compile"] is chosen and f"eager 2000 ms, compiled {compiled_s * 1e3:.0f} ms" in got["how"]
+
+
+def test_a_pretraining_run_reads_the_dino_record_precision_step_makes(monkeypatch, fresh, fmnist_dir, cache_dir,
+                                                                         tmp_path):
+    """`precision_step --record --dino` measures the pretraining step and stores it where `fastvit pretrain`
+    looks: a real CLI run finds it (here eager wins, so the run does not spend a compile on it)."""
+    from benchmarks import precision_step
+    from tests.test_train import run_cli
+
+    cost = {}
+    monkeypatch.setattr(choices, "seconds", lambda fn, device, repeats=1: cost.setdefault(fn, 3.0 if cost else 2.0))
+    monkeypatch.setattr(choices, "warm_up", lambda fn, device: None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the key holds the thread count; run_cli runs with OMP_NUM_THREADS=1
+    try:
+        record = precision_step.record_compile("vit_tiny", 16, "fp32", dino=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert record["choice"] == "eager"
+    monkeypatch.setenv("FASTVIT_CACHE", str(fresh.cache_path().parent))
+    out = tmp_path / "pre"
+    r = run_cli("pretrain", "--arch", "vit_tiny", "--dataset", "fashion-mnist", "--data-dir", fmnist_dir,
+                "--cache-dir", cache_dir, "--img-size", "32", "--batch-size", "16", "--precision", "fp32",
+                "--epochs", "1", "--subset", "32", "--knn-every", "0", "--out", out)
+    assert r.returncode == 0, r.stderr
+    resolved = json.loads((out / "config.json").read_text())["resolved"]
+    assert resolved["compile"] is False
+    how = resolved["compile_how"]
+    assert how.startswith("auto: cached measurement (") and "eager 2000 ms" in how and "compiled 3000 ms" in how
+    # another recipe's step (fewer local views) is another key: not measured, so not compiled either
+    got = choices.resolve_compile("auto", torch.device("cpu"), train.speed_key_fields(
+        build({"arch": "vit_tiny", "batch_size": 16, "n_local": 2}, command="pretrain"), 32), "fp32")
+    assert got["how"].startswith("auto: no cached measurement")

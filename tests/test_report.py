@@ -8,25 +8,35 @@ import pytest
 from benchmarks import report
 
 
-def bench_json(tmp_path, flags):
+def bench_json(tmp_path, flags, gemm=None):
     rows = [("train_vit", 2.0), ("pretrain_vit", 3.1), ("drloc_overhead_swin", 0.95), ("ffcv_loader_alone", 0.2)]
     data = {"machine_info": {"cpu": {"brand_raw": "test CPU", "count": 2, "flags": flags}},
             "benchmarks": [{"name": f"test_{name}", "extra_info": {"target": name, "images_per_s": 10 * ratio,
                                                                    "baseline": "ref", "baseline_images_per_s": 10.0,
                                                                    "ratio": ratio}} for name, ratio in rows]}
+    if gemm is not None:  # the suite records its GEMM probe on the end-to-end rows
+        for bench in data["benchmarks"][:2]:
+            bench["extra_info"]["gemm_gflops_by_dtype"] = gemm
     path = tmp_path / "bench.json"
     path.write_text(json.dumps(data))
     return str(path)
 
 
-@pytest.mark.parametrize("flags, family, e2e_goal", [
-    (["avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"], "amx", "3.00"),
-    (["avx2", "fma"], "avx2", "1.80"),
-    (["avx2", "avx512f", "avx512_bf16"], "bf16-no-amx", "1.80"),
-    (["asimd"], "other", "na"),
+ZEN5 = {"fp32": 180.3, "bf16": 787.3, "fp16": 1.0}  # this suite's probe on a Zen 5 EPYC (4.4x)
+ZEN4 = {"fp32": 172.0, "bf16": 400.0, "fp16": 1.0}  # and on a Zen 4 (2.3x)
+
+
+@pytest.mark.parametrize("flags, gemm, family, e2e_goal", [
+    (["avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"], None, "amx", "3.00"),
+    (["avx2", "fma"], None, "avx2", "1.80"),
+    (["avx2", "avx512f", "avx512_bf16"], None, "bf16-no-amx", "1.80"),  # a JSON without the probe's record
+    (["avx2", "avx512f", "avx512_bf16"], ZEN4, "bf16-no-amx; bf16 GEMM 2.3x fp32\n", "1.80"),
+    (["avx2", "avx512f", "avx512_bf16"], ZEN5,
+     "bf16-no-amx; bf16 GEMM 4.4x fp32 (AMX-class bf16 gain: held to the AMX bar, 3.0x)", "3.00"),
+    (["asimd"], None, "other", "na"),
 ])
-def test_goals_follow_the_cpu_family(tmp_path, capsys, flags, family, e2e_goal):
-    report.main([bench_json(tmp_path, flags)])
+def test_goals_follow_the_cpu_family(tmp_path, capsys, flags, gemm, family, e2e_goal):
+    report.main([bench_json(tmp_path, flags, gemm)])
     out = capsys.readouterr().out
     assert f"CPU family: {family}" in out
     lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("target=")}
