@@ -12,7 +12,10 @@ that would start past its section's budget is skipped with a note; a running ite
      gani22-finetune) and swin_t (224 px, drloc21, batch 64) against the reference pipeline of the same
      recipe (benchmarks/reference_pipeline.py: torch DataLoader + PIL augmentations, paper A's for
      gani22-finetune, paper B's timm pipeline for drloc21, which crops the 32-px images to 224 itself; the
-     frozen paper models of benchmarks/reference_models.py in eager fp32, paper B's L_drloc for swin_t).
+     frozen paper models of benchmarks/reference_models.py in eager fp32, paper B's L_drloc for swin_t);
+  4. pretrain (not in the GPU default, which the 8 minutes hold without it: `--sections pretrain`): source
+     images/s of `fastvit pretrain` (vit, gani22-pretrain: DINO over 2 + 8 views, compiled with CUDA graphs
+     under auto) against paper A's DINO step (PIL multi-crop DataLoader, eager fp32).
 Every item runs in try/except: an error is recorded in the JSON and the check goes on.
 Output: one JSON file (default runs/gpu_check.json) and one printed table.
 
@@ -39,8 +42,9 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-SECTION_BUDGET_S = {"correctness": 100, "attention": 160, "end_to_end": 200}  # GPU mode: 7.7 min in all
-SMOKE_BUDGET_S = {"correctness": 120, "attention": 60, "end_to_end": 240}
+SECTION_BUDGET_S = {"correctness": 100, "attention": 160, "end_to_end": 200, "pretrain": 120}
+GPU_SECTIONS = ("correctness", "attention", "end_to_end")  # the GPU default: 7.7 min of budgets
+SMOKE_BUDGET_S = {"correctness": 120, "attention": 60, "end_to_end": 240, "pretrain": 120}
 # Relative error limits against float64 (norm-wise): fp32 IEEE ~1e-7 measured, TF32 has a 10-bit mantissa,
 # bf16/fp16 inputs are rounded to 8/11 bits before the kernel sees them.
 TOLERANCE = {"fp32": 2e-5, "tf32": 5e-3, "bf16": 3e-2, "fp16": 2e-2}
@@ -363,8 +367,12 @@ def _split(n, parts):
     return np.array_split(np.arange(n), parts)
 
 
+PRETRAIN_RECIPE = "gani22-pretrain"
+
+
 def fastvit_rate(root, arch, recipe, batch, images, img_size=None, epochs=2, **extra):
-    """images/s of the last epoch of `fastvit.train.run` with the config's auto choices."""
+    """images/s of the last epoch of `fastvit.train.run` with the config's auto choices (`fastvit pretrain`
+    for PRETRAIN_RECIPE, without its k-NN monitor: source images/s)."""
     from fastvit import config, train
 
     values = dict(arch=arch, dataset="cifar10", data_dir=str(root / "src"), cache_dir=str(root / "cache"),
@@ -372,17 +380,25 @@ def fastvit_rate(root, arch, recipe, batch, images, img_size=None, epochs=2, **e
                   log_every=10_000, warmup_epochs=1.0, **extra)
     if img_size:
         values["img_size"] = img_size
-    metrics = train.run(config.build(values, recipe=recipe, command="train"))
+    command = "pretrain" if recipe == PRETRAIN_RECIPE else "train"
+    if command == "pretrain":
+        values.update(knn_every=0)
+        values.pop("augment", None)  # pretraining's augmentation is the multi-crop
+    metrics = train.run(config.build(values, recipe=recipe, command=command))
     return {"images_per_s": round(metrics["images_per_s"], 1), "batch": batch, "images": images}
 
 
 def reference_rate(arch, images, labels, batch, steps, device, num_workers, drloc=False, pipeline="gani22-finetune"):
-    """images/s of the papers' pipeline (benchmarks/reference_train.supervised_step: DataLoader + PIL
-    augmentations of `pipeline`, the frozen paper model in eager fp32, paper B's L_drloc where drloc)."""
-    from benchmarks.reference_train import supervised_step
+    """images/s of the papers' pipeline (benchmarks/reference_train: DataLoader + PIL augmentations of
+    `pipeline`, the frozen paper model in eager fp32, paper B's L_drloc where drloc; for PRETRAIN_RECIPE
+    paper A's DINO step on its multi-crop views)."""
+    from benchmarks.reference_train import pretrain_step, supervised_step
 
-    step, _ = supervised_step(arch, images, labels, batch=batch, device=device, num_workers=num_workers, drloc=drloc,
-                              pipeline=pipeline)
+    if pipeline == PRETRAIN_RECIPE:
+        step, _ = pretrain_step(images, labels, batch=batch, device=device, num_workers=num_workers)
+    else:
+        step, _ = supervised_step(arch, images, labels, batch=batch, device=device, num_workers=num_workers,
+                                  drloc=drloc, pipeline=pipeline)
     step()
     _sync(device)
     t0 = time.perf_counter()
@@ -400,6 +416,22 @@ def _sync(device):
 
 
 def end_to_end(section, device, smoke):
+    # (fastvit arch, the paper model it is timed against, recipe, batch, image size, epochs)
+    if smoke:  # a tiny arch against paper A's vit, two steps each side, no augmentation: the code path, not the figure
+        settings = [("vit_tiny", "vit", "gani22-finetune", 32, None, 1)]
+    else:
+        settings = [("vit", "vit", "gani22-finetune", 256, None, 2), ("swin", "swin", "gani22-finetune", 256, None, 2),
+                    ("swin_t", "swin_t", "drloc21", 64, 224, 2)]
+    versus_reference(section, device, smoke, settings)
+
+
+def pretrain(section, device, smoke):
+    settings = [("vit_tiny", "vit", PRETRAIN_RECIPE, 16, None, 1)] if smoke else [
+        ("vit", "vit", PRETRAIN_RECIPE, 256, None, 2)]
+    versus_reference(section, device, smoke, settings)
+
+
+def versus_reference(section, device, smoke, settings):
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -409,14 +441,10 @@ def end_to_end(section, device, smoke):
     root = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     write_cifar_files(root / "src", images, labels)
     extra = {}
-    # (fastvit arch, the paper model it is timed against, recipe, batch, image size, epochs)
-    if smoke:  # a tiny arch against paper A's vit, two steps each side, no augmentation: the code path, not the figure
-        settings = [("vit_tiny", "vit", "gani22-finetune", 32, None, 1)]
+    if smoke:
         ref_workers, ref_steps = 0, 1
         extra = {"augment": "none", "repeats": 1}
     else:
-        settings = [("vit", "vit", "gani22-finetune", 256, None, 2), ("swin", "swin", "gani22-finetune", 256, None, 2),
-                    ("swin_t", "swin_t", "drloc21", 64, 224, 2)]
         ref_workers, ref_steps = min(8, os.cpu_count() or 1), 8
     images_per_run = (lambda b: 2 * b) if smoke else (lambda b: min(n, 8 * b))
     for arch, ref_arch, recipe, batch, img_size, epochs in settings:
@@ -488,8 +516,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default="runs/gpu_check.json", help="where the JSON report goes")
     parser.add_argument("--smoke", action="store_true", help="the tiny CPU mode even where a GPU is present")
-    parser.add_argument("--sections", default="correctness,attention,end_to_end",
-                        help="comma-separated subset of: correctness, attention, end_to_end")
+    parser.add_argument("--sections", help="comma-separated subset of: correctness, attention, end_to_end, pretrain "
+                                           f"(default: {', '.join(GPU_SECTIONS)} on a GPU, all four in smoke mode)")
     args = parser.parse_args(argv)
     cuda = False
     if not args.smoke:
@@ -497,6 +525,11 @@ def main(argv=None):
 
         cuda = torch.cuda.is_available()
     smoke = args.smoke or not cuda
+    steps = {"correctness": correctness, "attention": attention_timing, "end_to_end": end_to_end, "pretrain": pretrain}
+    names = args.sections.split(",") if args.sections else list(steps if smoke else GPU_SECTIONS)
+    unknown = [name for name in names if name not in steps]
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(steps)}")
     if smoke:
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported: the CPU interpreter
     import torch
@@ -517,11 +550,10 @@ def main(argv=None):
         print(_row(section, entry), flush=True)
         _save(report, path)
 
-    steps = {"correctness": correctness, "attention": attention_timing, "end_to_end": end_to_end}
     t0 = time.perf_counter()
     print(f"{report['mode']} mode on {report['device']}, torch {report['torch']}, triton {report.get('triton')}; "
           f"JSON: {path}", flush=True)
-    for name in args.sections.split(","):
+    for name in names:
         section = Section(name, budgets[name], [], notify=progress)
         report["sections"][name] = section.results
         try:

@@ -101,25 +101,26 @@ def supervised_step(arch: str, images, labels, batch: int = BATCH, device="cpu",
     return step, batch
 
 
-def pretrain_step(images, labels):
-    """One DINO step of paper A's pretraining: 2 x 32 px + 8 x 16 px views, teacher + student."""
+def pretrain_step(images, labels, batch: int = PRETRAIN_BATCH, device="cpu", num_workers: int = 2):
+    """One DINO step of paper A's pretraining: 2 x 32 px + 8 x 16 px views, teacher + student (returns the
+    step and its batch size, in source images)."""
     from fastvit.objectives.dino import DINO, momentum_schedule
 
-    views = multicrop_loader(images, labels, batch_size=PRETRAIN_BATCH, mean=CIFAR_MEAN, std=CIFAR_STD,
-                             global_size=32, local_size=16, n_local=8, num_workers=2, seed=0)
+    views = multicrop_loader(images, labels, batch_size=batch, mean=CIFAR_MEAN, std=CIFAR_STD,
+                             global_size=32, local_size=16, n_local=8, num_workers=num_workers, seed=0)
     torch.manual_seed(0)
-    dino = DINO(reference_model("vit"), total_epochs=100)
+    dino = DINO(reference_model("vit"), total_epochs=100).to(device)
     opt = torch.optim.AdamW([p for p in dino.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.04)
     step_index = itertools.count()
 
     def step():
-        dino(next(views), 0.0).backward()
+        dino([v.to(device, non_blocking=True) for v in next(views)], 0.0).backward()
         torch.nn.utils.clip_grad_norm_(dino.student.parameters(), 3.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         dino.update_teacher(momentum_schedule(next(step_index), 1000))
 
-    return step, PRETRAIN_BATCH
+    return step, batch
 
 
 def build_step(target: str, images, labels):

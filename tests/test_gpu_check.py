@@ -51,7 +51,7 @@ def test_smoke_mode_runs_every_section_from_the_bundle_as_on_the_gpu_machine(tmp
     report = json.loads((out / "gpu_check.json").read_text())
     assert report["mode"] == "smoke" and report["ok"] is True and report["complete"] is True
     sections = report["sections"]
-    assert set(sections) == {"correctness", "attention", "end_to_end"}
+    assert set(sections) == {"correctness", "attention", "end_to_end", "pretrain"}  # smoke: all four
     labels = {e["item"] for e in sections["correctness"]}
     assert {"attention swin window bias fp32", "attention per-head scale fp16",
             "drloc_pairs pair sum (2, 3, 4, 8, 12) fp32"} <= labels
@@ -63,6 +63,9 @@ def test_smoke_mode_runs_every_section_from_the_bundle_as_on_the_gpu_machine(tmp
     e2e = {e["item"]: e for e in sections["end_to_end"]}
     assert e2e["reference vit gani22-finetune"]["images_per_s"] > 0
     assert e2e["fastvit vit_tiny gani22-finetune"]["ratio_vs_reference"] > 0
+    pre = {e["item"]: e for e in sections["pretrain"]}
+    assert pre["reference vit gani22-pretrain"]["images_per_s"] > 0
+    assert pre["fastvit vit_tiny gani22-pretrain"]["ratio_vs_reference"] > 0
     assert "| correctness | attention vit d16 fp32 | ok" in result.stdout  # the printed table
     assert "smoke mode on" in (out / "gpu_check.log").read_text()
     imported = report["imported"]
@@ -97,3 +100,13 @@ def test_the_bundle_builder_leaves_a_folder_that_is_not_a_bundle_alone(tmp_path)
     with pytest.raises(SystemExit, match="holds no MANIFEST.json: not a bundle"):
         gpu_bundle.build(tmp_path, f"{sys.version_info.major}.{sys.version_info.minor}")
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_an_unknown_section_is_refused_before_anything_runs(tmp_path, capsys):
+    path = tmp_path / "check.json"
+    with pytest.raises(SystemExit) as exit_info:
+        gpu_check.main(["--smoke", "--sections", "correctness,pretrian", "--json", str(path)])
+    assert exit_info.value.code == 2
+    assert "unknown section(s) pretrian; choose from correctness, attention, end_to_end, pretrain" in \
+        capsys.readouterr().err
+    assert not path.exists()
