@@ -372,7 +372,10 @@ PRETRAIN_RECIPE = "gani22-pretrain"
 
 def fastvit_rate(root, arch, recipe, batch, images, img_size=None, epochs=2, **extra):
     """images/s of the last epoch of `fastvit.train.run` with the config's auto choices (`fastvit pretrain`
-    for PRETRAIN_RECIPE, without its k-NN monitor: source images/s)."""
+    for PRETRAIN_RECIPE, without its k-NN monitor: source images/s), what auto chose (config.json's
+    "resolved") and how often inductor fell back from CUDA graphs or compiled a graph during the run."""
+    from torch._dynamo.utils import counters
+
     from fastvit import config, train
 
     values = dict(arch=arch, dataset="cifar10", data_dir=str(root / "src"), cache_dir=str(root / "cache"),
@@ -384,8 +387,13 @@ def fastvit_rate(root, arch, recipe, batch, images, img_size=None, epochs=2, **e
     if command == "pretrain":
         values.update(knn_every=0)
         values.pop("augment", None)  # pretraining's augmentation is the multi-crop
+    skips, graphs = counters["inductor"]["cudagraph_skips"], counters["stats"]["unique_graphs"]
     metrics = train.run(config.build(values, recipe=recipe, command=command))
-    return {"images_per_s": round(metrics["images_per_s"], 1), "batch": batch, "images": images}
+    resolved = json.loads((Path(values["out"]) / "config.json").read_text())["resolved"]
+    return {"images_per_s": round(metrics["images_per_s"], 1), "batch": batch, "images": images,
+            "resolved": {k: resolved[k] for k in ("precision", "tf32", "compile", "cuda_graphs", "attention")},
+            "cudagraph_skips": counters["inductor"]["cudagraph_skips"] - skips,
+            "compiled_graphs": counters["stats"]["unique_graphs"] - graphs}
 
 
 def reference_rate(arch, images, labels, batch, steps, device, num_workers, drloc=False, pipeline="gani22-finetune"):
@@ -477,8 +485,13 @@ def _result(e):
         return f"{'ok' if e['ok'] else 'FAIL'} {e['worst_rel_err']:.1e} (< {e['limit']:.0e})"
     if "fwd_bwd_ms" in e:
         return f"{e['fwd_bwd_ms']} ms fwd+bwd"
-    return f"{e.get('images_per_s')} img/s" + (f", {e['ratio_vs_reference']}x reference"
+    text = f"{e.get('images_per_s')} img/s" + (f", {e['ratio_vs_reference']}x reference"
                                                  if "ratio_vs_reference" in e else "")
+    if "resolved" in e:
+        r = e["resolved"]
+        graphs = "CUDA graphs" if r["cuda_graphs"] else "compiled" if r["compile"] else "eager"
+        text += f"; {r['precision']}, {graphs}, {e['cudagraph_skips']} CUDA-graph skips"
+    return text
 
 
 def _row(section, e):

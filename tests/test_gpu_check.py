@@ -63,6 +63,9 @@ def test_smoke_mode_runs_every_section_from_the_bundle_as_on_the_gpu_machine(tmp
     e2e = {e["item"]: e for e in sections["end_to_end"]}
     assert e2e["reference vit gani22-finetune"]["images_per_s"] > 0
     assert e2e["fastvit vit_tiny gani22-finetune"]["ratio_vs_reference"] > 0
+    own = e2e["fastvit vit_tiny gani22-finetune"]
+    assert own["resolved"]["precision"] in ("fp32", "bf16") and own["resolved"]["attention"]  # what auto chose
+    assert own["resolved"]["compile"] is False and own["cudagraph_skips"] == 0 and own["compiled_graphs"] == 0
     pre = {e["item"]: e for e in sections["pretrain"]}
     assert pre["reference vit gani22-pretrain"]["images_per_s"] > 0
     assert pre["fastvit vit_tiny gani22-pretrain"]["ratio_vs_reference"] > 0
