@@ -34,6 +34,11 @@ BATCH = 128
 IMG = 32
 
 
+def as_variant(objective: torch.nn.Module, variant: str) -> tuple:
+    """(the callable a step runs, its autocast precision) for a variant name."""
+    return (torch.compile(objective) if "compile" in variant else objective), ("bf16" if "amp" in variant else "fp32")
+
+
 def make_step(arch: str, variant: str, batch: int = BATCH, drloc: bool = False):
     # as train.run does on a CPU: without it the eager step re-faults its activations every step and a
     # record read compiled 1.45x faster (vit fp32, batch 256); with it eager was the faster (NOTES)
@@ -47,8 +52,7 @@ def make_step(arch: str, variant: str, batch: int = BATCH, drloc: bool = False):
     objective = Supervised(model, Drloc([dim], grid_sizes=[(hg, wg)]) if drloc else None)
     counter = itertools.count()  # L_drloc's step: new pairs every step, one compiled graph for all
     opt = torch.optim.AdamW(objective.parameters(), lr=1e-3, fused=True)
-    forward = torch.compile(objective) if "compile" in variant else objective
-    precision = "bf16" if "amp" in variant else "fp32"
+    forward, precision = as_variant(objective, variant)
 
     def step():
         with autocast(x.device, precision):
@@ -66,8 +70,7 @@ def pretrain_config(arch: str, batch: int) -> config.Config:
 
 
 def make_dino_step(arch: str, variant: str, batch: int = BATCH):
-    """fastvit pretrain's step on random views: the DINO objective (compiled whole, as train.run compiles
-    it, when variant says so), backward, AdamW, the teacher's EMA."""
+    """fastvit pretrain's step on random views: the DINO objective, backward, AdamW, the teacher's EMA."""
     hostmem.retain_freed_memory()
     torch.manual_seed(0)
     cfg = pretrain_config(arch, batch)
@@ -79,8 +82,7 @@ def make_dino_step(arch: str, variant: str, batch: int = BATCH):
         torch.randn(batch, 3, local, local) for _ in range(cfg.n_local)]
     epoch = torch.zeros(())  # a device tensor, as train.run passes it
     opt = torch.optim.AdamW([p for p in dino.parameters() if p.requires_grad], lr=1e-4, fused=True)
-    forward = torch.compile(dino) if "compile" in variant else dino
-    precision = "bf16" if "amp" in variant else "fp32"
+    forward, precision = as_variant(dino, variant)  # DINO compiled whole, as train.run compiles it
 
     def step():
         with autocast(views[0].device, precision):

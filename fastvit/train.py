@@ -523,12 +523,11 @@ def local_crop_size(cfg: Config, img_size: int) -> int:
 def speed_key_fields(cfg: Config, img_size: int) -> dict:
     """What this run's cached speed choices are keyed by, besides the machine and the precision; a
     `benchmarks/precision_step.py --record` measurement is stored under the same fields."""
-    if cfg.command != "pretrain":
-        return {"arch": cfg.arch, "img_size": img_size, "batch": cfg.batch_size,
-                "objective": "drloc" if cfg.drloc else "supervised"}
-    # the DINO step's other shapes: its local views and its head
-    return {"arch": cfg.arch, "img_size": img_size, "batch": cfg.batch_size, "objective": "dino",
-            "n_local": cfg.n_local, "local_size": local_crop_size(cfg, img_size), "out_dim": cfg.dino_out_dim}
+    fields = {"arch": cfg.arch, "img_size": img_size, "batch": cfg.batch_size,
+              "objective": "dino" if cfg.command == "pretrain" else "drloc" if cfg.drloc else "supervised"}
+    if cfg.command == "pretrain":  # the DINO step's other shapes: its local views and its head
+        fields.update(n_local=cfg.n_local, local_size=local_crop_size(cfg, img_size), out_dim=cfg.dino_out_dim)
+    return fields
 
 
 def dino_example(cfg: Config, img_size: int, local_size: int, in_chans: int, device):
